@@ -1,0 +1,81 @@
+"""Shared fixtures: tiny random BERT models, a tiny tokenizer and tiny GLUE-format files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+from top.encoder import PrunableModel
+
+WORDS = "the a movie film good bad great awful plot acting was is not very fun dull".split()
+
+
+def tiny_config(**overrides) -> BertConfig:
+    values = dict(
+        vocab_size=64,
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=48,
+        max_position_embeddings=64,
+        num_labels=2,
+        attn_implementation="eager",
+    )
+    values.update(overrides)
+    return BertConfig(**values)
+
+
+@pytest.fixture
+def tiny_model() -> PrunableModel:
+    torch.manual_seed(0)
+    return PrunableModel(BertForSequenceClassification(tiny_config()).eval())
+
+
+def random_batch(batch: int = 3, length: int = 12, vocab: int = 64, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Right-padded random inputs with different real lengths; [CLS]=2 at position 0."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, vocab, (batch, length), generator=g)
+    ids[:, 0] = 2
+    mask = torch.ones(batch, length, dtype=torch.long)
+    for row in range(1, batch):
+        mask[row, length - 3 * row:] = 0
+    ids = ids.masked_fill(mask == 0, 0)
+    types = torch.zeros_like(ids)
+    types[:, length // 2:] = 1
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types * mask}
+
+
+def write_tiny_model(folder: Path, layers: int = 2, seed: int = 0) -> Path:
+    """A random tiny BERT with a real WordPiece tokenizer, saved like a hub checkpoint."""
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, ".", ","]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizerFast(vocab=str(folder / "vocab.txt"), do_lower_case=True).save_pretrained(folder)
+    torch.manual_seed(seed)
+    config = tiny_config(vocab_size=len(vocab), num_hidden_layers=layers)
+    BertForSequenceClassification(config).save_pretrained(folder)
+    return folder
+
+
+def write_tiny_sst2(glue_dir: Path, train_rows: int = 48, dev_rows: int = 16) -> Path:
+    """SST-2 in the GLUE layout: sentences whose label is whether they contain a positive word."""
+    g = torch.Generator().manual_seed(1)
+    positive, negative = ["good", "great", "fun"], ["bad", "awful", "dull"]
+    task = glue_dir / "SST-2"
+    task.mkdir(parents=True, exist_ok=True)
+
+    def rows(n: int) -> str:
+        lines = ["sentence\tlabel"]
+        for i in range(n):
+            label = i % 2
+            word = (positive if label else negative)[i % 3]
+            filler = [WORDS[int(j)] for j in torch.randint(0, 4, (int(torch.randint(2, 8, (1,), generator=g)),), generator=g)]
+            lines.append(" ".join(["the", "movie", "was", word, *filler]) + f"\t{label}")
+        return "\n".join(lines) + "\n"
+
+    (task / "train.tsv").write_text(rows(train_rows))
+    (task / "dev.tsv").write_text(rows(dev_rows))
+    return glue_dir

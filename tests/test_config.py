@@ -1,0 +1,97 @@
+"""Configuration: schema defaults, semantic validation, per-run resolution."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from snakemake.utils import validate
+
+from tests.conftest import write_tiny_model
+from top.config import ConfigError, resolve_run, runs, validate_config
+
+SCHEMA = str(Path(__file__).resolve().parents[1] / "workflow/schemas/config.schema.yaml")
+
+
+@pytest.fixture
+def config(tmp_path):
+    glue = tmp_path / "glue"
+    glue.mkdir()
+    cfg = {
+        "model": str(write_tiny_model(tmp_path / "model")),
+        "data_source": "local",
+        "glue_dir": str(glue),
+        "tasks": ["sst2", "rte"],
+        "methods": {
+            "dense": {"settings": {"default": {}}},
+            "topk": {"common": {"finetune_epochs": 1}, "settings": {"a": {"keep_ratios": [0.9, 0.5]}, "b": {"keep_ratios": [0.5, 0.2]}}},
+        },
+        "train": {"learning_rate": 1e-4},
+        "task_settings": {"rte": {"train": {"learning_rate": 5e-5}, "methods": {"topk": {"finetune_epochs": 3}}}},
+    }
+    validate(cfg, SCHEMA)
+    return cfg
+
+
+def test_schema_fills_defaults_once(config):
+    assert config["seeds"] == [42]
+    assert config["teacher"]["epochs"] == 3
+    assert config["latency"] == {"cores": "0", "threads": 1, "n_examples": 100, "sample_seed": 0, "warmup": 2, "repeats": 5}
+    assert config["train"]["learning_rate"] == 1e-4 and config["train"]["batch_size"] == 32
+
+
+def test_resolution_order(config):
+    sst2 = resolve_run(config, "sst2", "topk", "a", 42)
+    rte = resolve_run(config, "rte", "topk", "b", 42)
+    assert sst2["method_settings"] == {"finetune_epochs": 1, "keep_ratios": [0.9, 0.5]}
+    assert rte["method_settings"] == {"finetune_epochs": 3, "keep_ratios": [0.5, 0.2]}
+    assert (sst2["train"]["learning_rate"], rte["train"]["learning_rate"]) == (1e-4, 5e-5)
+    assert len(list(runs(config))) == 2 * 3
+
+
+def test_valid_config_passes(config):
+    validate_config(config)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: c.update(tasks=["sst2", "imdb"]), "tasks[1]: unknown task 'imdb'; allowed: cola, sst2"),
+    (lambda c: c["methods"].update(spattn={"settings": {"x": {}}}), "methods.spattn: unknown method; allowed: dense, topk"),
+    (lambda c: c["methods"].pop("dense"), "the reference method 'dense' must be configured"),
+    (lambda c: c.update(glue_dir="/nonexistent/glue"), "glue_dir: '/nonexistent/glue' is not a directory"),
+    (lambda c: c.update(glue_dir=None), "glue_dir: required when data_source is 'local'"),
+    (lambda c: c.update(model="/nonexistent/model"), "model: '/nonexistent/model' looks like a path"),
+    (lambda c: c.update(model="python-package:no_such_pkg/model"), "Python package 'no_such_pkg' is not installed"),
+    (lambda c: c["methods"]["topk"]["settings"].update(up={"keep_ratios": [0.5, 0.9]}), "methods.topk.settings.up (task sst2): keep_ratios must not increase"),
+    (lambda c: c["methods"]["topk"]["settings"].update(short={"keep_ratios": [0.5]}), "1 entries, the model has 2 layers"),
+    (lambda c: c["task_settings"].update(imdb={}), "task_settings.imdb: unknown task"),
+    (lambda c: c.update(seeds=[1, 1]), "seeds: duplicates"),
+])
+def test_bad_configs_name_the_key(config, change, message):
+    change(config)
+    with pytest.raises(ConfigError) as error:
+        validate_config(config)
+    assert message in str(error.value)
+
+
+@pytest.mark.parametrize("change", [
+    lambda c: c.update(tasks=[]),
+    lambda c: c.update(seeds=["one"]),
+    lambda c: c.update(data_source="s3"),
+    lambda c: c["teacher"].update(epochs=0),
+    lambda c: c["latency"].update(threads=0),
+    lambda c: c.update(unknown_key=1),
+    lambda c: c["methods"]["topk"].update(settings={}),
+])
+def test_schema_rejects_bad_types(config, change):
+    change(config)
+    with pytest.raises(Exception, match="ValidationError|validation"):
+        validate(config, SCHEMA)
+
+
+def test_shipped_configs_are_valid():
+    root = Path(__file__).resolve().parents[1]
+    for name in ("config.yaml", "demo.yaml"):
+        cfg = yaml.safe_load((root / "config" / name).read_text())
+        validate(cfg, SCHEMA)
+        validate_config(cfg, check_paths=False)

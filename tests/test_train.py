@@ -1,0 +1,121 @@
+"""The training loop: it learns, it resumes from a checkpoint, it stops on a non-finite loss."""
+
+from __future__ import annotations
+
+import datasets
+import pytest
+import torch
+from transformers import BertForSequenceClassification
+
+from tests.conftest import tiny_config
+from top.data import collate
+from top.encoder import PrunableModel
+from top.pruning.base import Stage
+from top.pruning.dense import Dense
+from top.pruning.topk import TopK
+from top.train import NonFiniteLossError, TrainSettings, run_stages
+
+
+def toy_data(n: int = 64, seed: int = 0) -> datasets.Dataset:
+    """Label 1 iff token 7 occurs; random lengths."""
+    g = torch.Generator().manual_seed(seed)
+    rows = {"input_ids": [], "attention_mask": [], "labels": []}
+    for i in range(n):
+        length = int(torch.randint(4, 12, (1,), generator=g))
+        ids = torch.randint(10, 60, (length,), generator=g)
+        ids[0] = 2
+        label = i % 2
+        if label:
+            ids[int(torch.randint(1, length, (1,), generator=g))] = 7
+        rows["input_ids"].append(ids.tolist())
+        rows["attention_mask"].append([1] * length)
+        rows["labels"].append(label)
+    return datasets.Dataset.from_dict(rows)
+
+
+class Finetune(Dense):
+    def __init__(self, config, epochs):
+        super().__init__(config)
+        self.epochs = epochs
+
+    def stages(self):
+        return [Stage("finetune", self.epochs)]
+
+
+def make_model(seed: int = 0) -> PrunableModel:
+    torch.manual_seed(seed)
+    return PrunableModel(BertForSequenceClassification(tiny_config()))
+
+
+def collate0(features):
+    return collate(features, pad_token_id=0)
+
+
+def accuracy(model, data) -> float:
+    batch = collate0(list(data))
+    with torch.no_grad():
+        logits = model(batch["input_ids"], batch["attention_mask"], mode="gather").logits
+    return float((logits.argmax(1) == batch["labels"]).float().mean())
+
+
+def test_training_learns_a_toy_task():
+    model, data = make_model(), toy_data()
+    settings = TrainSettings(batch_size=8, learning_rate=2e-3, seed=0, log_every=1)
+    history = run_stages(model, Finetune(model.config, 6), data, settings, collate=collate0)
+    assert accuracy(model, data) >= 0.9
+    assert history[-1]["loss"] < history[0]["loss"]
+
+
+def test_topk_finetune_stage_trains_with_selectors_installed():
+    model, data = make_model(), toy_data()
+    method = TopK(model.config, {"keep_ratios": [1.0, 0.7, 0.5], "finetune_epochs": 1})
+    run_stages(model, method, data, TrainSettings(batch_size=16, learning_rate=1e-3), collate=collate0)
+    assert set(model.selectors) == {"1", "2"}
+
+
+def test_resume_after_interruption_equals_uninterrupted_run(tmp_path):
+    data = toy_data(32)
+    settings = TrainSettings(batch_size=8, learning_rate=1e-3, seed=5)
+    straight = make_model()
+    run_stages(straight, Finetune(straight.config, 3), data, settings, collate=collate0)
+
+    checkpoint_dir = _interrupt_after_two_epochs(data, settings, tmp_path)
+    resumed = make_model(seed=123)  # another init: everything must come from the checkpoint
+    run_stages(resumed, Finetune(resumed.config, 3), data, settings, collate=collate0, checkpoint_dir=checkpoint_dir)
+    for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def _interrupt_after_two_epochs(data, settings, folder):
+    """Start a 3-epoch run and kill it (an exception) in its third epoch."""
+
+    class Stop(Exception):
+        pass
+
+    model = make_model()
+    calls = {"n": 0}
+    steps_per_epoch = -(-len(data) // settings.batch_size)
+    original = torch.optim.AdamW.step
+
+    def step(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 2 * steps_per_epoch:
+            raise Stop
+        return original(self, *args, **kwargs)
+
+    torch.optim.AdamW.step = step
+    try:
+        with pytest.raises(Stop):
+            run_stages(model, Finetune(model.config, 3), data, settings, collate=collate0, checkpoint_dir=folder)
+    finally:
+        torch.optim.AdamW.step = original
+    assert torch.load(folder / "checkpoint.pt", weights_only=False)["epoch"] == 1
+    return folder
+
+
+def test_non_finite_loss_names_the_step():
+    model, data = make_model(), toy_data(16)
+    with torch.no_grad():
+        model.hf.classifier.weight.fill_(float("nan"))
+    with pytest.raises(NonFiniteLossError, match="stage 'finetune', step 0"):
+        run_stages(model, Finetune(model.config, 1), data, TrainSettings(batch_size=8), collate=collate0)

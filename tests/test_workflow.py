@@ -1,0 +1,100 @@
+"""The Snakemake workflow: a tiny end-to-end run, the linter, and a dry run of the paper config."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from tests.conftest import write_tiny_model, write_tiny_sst2
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def snakemake(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), *args]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=900)
+
+
+def tiny_config(tmp_path: Path) -> Path:
+    config = {
+        "model": str(write_tiny_model(tmp_path / "model")),
+        "data_source": "local",
+        "glue_dir": str(write_tiny_sst2(tmp_path / "glue")),
+        "tasks": ["sst2"],
+        "seeds": [3],
+        "device": "cpu",
+        "threads": {"train": 1, "eval": 1},
+        "teacher": {"epochs": 2, "batch_size": 8, "learning_rate": 1e-3},
+        "train": {"batch_size": 8, "learning_rate": 1e-3},
+        "latency": {"n_examples": 4, "warmup": 1, "repeats": 2},
+        "methods": {
+            "dense": {"settings": {"default": {}}},
+            "topk": {"common": {"finetune_epochs": 1}, "settings": {"half": {"keep_ratios": [0.8, 0.5]}, "quarter": {"keep_ratios": [0.5, 0.25]}}},
+        },
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.mark.slow
+def test_tiny_end_to_end_run(tmp_path):
+    config = tiny_config(tmp_path)
+    result = snakemake("--cores", "2", "--configfile", str(config), "--directory", str(tmp_path))
+    assert result.returncode == 0, result.stderr[-4000:]
+    table = pd.read_csv(tmp_path / "results/tables/results.csv")
+    assert sorted(zip(table["method"], table["setting"])) == [("dense", "default"), ("topk", "half"), ("topk", "quarter")]
+    dense = table[table["method"] == "dense"].iloc[0]
+    assert dense["flops_reduction"] == 1.0
+    half = table[table["setting"] == "half"].iloc[0]
+    quarter = table[table["setting"] == "quarter"].iloc[0]
+    assert 1.0 < half["flops_reduction"] < quarter["flops_reduction"]
+    assert table["score"].between(0, 100).all() and table["speedup"].gt(0).all()
+    for kind in ("png", "svg"):
+        assert (tmp_path / f"results/plots/accuracy_vs_flops.{kind}").stat().st_size > 1000
+    markdown = (tmp_path / "results/tables/results.md").read_text()
+    assert "| sst2 | Top-k (static) | quarter |" in markdown
+
+    run = tmp_path / "results/models/sst2/topk/half/seed3"
+    assert json.loads((run / "pruning.json").read_text())["decisions"] == {"keep_ratios": [0.8, 0.5]}
+    flops = json.loads((tmp_path / "results/flops/sst2/topk/half/seed3/flops.json").read_text())
+    assert flops["n_examples"] == 16 and flops["method"] == "topk"
+    latency = json.loads((tmp_path / "results/latency/sst2/topk/half/seed3/latency.json").read_text())
+    assert latency["environment"]["threads"] == 1 and latency["environment"]["cores"] == [0]
+    assert set(latency["timings"]["runners"]) == {"dense", "pruned", "dense_at_pruned_lengths"}
+    assert (tmp_path / "logs/teacher/sst2/seed3.log").read_text().count("stage 'finetune'") == 1
+
+    again = snakemake("--cores", "2", "--configfile", str(config), "--directory", str(tmp_path), "-n")
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_lint_is_clean():
+    result = snakemake("--lint", "--configfile", str(ROOT / "config/config.yaml"))
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+
+
+def test_paper_config_dry_run_plans_every_task_and_method():
+    result = snakemake("-n", "--configfile", str(ROOT / "config/config.yaml"), "--quiet", "rules")
+    assert result.returncode == 0, result.stderr[-4000:]
+    config = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    assert config["tasks"] == ["cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte"]
+    counts = {line.split()[0]: int(line.split()[1]) for line in result.stdout.splitlines() if len(line.split()) == 2 and line.split()[1].isdigit()}
+    assert counts["teacher"] == 8 * len(config["seeds"])
+    runs = 8 * len(config["seeds"]) * sum(len(m["settings"]) for m in config["methods"].values())
+    assert counts["evaluate"] == runs and counts["latency"] == runs
+
+
+def test_bad_config_is_rejected_before_any_job(tmp_path):
+    config = yaml.safe_load(tiny_config(tmp_path).read_text())
+    config["tasks"] = ["sst2", "imdb"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(config))
+    result = snakemake("-n", "--configfile", str(bad), "--directory", str(tmp_path))
+    assert result.returncode != 0
+    assert "tasks[1]: unknown task 'imdb'; allowed: cola, sst2" in result.stdout + result.stderr

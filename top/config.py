@@ -1,0 +1,162 @@
+"""The workflow configuration: semantic validation and per-run resolution.
+
+The Snakemake schema (``workflow/schemas/config.schema.yaml``) checks types and fills defaults
+(declared there once). :func:`validate_config` then checks what a schema cannot: task and
+method names, data folders, model paths, that every setting builds a valid method. Both run
+before any job starts. :func:`resolve_run` merges, for one (task, method, setting, seed), in
+increasing priority:
+
+1. ``train`` (shared optimisation settings) and ``methods.<m>.common``;
+2. ``task_settings.<task>.train`` and ``task_settings.<task>.methods.<m>``;
+3. ``methods.<m>.settings.<setting>``.
+
+The resolved dictionary is written as JSON beside every run's outputs.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+from top.data import TASKS
+from top.pruning.registry import METHODS
+
+TEACHER_METHOD = "dense"
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the offending key in the message."""
+
+
+def _merge(*layers: Mapping[str, Any] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for layer in layers:
+        for key, value in (layer or {}).items():
+            if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+                out[key] = _merge(out[key], value)
+            else:
+                out[key] = copy.deepcopy(value)
+    return out
+
+
+def _task_block(cfg: Mapping[str, Any], task: str) -> Mapping[str, Any]:
+    return (cfg.get("task_settings") or {}).get(task) or {}
+
+
+def teacher_settings(cfg: Mapping[str, Any], task: str) -> dict[str, Any]:
+    """The teacher fine-tune's settings for ``task``."""
+    return _merge(cfg["teacher"], _task_block(cfg, task).get("teacher"))
+
+
+def resolve_run(cfg: Mapping[str, Any], task: str, method: str, setting: str, seed: int) -> dict[str, Any]:
+    """Everything one method run needs, merged as the module docstring says."""
+    methods = cfg["methods"]
+    if method not in methods:
+        raise ConfigError(f"methods.{method}: not configured; configured methods: {', '.join(methods)}")
+    if setting not in methods[method]["settings"]:
+        raise ConfigError(
+            f"methods.{method}.settings.{setting}: no such setting; "
+            f"settings: {', '.join(methods[method]['settings'])}"
+        )
+    block = _task_block(cfg, task)
+    return {
+        "task": task,
+        "method": method,
+        "setting": setting,
+        "seed": int(seed),
+        "model": cfg["model"],
+        "device": cfg["device"],
+        "train": _merge(cfg["train"], block.get("train")),
+        "method_settings": _merge(
+            methods[method].get("common"),
+            (block.get("methods") or {}).get(method),
+            methods[method]["settings"][setting],
+        ),
+    }
+
+
+def runs(cfg: Mapping[str, Any]) -> Iterator[tuple[str, str, str, int]]:
+    """Every (task, method, setting, seed) the configuration asks for."""
+    for task in cfg["tasks"]:
+        for method, block in cfg["methods"].items():
+            for setting in block["settings"]:
+                for seed in cfg["seeds"]:
+                    yield task, method, setting, int(seed)
+
+
+def validate_config(cfg: Mapping[str, Any], *, check_paths: bool = True) -> None:
+    """Checks beyond the schema; raises :class:`ConfigError` with the key and allowed values."""
+    for i, task in enumerate(cfg["tasks"]):
+        if task not in TASKS:
+            raise ConfigError(f"tasks[{i}]: unknown task {task!r}; allowed: {', '.join(TASKS)}")
+    for task in cfg.get("task_settings") or {}:
+        if task not in TASKS:
+            raise ConfigError(f"task_settings.{task}: unknown task; allowed: {', '.join(TASKS)}")
+    for method in cfg["methods"]:
+        if method not in METHODS:
+            raise ConfigError(f"methods.{method}: unknown method; allowed: {', '.join(METHODS)}")
+    if TEACHER_METHOD not in cfg["methods"]:
+        raise ConfigError(f"methods: the reference method {TEACHER_METHOD!r} must be configured")
+    if len(set(cfg["seeds"])) != len(cfg["seeds"]):
+        raise ConfigError(f"seeds: duplicates in {cfg['seeds']}")
+
+    if check_paths:
+        if cfg["data_source"] == "local":
+            glue_dir = cfg.get("glue_dir")
+            if not glue_dir:
+                raise ConfigError("glue_dir: required when data_source is 'local' (e.g. --config glue_dir=../shared/data/glue)")
+            if not os.path.isdir(glue_dir):
+                raise ConfigError(f"glue_dir: {glue_dir!r} is not a directory")
+        _check_model(cfg["model"])
+    _check_method_settings(cfg)
+
+
+def _check_model(spec: str) -> None:
+    from top.models import resolve_model
+
+    try:
+        path = resolve_model(spec)
+    except FileNotFoundError as error:
+        raise ConfigError(f"model: {error}") from None
+    looks_local = os.sep in spec or spec.startswith(".")
+    if looks_local and not os.path.isdir(path):
+        raise ConfigError(f"model: {spec!r} looks like a path but is not a directory")
+
+
+def _model_config(spec: str):
+    """The model's config when it can be read offline (package or local folder), else None."""
+    from transformers import AutoConfig
+
+    from top.models import resolve_model
+
+    path = resolve_model(spec)
+    if not os.path.isdir(path):
+        return None
+    return AutoConfig.from_pretrained(path, local_files_only=True)
+
+
+def _check_method_settings(cfg: Mapping[str, Any]) -> None:
+    """Build every configured method once, so bad settings fail before any job runs."""
+    from top.pruning.registry import build_method
+
+    try:
+        model_config = _model_config(cfg["model"])
+    except (OSError, ValueError):
+        model_config = None
+    if model_config is None:
+        return
+    for task in cfg["tasks"]:
+        for method, block in cfg["methods"].items():
+            for setting in block["settings"]:
+                resolved = resolve_run(cfg, task, method, setting, cfg["seeds"][0])
+                try:
+                    build_method(method, model_config, resolved["method_settings"])
+                except (KeyError, TypeError, ValueError) as error:
+                    raise ConfigError(f"methods.{method}.settings.{setting} (task {task}): {error}") from None
+
+
+def run_dir(cfg: Mapping[str, Any], kind: str, task: str, method: str, setting: str, seed: int) -> Path:
+    """``results/{kind}/{task}/{method}/{setting}/seed{seed}`` (DESIGN.md, "Outputs and naming")."""
+    return Path(cfg["results_dir"]) / kind / task / method / setting / f"seed{seed}"

@@ -1,0 +1,67 @@
+"""Prediction and evaluation in gather mode (tokens really removed), with per-example lengths.
+
+Everything a results row needs comes from one pass over the dev set: predictions (for the
+task metric) and each example's real per-layer token counts (for FLOPs, :mod:`top.flops`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from top.encoder import Mode, PrunableModel
+from top.train import model_inputs
+
+
+@dataclass
+class Predictions:
+    """Model outputs over a dataset, in dataset order.
+
+    Attributes:
+        logits: ``[N, C]`` float32.
+        labels: ``[N]`` (int class ids, or float targets for regression).
+        lengths_in, lengths_kept: ``[N, num_layers]`` int64 real token counts per layer.
+    """
+
+    logits: np.ndarray
+    labels: np.ndarray
+    lengths_in: np.ndarray
+    lengths_kept: np.ndarray
+
+    def predicted(self) -> np.ndarray:
+        """Class ids, or the regression value when there is a single output."""
+        return self.logits[:, 0] if self.logits.shape[1] == 1 else self.logits.argmax(axis=1)
+
+
+@torch.inference_mode()
+def predict(
+    model: PrunableModel,
+    dataset,
+    collate: Callable[[list[dict]], dict[str, torch.Tensor]],
+    *,
+    batch_size: int = 64,
+    mode: Mode = "gather",
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> Predictions:
+    """Run ``model`` over ``dataset`` (encoded examples with ``labels``) without shuffling."""
+    model.to(device).eval()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
+    logits, labels, lengths_in, lengths_kept = [], [], [], []
+    for batch in tqdm(loader, desc="evaluate", disable=not progress, mininterval=10):
+        out = model(**model_inputs(batch, torch.device(device)), mode=mode, record=False)
+        logits.append(out.logits.float().cpu().numpy())
+        labels.append(batch["labels"].numpy())
+        lengths_in.append(out.lengths_in.cpu().numpy())
+        lengths_kept.append(out.lengths_kept.cpu().numpy())
+    return Predictions(
+        logits=np.concatenate(logits),
+        labels=np.concatenate(labels),
+        lengths_in=np.concatenate(lengths_in).astype(np.int64),
+        lengths_kept=np.concatenate(lengths_kept).astype(np.int64),
+    )

@@ -1,0 +1,232 @@
+"""The workflow's steps as library functions; ``workflow/scripts/*.py`` only call these.
+
+Each function reads its inputs, does one step and writes its outputs atomically (temporary
+name, then rename), with the resolved configuration as JSON beside them:
+
+``finetune_teacher`` -> ``train_method`` -> ``evaluate_run`` -> ``count_flops`` ->
+``measure_latency`` -> :mod:`top.report` (collect, tables, plots).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from top import data as glue
+from top.config import resolve_run, teacher_settings
+from top.evaluate import predict
+from top.flops import flops_summary
+from top.metrics import compute_glue_metrics, primary_metric
+from top.models import load_pretrained, load_run, save_run
+from top.pruning.base import KeepDecision, LayerContext, Stage, TokenSelector
+from top.pruning.dense import Dense
+from top.pruning.registry import build_method
+from top.train import TrainSettings, resolve_device, run_stages, set_seed
+
+log = logging.getLogger(__name__)
+
+
+def write_json(path: str | Path, payload: Any) -> None:
+    """Write JSON atomically (temporary name, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def _split(cfg: Mapping[str, Any], task: str, split: str, limit: int | None, seed: int):
+    return glue.load_split(task, split, source=cfg["data_source"], data_dir=cfg.get("glue_dir"), limit=limit, seed=seed)
+
+
+def _encoded(cfg, task, split, tokenizer, limit, seed):
+    spec = glue.get_task(task)
+    return glue.encode(_split(cfg, task, split, limit, seed), tokenizer, spec)
+
+
+def _collate(tokenizer):
+    return functools.partial(glue.collate, pad_token_id=tokenizer.pad_token_id)
+
+
+class _FinetuneOnly(Dense):
+    """The teacher fine-tune: the dense method with one ``finetune`` stage."""
+
+    def __init__(self, model_config, epochs: float):
+        super().__init__(model_config)
+        self.epochs = epochs
+
+    def stages(self) -> list[Stage]:
+        return [Stage("finetune", self.epochs)]
+
+
+def finetune_teacher(cfg: Mapping[str, Any], task: str, seed: int, out_dir: str | Path) -> None:
+    """Fine-tune the pretrained model on ``task``: the teacher every method starts from and the
+    ``dense`` reference row."""
+    settings = teacher_settings(cfg, task)
+    set_seed(seed)
+    spec = glue.get_task(task)
+    model, tokenizer = load_pretrained(cfg["model"], num_labels=spec.num_labels)
+    train = _encoded(cfg, task, "train", tokenizer, settings.get("train_limit"), seed)
+    train_settings = TrainSettings.from_dict({**settings, "seed": seed, "device": cfg["device"], "progress": True})
+    method = _FinetuneOnly(model.config, settings["epochs"])
+    out_dir = Path(out_dir)
+    history = run_stages(model, method, train, train_settings, collate=_collate(tokenizer), checkpoint_dir=out_dir.with_name(out_dir.name + ".ckpt"))
+    resolved = {"task": task, "seed": seed, "model": cfg["model"], "teacher": settings, "train_examples": len(train)}
+    save_run(model, tokenizer, out_dir, "dense", {}, extra={"config": resolved, "history": history})
+    _drop_checkpoint(out_dir)
+
+
+def _drop_checkpoint(out_dir: Path) -> None:
+    checkpoint = out_dir.with_name(out_dir.name + ".ckpt") / "checkpoint.pt"
+    if checkpoint.exists():
+        checkpoint.unlink()
+        checkpoint.parent.rmdir()
+
+
+def train_method(cfg: Mapping[str, Any], task: str, method_name: str, setting: str, seed: int, teacher_dir: str | Path, out_dir: str | Path) -> None:
+    """Train one method from the fine-tuned teacher and save weights + ``pruning.json``."""
+    run = resolve_run(cfg, task, method_name, setting, seed)
+    set_seed(seed)
+    student, tokenizer, _ = load_run(teacher_dir)
+    method = build_method(method_name, student.config, run["method_settings"])
+    stages = method.stages()
+    history: list[dict[str, float]] = []
+    if stages:
+        teacher, _, _ = load_run(teacher_dir)
+        train = _encoded(cfg, task, "train", tokenizer, run["train"].get("train_limit"), seed)
+        settings = TrainSettings.from_dict({**run["train"], "seed": seed, "device": cfg["device"], "progress": True})
+        out_dir = Path(out_dir)
+        history = run_stages(
+            student, method, train, settings, collate=_collate(tokenizer), teacher=teacher,
+            checkpoint_dir=out_dir.with_name(out_dir.name + ".ckpt"),
+        )
+    decisions = method.export()
+    save_run(student.cpu(), tokenizer, out_dir, method_name, decisions, extra={"config": run, "history": history})
+    _drop_checkpoint(Path(out_dir))
+
+
+def evaluate_run(cfg: Mapping[str, Any], task: str, model_dir: str | Path, metrics_path: str | Path, lengths_path: str | Path, run_info: Mapping[str, Any]) -> dict[str, Any]:
+    """Evaluate a saved run on every dev split in gather mode (tokens really removed).
+
+    Writes ``metrics_path`` (task metrics per split, the primary score) and ``lengths_path``
+    (``.npz`` with per-example ``lengths_in``/``lengths_kept`` of the first dev split, for FLOPs).
+    """
+    model, tokenizer, record = load_run(model_dir)
+    spec = glue.get_task(task)
+    device = resolve_device(cfg["device"])
+    eval_cfg = cfg["eval"]
+    result: dict[str, Any] = {**run_info, "primary_metric": primary_metric(task), "splits": {}}
+    for index, split in enumerate(spec.dev_splits):
+        dataset = _encoded(cfg, task, split, tokenizer, eval_cfg.get("limit"), 0)
+        preds = predict(model, dataset, _collate(tokenizer), batch_size=eval_cfg["batch_size"], mode="gather", device=device, progress=True)
+        metrics = compute_glue_metrics(task, preds.predicted(), preds.labels)
+        result["splits"][split] = {**metrics, "n_examples": len(dataset)}
+        log.info("%s %s: %s", task, split, metrics)
+        if index == 0:
+            result["score"] = metrics[result["primary_metric"]]
+            _write_npz(lengths_path, lengths_in=preds.lengths_in, lengths_kept=preds.lengths_kept)
+    result["method"] = record["method"]
+    result["decisions"] = record["decisions"]
+    write_json(metrics_path, result)
+    return result
+
+
+def _write_npz(path: str | Path, **arrays: np.ndarray) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def count_flops(model_dir: str | Path, lengths_path: str | Path, out_path: str | Path, run_info: Mapping[str, Any]) -> dict[str, Any]:
+    """FLOPs of a run over the dev set from its per-example lengths (:mod:`top.flops`)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
+    lengths = np.load(lengths_path)
+    summary = {**run_info, **flops_summary(config, "classification", lengths["lengths_in"], lengths["lengths_kept"])}
+    write_json(out_path, summary)
+    return summary
+
+
+class _FixedLengths(TokenSelector):
+    """Keeps the first ``k`` slots: a dense model run at already-shortened lengths."""
+
+    def __init__(self, k: int):
+        super().__init__()
+        self.k = k
+
+    def forward(self, ctx: LayerContext) -> KeepDecision:
+        slots = torch.arange(ctx.alive.shape[1], device=ctx.alive.device)
+        return KeepDecision(hard=(slots < self.k).expand_as(ctx.alive))
+
+
+def latency_sample(cfg: Mapping[str, Any], task: str, tokenizer) -> list[dict[str, torch.Tensor]]:
+    """The fixed sample of dev examples every method is timed on, as batch-1 model inputs."""
+    lat = cfg["latency"]
+    spec = glue.get_task(task)
+    dataset = _encoded(cfg, task, spec.dev_splits[0], tokenizer, None, 0)
+    count = min(lat["n_examples"], len(dataset))
+    rng = np.random.default_rng(lat["sample_seed"])
+    indices = sorted(rng.choice(len(dataset), size=count, replace=False).tolist())
+    collate = _collate(tokenizer)
+    return [
+        {k: v for k, v in collate([dataset[i]]).items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        for i in indices
+    ]
+
+
+def measure_latency(cfg: Mapping[str, Any], task: str, dense_dir: str | Path, model_dir: str | Path, out_path: str | Path, run_info: Mapping[str, Any]) -> dict[str, Any]:
+    """Batch-1 CPU latency of a run against the dense teacher, interleaved in one process
+    (DESIGN.md, "Latency protocol"). The process must already be pinned
+    (:func:`top.pinning.pin_process`); :func:`top.latency.check_pinning` refuses otherwise.
+
+    Three runners: ``dense`` (teacher, all tokens), ``pruned`` (the run, gather mode) and
+    ``dense_at_pruned_lengths`` (the teacher fed each example's per-layer lengths from the
+    pruned run, keeping the first tokens: no scoring, so pruning overhead is the gap to it).
+    """
+    from top.latency import check_pinning, environment_info, measure_interleaved
+    from top.pinning import parse_cores
+
+    lat = cfg["latency"]
+    cores, threads = parse_cores(str(lat["cores"])), int(lat["threads"])
+    check_pinning(cores, threads)
+    dense, _, _ = load_run(dense_dir)
+    pruned, tokenizer, _ = load_run(model_dir)
+    dense.eval()
+    pruned.eval()
+    sample = latency_sample(cfg, task, tokenizer)
+
+    with torch.inference_mode():
+        kept = [pruned(**x, mode="gather", record=False).lengths_kept[0].tolist() for x in sample]
+    from top.encoder import PrunableModel
+
+    shortened = [PrunableModel(dense.hf, {l: _FixedLengths(k) for l, k in enumerate(lengths)}) for lengths in kept]
+    items = list(range(len(sample)))
+    runners = {
+        "dense": lambda i: dense(**sample[i], mode="gather", record=False),
+        "pruned": lambda i: pruned(**sample[i], mode="gather", record=False),
+        "dense_at_pruned_lengths": lambda i: shortened[i](**sample[i], mode="gather", record=False),
+    }
+    timings = measure_interleaved(runners, items, warmup=lat["warmup"], repeats=lat["repeats"], reference="dense", seed=lat["sample_seed"], progress=True)
+    runners_out = timings["runners"]
+    result = {
+        **run_info,
+        "batch_size": 1,
+        "speedup": runners_out["pruned"]["speedup"],
+        "speedup_at_pruned_lengths": runners_out["dense_at_pruned_lengths"]["speedup"],
+        "timings": timings,
+        "environment": environment_info(cores, threads),
+        "mean_input_length": float(np.mean([x["input_ids"].shape[1] for x in sample])),
+        "mean_lengths_kept": np.mean(np.array(kept, dtype=np.float64), axis=0).tolist(),
+    }
+    write_json(out_path, result)
+    return result

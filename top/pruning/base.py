@@ -1,0 +1,234 @@
+"""The one interface every token-pruning method implements.
+
+A *selector* sits at one encoder layer. After that layer's self-attention it sees a
+:class:`LayerContext` and returns a :class:`KeepDecision` saying which tokens survive into the
+layer's feed-forward block and every later layer. A *method* (:class:`PruningMethod`) owns the
+selectors, its extra training loss, its parameter groups and the export of its learned
+decisions to plain JSON, from which :meth:`PruningMethod.inference_selectors` rebuilds
+deterministic selectors for evaluation and latency.
+
+Conventions (DESIGN.md, "One interface for all methods"):
+
+* ``B`` is the batch, ``n`` the number of token slots entering the layer (in gather mode the
+  padded width of the already-shrunk sequence), ``H`` heads.
+* Slot 0 is always [CLS] and always kept; the encoder enforces this whatever a selector says.
+* Decisions cascade: a token dropped at layer ``l`` is never seen again; the encoder ANDs every
+  hard decision with the tokens still alive.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Mapping
+
+import torch
+from torch import nn
+
+
+@dataclass
+class LayerContext:
+    """What a selector sees at layer ``layer`` (0-based), after self-attention.
+
+    Attributes:
+        layer: index of the encoder layer.
+        attention_probs: ``[B, H, n, n]`` softmax attention probabilities of this layer (keys
+            that are not alive have probability exactly 0).
+        hidden: ``[B, n, d]`` output of the attention sublayer (after its residual LayerNorm).
+        alive: ``[B, n]`` bool, the tokens entering this layer (padding and earlier drops are
+            False).
+        positions: ``[B, n]`` long, each slot's position in the original input.
+        input_lengths: ``[B]`` long, each example's real (unpadded) input length.
+    """
+
+    layer: int
+    attention_probs: torch.Tensor
+    hidden: torch.Tensor
+    alive: torch.Tensor
+    positions: torch.Tensor
+    input_lengths: torch.Tensor
+
+
+@dataclass
+class KeepDecision:
+    """A selector's answer for one layer.
+
+    Attributes:
+        hard: ``[B, n]`` bool, tokens that survive (gather mode keeps exactly these).
+        soft: ``[B, n]`` float or None. In mask mode the layer output is multiplied by it, which
+            is how differentiable methods (LTP's soft stage, ToP's gates) get gradients. It has no
+            effect in gather mode.
+        aux: anything the method's loss needs later (scores, gate values, ...), keyed by name.
+    """
+
+    hard: torch.Tensor
+    soft: torch.Tensor | None = None
+    aux: dict[str, Any] = field(default_factory=dict)
+
+
+def attention_token_scores(attention_probs: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
+    """Importance of each token as the attention it receives.
+
+    Average over heads and over the alive queries of the probability mass each key receives
+    (ToP §3.2; PoWER-BERT §3.2 sums instead of averaging, which ranks identically).
+
+    Args:
+        attention_probs: ``[B, H, n, n]`` (queries on dim 2, keys on dim 3).
+        alive: ``[B, n]`` bool.
+
+    Returns:
+        ``[B, n]`` float; not-alive slots get ``-inf`` so that they rank last.
+    """
+    query_weight = alive.to(attention_probs.dtype)  # [B, n]
+    received = attention_probs.mean(dim=1)  # [B, n_query, n_key]
+    received = (received * query_weight[:, :, None]).sum(dim=1)
+    received = received / query_weight.sum(dim=1, keepdim=True).clamp_min(1.0)
+    return received.masked_fill(~alive, float("-inf"))
+
+
+def keep_top_k(scores: torch.Tensor, alive: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Keep [CLS] plus the ``k - 1`` best-scoring other alive tokens of each example.
+
+    Args:
+        scores: ``[B, n]``, higher is more important.
+        alive: ``[B, n]`` bool.
+        k: ``[B]`` long, how many tokens to keep per example, [CLS] included (clamped to
+            ``[1, alive count]``).
+
+    Returns:
+        ``[B, n]`` bool keep mask, a subset of ``alive`` that always contains slot 0.
+    """
+    scores = scores.masked_fill(~alive, float("-inf")).clone()
+    scores[:, 0] = float("inf")  # [CLS] first, whatever its score
+    k = torch.minimum(k.clamp_min(1), alive.sum(dim=1))
+    order = scores.argsort(dim=1, descending=True, stable=True)
+    rank = order.argsort(dim=1)
+    return (rank < k[:, None]) & alive
+
+
+class TokenSelector(nn.Module, abc.ABC):
+    """Decides, at one layer, which tokens survive. Subclasses implement :meth:`forward`."""
+
+    @abc.abstractmethod
+    def forward(self, ctx: LayerContext) -> KeepDecision | None:
+        """Return the decision for this layer, or None to keep every alive token."""
+
+
+@dataclass
+class ModelDims:
+    """The dimensions a method needs, read from a Hugging Face config (never hard-coded)."""
+
+    num_layers: int
+    hidden: int
+    intermediate: int
+    heads: int
+
+    @classmethod
+    def from_config(cls, config) -> "ModelDims":
+        return cls(
+            num_layers=config.num_hidden_layers,
+            hidden=config.hidden_size,
+            intermediate=config.intermediate_size,
+            heads=config.num_attention_heads,
+        )
+
+
+@dataclass
+class StepContext:
+    """What a method's :meth:`PruningMethod.extra_loss` sees at one training step.
+
+    Attributes:
+        student: the trained model's :class:`top.encoder.EncoderOutput` (mask mode).
+        teacher: the frozen fine-tuned teacher's output on the same batch (mask mode, no
+            selectors, attentions included when the method asks for ``"attentions"``), or None
+            when the method asks for no teacher signal.
+        batch: the collated batch (``input_ids``, ``attention_mask``, ``labels``, ...).
+        task_loss: the task loss (cross-entropy, or MSE for regression), a scalar.
+        step: 0-based optimiser step within the stage; total_steps: steps in the stage.
+    """
+
+    student: Any
+    teacher: Any
+    batch: Mapping[str, torch.Tensor]
+    task_loss: torch.Tensor
+    step: int
+    total_steps: int
+
+
+@dataclass
+class Stage:
+    """One training stage of a method.
+
+    Attributes:
+        name: e.g. ``"prune"``, ``"soft"``, ``"hard"``, ``"search"``, ``"retrain"``.
+        epochs: passes over the training data (may be fractional).
+    """
+
+    name: str
+    epochs: float
+
+
+class PruningMethod(abc.ABC):
+    """A token-pruning method: its stages, selectors, extra loss, parameter groups and export.
+
+    Subclasses set :attr:`name` and implement the abstract methods. ``settings`` is the
+    method's block of the workflow configuration (already validated by the schema).
+    """
+
+    name: ClassVar[str]
+
+    def __init__(self, model_config, settings: Mapping[str, Any] | None = None):
+        self.model_config = model_config
+        self.dims = ModelDims.from_config(model_config)
+        self.settings = dict(settings or {})
+        #: Every learned parameter and buffer of the method (gates, thresholds, multipliers).
+        #: The training loop moves it to the device and saves it in checkpoints; selectors hold
+        #: references to its submodules.
+        self.module = nn.Module()
+
+    # -- training ---------------------------------------------------------------------------
+    @abc.abstractmethod
+    def stages(self) -> list[Stage]:
+        """The training stages, in order (an empty list: nothing to train)."""
+
+    @abc.abstractmethod
+    def selectors(self, stage: str) -> dict[int, TokenSelector]:
+        """Selectors to install for training stage ``stage``, keyed by layer index."""
+
+    def extra_loss(self, stage: str, step: StepContext) -> tuple[torch.Tensor | None, dict[str, float]]:
+        """The method's loss added to the weighted task loss, and scalars to log. Default: none."""
+        return None, {}
+
+    def task_loss_weight(self, stage: str) -> float:
+        """Weight of the task loss in ``stage`` (distillation-heavy methods lower it)."""
+        return 1.0
+
+    def parameter_groups(self, stage: str) -> list[dict[str, Any]]:
+        """Optimiser groups for the method's own parameters (each with its own ``lr``).
+
+        Returned groups are added to the model's group. A group may set ``"maximize": True``
+        (gradient ascent, e.g. Lagrange multipliers). Default: none.
+        """
+        return []
+
+    def trains_model_weights(self, stage: str) -> bool:
+        """Whether the encoder's own weights are updated in ``stage``. Default: yes."""
+        return True
+
+    def teacher_signals(self, stage: str) -> tuple[str, ...]:
+        """What the method needs from the teacher in ``stage``: any of ``"logits"``,
+        ``"attentions"``. Empty (the default): the teacher is not run."""
+        return ()
+
+    def on_stage_end(self, stage: str) -> None:
+        """Hook after a stage finishes (e.g. derive a configuration from learned weights)."""
+
+    # -- export / inference ---------------------------------------------------------------------
+    @abc.abstractmethod
+    def export(self) -> dict[str, Any]:
+        """The learned decisions as plain JSON-serialisable data."""
+
+    @classmethod
+    @abc.abstractmethod
+    def inference_selectors(cls, exported: Mapping[str, Any], model_config) -> dict[int, TokenSelector]:
+        """Deterministic selectors rebuilt from :meth:`export`'s output."""

@@ -1,0 +1,26 @@
+"""``dense``: the unpruned reference row, evaluated through the same code as every method."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from top.pruning.base import PruningMethod, Stage, TokenSelector
+
+
+class Dense(PruningMethod):
+    """Keeps every token. Its weights are the fine-tuned teacher's; it trains nothing more."""
+
+    name = "dense"
+
+    def stages(self) -> list[Stage]:
+        return []
+
+    def selectors(self, stage: str) -> dict[int, TokenSelector]:
+        return {}
+
+    def export(self) -> dict[str, Any]:
+        return {}
+
+    @classmethod
+    def inference_selectors(cls, exported: Mapping[str, Any], model_config) -> dict[int, TokenSelector]:
+        return {}

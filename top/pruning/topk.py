@@ -1,0 +1,82 @@
+"""``topk``: static attention-score top-k with a per-layer keep-ratio schedule.
+
+No learned parameters. At layer ``l`` an example of real length ``N`` keeps
+``ceil(r_l * N)`` tokens ([CLS] included): those that receive the most attention, averaged
+over heads and alive queries (the scoring of ToP §3.2 and PoWER-BERT §3.2, without any
+learning). The ratios ``r_l`` are relative to the input length and must not increase with
+depth, so the schedule is a cascade. Optionally the model is fine-tuned with the selectors
+in place (``finetune_epochs``), which lets it adapt to the missing tokens.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from top.pruning.base import (
+    KeepDecision,
+    LayerContext,
+    PruningMethod,
+    Stage,
+    TokenSelector,
+    attention_token_scores,
+    keep_top_k,
+)
+
+
+def validate_schedule(keep_ratios: Sequence[float], num_layers: int) -> list[float]:
+    """Check a keep-ratio schedule: one ratio in (0, 1] per layer, non-increasing."""
+    ratios = [float(r) for r in keep_ratios]
+    if len(ratios) != num_layers:
+        raise ValueError(f"keep_ratios has {len(ratios)} entries, the model has {num_layers} layers")
+    for layer, ratio in enumerate(ratios):
+        if not 0.0 < ratio <= 1.0:
+            raise ValueError(f"keep_ratios[{layer}] = {ratio} is outside (0, 1]")
+        if layer and ratio > ratios[layer - 1]:
+            raise ValueError(
+                f"keep_ratios must not increase with depth: keep_ratios[{layer}] = {ratio} > "
+                f"keep_ratios[{layer - 1}] = {ratios[layer - 1]}"
+            )
+    return ratios
+
+
+class TopKSelector(TokenSelector):
+    """Keeps ``ceil(ratio * input_length)`` best-scoring tokens at one layer."""
+
+    def __init__(self, ratio: float):
+        super().__init__()
+        self.ratio = ratio
+
+    def forward(self, ctx: LayerContext) -> KeepDecision:
+        scores = attention_token_scores(ctx.attention_probs, ctx.alive)  # [B, n]
+        k = torch.ceil(ctx.input_lengths.to(torch.float64) * self.ratio).long()
+        return KeepDecision(hard=keep_top_k(scores, ctx.alive, k), aux={"scores": scores})
+
+
+def _selectors(ratios: Sequence[float]) -> dict[int, TokenSelector]:
+    return {layer: TopKSelector(r) for layer, r in enumerate(ratios) if r < 1.0}
+
+
+class TopK(PruningMethod):
+    """Settings: ``keep_ratios`` (one per layer), ``finetune_epochs`` (default 0)."""
+
+    name = "topk"
+
+    def __init__(self, model_config, settings: Mapping[str, Any] | None = None):
+        super().__init__(model_config, settings)
+        self.ratios = validate_schedule(self.settings["keep_ratios"], self.dims.num_layers)
+
+    def stages(self) -> list[Stage]:
+        epochs = float(self.settings.get("finetune_epochs", 0))
+        return [Stage("finetune", epochs)] if epochs > 0 else []
+
+    def selectors(self, stage: str) -> dict[int, TokenSelector]:
+        return _selectors(self.ratios)
+
+    def export(self) -> dict[str, Any]:
+        return {"keep_ratios": self.ratios}
+
+    @classmethod
+    def inference_selectors(cls, exported: Mapping[str, Any], model_config) -> dict[int, TokenSelector]:
+        return _selectors(validate_schedule(exported["keep_ratios"], model_config.num_hidden_layers))

@@ -1,0 +1,281 @@
+"""A plain training loop with hooks for a method's extra losses and parameter groups.
+
+One loop serves the teacher fine-tune (the ``dense`` method plus a ``finetune`` stage) and
+every pruning method's stages. Per step: the student runs in mask mode with the stage's
+selectors, the task loss (cross-entropy, or MSE for regression) is weighted by the method,
+the method's extra loss is added, and one optimiser updates the encoder (linear warm-up and
+decay) while a second one updates the method's own parameters at their own learning rates
+(``maximize`` groups do gradient ascent, as Lagrange multipliers need).
+
+Checkpoints: at the end of every epoch the model, the method's module, both optimisers, the
+schedulers and the RNG states are written to ``checkpoint_dir/checkpoint.pt`` (temporary name,
+then rename); a re-run with the same arguments resumes after the last finished epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from top.encoder import EncoderOutput, PrunableModel
+from top.pruning.base import PruningMethod, StepContext
+
+log = logging.getLogger(__name__)
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+@dataclass
+class TrainSettings:
+    """Optimisation settings shared by every stage (method-specific ones live in the method)."""
+
+    batch_size: int = 32
+    learning_rate: float = 2e-5
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    log_every: int = 50
+    device: str = "cpu"
+    progress: bool = False
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainSettings":
+        known = {k: v for k, v in values.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when the loss becomes NaN or infinite."""
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python, NumPy and torch."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` picks CUDA when available; anything else is passed to ``torch.device``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def model_inputs(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """The encoder's inputs of a collated batch, moved to ``device``."""
+    return {k: batch[k].to(device) for k in MODEL_INPUTS if k in batch}
+
+
+def task_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy for classification (``[B, C]`` logits), MSE for regression (``[B, 1]``)."""
+    if logits.shape[-1] == 1:
+        return nn.functional.mse_loss(logits.squeeze(-1), labels.to(logits.dtype))
+    return nn.functional.cross_entropy(logits, labels)
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _linear_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _model_parameter_groups(model: PrunableModel, settings: TrainSettings) -> list[dict[str, Any]]:
+    """The encoder's weights (not the selectors'), without weight decay on biases and norms."""
+    decay, no_decay = [], []
+    for name, param in model.hf.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if name.endswith("bias") or "LayerNorm" in name else decay).append(param)
+    return [
+        {"params": decay, "weight_decay": settings.weight_decay, "lr": settings.learning_rate},
+        {"params": no_decay, "weight_decay": 0.0, "lr": settings.learning_rate},
+    ]
+
+
+def _teacher_output(teacher: PrunableModel, inputs: dict[str, torch.Tensor], signals: Sequence[str]) -> EncoderOutput:
+    with torch.no_grad():
+        return teacher(**inputs, mode="mask", output_attentions="attentions" in signals)
+
+
+def run_stages(
+    model: PrunableModel,
+    method: PruningMethod,
+    train_data,
+    settings: TrainSettings,
+    *,
+    collate: Callable[[list[dict]], dict[str, torch.Tensor]],
+    teacher: PrunableModel | None = None,
+    checkpoint_dir: str | Path | None = None,
+) -> list[dict[str, float]]:
+    """Train ``model`` through every stage of ``method``.
+
+    Args:
+        model: the student, initialised from the fine-tuned teacher (or the pretrained model
+            for the teacher fine-tune itself).
+        method: the pruning method; its selectors are installed stage by stage and the last
+            stage's selectors stay installed.
+        train_data: a sequence of encoded examples (``datasets.Dataset`` from
+            :func:`top.data.encode`).
+        settings: optimisation settings.
+        collate: turns a list of examples into a padded batch (``top.data.collate``).
+        teacher: the frozen fine-tuned teacher, needed when the method asks for teacher
+            signals.
+        checkpoint_dir: where to keep the per-epoch checkpoint; None disables resuming.
+
+    Returns:
+        One log record per ``log_every`` steps (stage, epoch, step, losses, method scalars).
+    """
+    device = resolve_device(settings.device)
+    set_seed(settings.seed)
+    model.to(device)
+    method.module.to(device)
+    if teacher is not None:
+        teacher.to(device).eval()
+    checkpoint = Path(checkpoint_dir) / "checkpoint.pt" if checkpoint_dir is not None else None
+    state = torch.load(checkpoint, map_location=device, weights_only=False) if checkpoint and checkpoint.exists() else None
+    history: list[dict[str, float]] = list(state["history"]) if state else []
+
+    for stage_index, stage in enumerate(method.stages()):
+        if state and stage_index < state["stage_index"]:
+            model.set_selectors(method.selectors(stage.name))
+            continue
+        _run_stage(model, method, stage_index, stage, train_data, settings, collate, teacher, device, checkpoint, state, history)
+        state = None
+        method.on_stage_end(stage.name)
+    return history
+
+
+def _run_stage(model, method, stage_index, stage, train_data, settings, collate, teacher, device, checkpoint, state, history):
+    model.set_selectors(method.selectors(stage.name))
+    model.selectors.to(device)
+    signals = method.teacher_signals(stage.name)
+    if signals and teacher is None:
+        raise ValueError(f"method {method.name!r} needs a teacher ({', '.join(signals)}) in stage {stage.name!r}")
+
+    generator = torch.Generator().manual_seed(settings.seed + stage_index)
+    loader = DataLoader(train_data, batch_size=settings.batch_size, shuffle=True, collate_fn=collate, generator=generator)
+    steps_per_epoch = len(loader)
+    total_steps = max(1, math.ceil(stage.epochs * steps_per_epoch))
+    epochs = math.ceil(stage.epochs)
+
+    trains_model = method.trains_model_weights(stage.name)
+    for param in model.hf.parameters():
+        param.requires_grad_(trains_model)
+    model_optimizer = scheduler = None
+    if trains_model:
+        model_optimizer = torch.optim.AdamW(_model_parameter_groups(model, settings))
+        scheduler = _linear_schedule(model_optimizer, int(settings.warmup_ratio * total_steps), total_steps)
+    method_groups = method.parameter_groups(stage.name)
+    method_optimizer = torch.optim.AdamW(method_groups, weight_decay=0.0) if method_groups else None
+
+    start_epoch, step = 0, 0
+    if state is not None and state["stage_index"] == stage_index:
+        model.load_state_dict(state["model"])
+        method.module.load_state_dict(state["method"])
+        if model_optimizer is not None:
+            model_optimizer.load_state_dict(state["model_optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+        if method_optimizer is not None:
+            method_optimizer.load_state_dict(state["method_optimizer"])
+        generator.set_state(state["generator"])
+        _set_rng_state(state["rng"])
+        start_epoch, step = state["epoch"] + 1, state["step"]
+        log.info("resuming stage %r after epoch %d (step %d) from %s", stage.name, state["epoch"], step, checkpoint)
+
+    log.info("stage %r: %s epochs, %d steps, %d examples", stage.name, stage.epochs, total_steps, len(train_data))
+    model.train()
+    method.module.train()
+    for epoch in range(start_epoch, epochs):
+        batches = tqdm(loader, desc=f"{stage.name} epoch {epoch + 1}/{epochs}", disable=not settings.progress, mininterval=10)
+        for batch in batches:
+            if step >= total_steps:
+                break
+            record = _train_step(model, method, stage.name, batch, step, total_steps, teacher, signals, device)
+            params = [p for g in (model_optimizer, method_optimizer) if g for group in g.param_groups for p in group["params"]]
+            nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
+            for optimizer in (model_optimizer, method_optimizer):
+                if optimizer is not None:
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+            if scheduler is not None:
+                scheduler.step()
+            if step % settings.log_every == 0 or step == total_steps - 1:
+                record.update(stage=stage.name, epoch=epoch, step=step)
+                history.append(record)
+                log.info("%s", {k: (round(v, 5) if isinstance(v, float) else v) for k, v in record.items()})
+            step += 1
+        if checkpoint is not None:
+            checkpoint.parent.mkdir(parents=True, exist_ok=True)
+            _atomic_save(
+                {
+                    "stage_index": stage_index,
+                    "epoch": epoch,
+                    "step": step,
+                    "model": model.state_dict(),
+                    "method": method.module.state_dict(),
+                    "model_optimizer": model_optimizer.state_dict() if model_optimizer else None,
+                    "scheduler": scheduler.state_dict() if scheduler else None,
+                    "method_optimizer": method_optimizer.state_dict() if method_optimizer else None,
+                    "generator": generator.get_state(),
+                    "rng": _rng_state(),
+                    "history": history,
+                    "settings": asdict(settings),
+                },
+                checkpoint,
+            )
+    for param in model.hf.parameters():
+        param.requires_grad_(True)
+    model.eval()
+    method.module.eval()
+
+
+def _train_step(model, method, stage, batch, step, total_steps, teacher, signals, device) -> dict[str, float]:
+    inputs = model_inputs(batch, device)
+    labels = batch["labels"].to(device)
+    output = model(**inputs, mode="mask")
+    loss_task = task_loss(output.logits, labels)
+    teacher_out = _teacher_output(teacher, inputs, signals) if signals else None
+    context = StepContext(student=output, teacher=teacher_out, batch=batch, task_loss=loss_task, step=step, total_steps=total_steps)
+    extra, scalars = method.extra_loss(stage, context)
+    loss = method.task_loss_weight(stage) * loss_task + (extra if extra is not None else 0.0)
+    if not torch.isfinite(loss):
+        raise NonFiniteLossError(f"stage {stage!r}, step {step}: loss is {loss.item()} (task loss {loss_task.item()})")
+    loss.backward()
+    return {"loss": float(loss.detach()), "task_loss": float(loss_task.detach()), **{k: float(v) for k, v in scalars.items()}}

@@ -1,0 +1,55 @@
+rule evaluate:
+    """Task metrics on the dev split(s) in gather mode, and per-example per-layer lengths."""
+    input:
+        model=model_dir,
+    output:
+        metrics=f"{RESULTS}/eval/{RUN}/metrics.json",
+        lengths=f"{RESULTS}/eval/{RUN}/lengths.npz",
+    log:
+        f"logs/evaluate/{RUN}.log",
+    threads: config["threads"]["eval"]
+    params:
+        info=run_info,
+    conda:
+        "../envs/harness.yaml"
+    script:
+        "../scripts/evaluate.py"
+
+
+rule flops:
+    """Analytic FLOPs over the dev set at real lengths, pruned vs dense."""
+    input:
+        model=model_dir,
+        lengths=f"{RESULTS}/eval/{RUN}/lengths.npz",
+    output:
+        f"{RESULTS}/flops/{RUN}/flops.json",
+    log:
+        f"logs/flops/{RUN}.log",
+    params:
+        info=run_info,
+    conda:
+        "../envs/harness.yaml"
+    script:
+        "../scripts/flops.py"
+
+
+rule latency:
+    """Pinned-thread batch-1 CPU latency, interleaved with the dense teacher.
+
+    The `latency` resource lets a profile keep anything else from running beside it."""
+    input:
+        dense=f"{RESULTS}/teachers/{{task}}/seed{{seed}}",
+        model=model_dir,
+    output:
+        f"{RESULTS}/latency/{RUN}/latency.json",
+    log:
+        f"logs/latency/{RUN}.log",
+    threads: config["latency"]["threads"]
+    resources:
+        latency=1,
+    params:
+        info=run_info,
+    conda:
+        "../envs/harness.yaml"
+    script:
+        "../scripts/latency.py"

@@ -1,0 +1,7 @@
+"""Rule `table`: the Markdown comparison table."""
+
+from top.logs import log_to_file
+from top.report import markdown_table
+
+log_to_file(snakemake.log[0])
+markdown_table(snakemake.input[0], snakemake.output[0])
