@@ -50,6 +50,13 @@ def test_resolution_order(config):
     assert len(list(runs(config))) == 2 * 3
 
 
+def test_method_train_block_overrides_shared_train_settings(config):
+    config["methods"]["topk"]["settings"]["a"]["train"] = {"batch_size": 8}
+    run = resolve_run(config, "rte", "topk", "a", 42)
+    assert run["train"]["batch_size"] == 8 and run["train"]["learning_rate"] == 5e-5
+    assert "train" not in run["method_settings"]
+
+
 def test_valid_config_passes(config):
     validate_config(config)
 

@@ -10,6 +10,9 @@ increasing priority:
 2. ``task_settings.<task>.train`` and ``task_settings.<task>.methods.<m>``;
 3. ``methods.<m>.settings.<setting>``.
 
+A method's block may hold a ``train`` sub-block (e.g. a method's own batch size or learning
+rate); it overrides the run's shared ``train`` settings at the method's priority.
+
 The resolved dictionary is written as JSON beside every run's outputs.
 """
 
@@ -61,6 +64,11 @@ def resolve_run(cfg: Mapping[str, Any], task: str, method: str, setting: str, se
             f"settings: {', '.join(methods[method]['settings'])}"
         )
     block = _task_block(cfg, task)
+    method_settings = _merge(
+        methods[method].get("common"),
+        (block.get("methods") or {}).get(method),
+        methods[method]["settings"][setting],
+    )
     return {
         "task": task,
         "method": method,
@@ -68,12 +76,8 @@ def resolve_run(cfg: Mapping[str, Any], task: str, method: str, setting: str, se
         "seed": int(seed),
         "model": cfg["model"],
         "device": cfg["device"],
-        "train": _merge(cfg["train"], block.get("train")),
-        "method_settings": _merge(
-            methods[method].get("common"),
-            (block.get("methods") or {}).get(method),
-            methods[method]["settings"][setting],
-        ),
+        "train": _merge(cfg["train"], block.get("train"), method_settings.pop("train", None)),
+        "method_settings": method_settings,
     }
 
 

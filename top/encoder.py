@@ -129,6 +129,18 @@ class PrunableModel(nn.Module):
         context = torch.matmul(sa.dropout(probs), v)
         return context.transpose(1, 2).reshape(batch, n, heads * head_dim), probs
 
+    @staticmethod
+    def _kept_slots(keep: torch.Tensor) -> torch.Tensor:
+        """Indices ``[B, n']`` of each row's kept slots, in order, right-padded with slot 0.
+
+        ``n'`` is the largest kept count in the batch. Batch 1 (the latency path) needs no
+        padding, and ``nonzero`` is cheaper there than a sort.
+        """
+        if keep.shape[0] == 1:
+            return keep[0].nonzero()[:, 0][None, :]
+        width = int(keep.sum(dim=1).max())
+        return (~keep).to(torch.int8).argsort(dim=1, stable=True)[:, :width]
+
     def _head(self, hidden: torch.Tensor) -> torch.Tensor:
         """Apply the task head to ``[B, L, d]`` hidden states."""
         hf = self.hf
@@ -180,18 +192,19 @@ class PrunableModel(nn.Module):
             decision = None
             if selector is not None:
                 decision = selector(LayerContext(index, probs, hidden, alive, positions, input_lengths))
-            keep = alive if decision is None else (decision.hard & alive)
-            keep = keep.clone()
-            keep[:, 0] = True
+            if decision is None:
+                keep = alive
+            else:
+                keep = decision.hard & alive
+                keep[:, 0] = True
             n_in.append(alive.sum(dim=1))
             n_kept.append(keep.sum(dim=1))
 
             if mode == "gather" and decision is not None:
-                width = int(keep.sum(dim=1).max())
-                order = (~keep).to(torch.int8).argsort(dim=1, stable=True)[:, :width]  # kept first, in order
+                order = self._kept_slots(keep)  # [B, n'] kept slots first, in input order
                 hidden = hidden[rows, order]
                 positions = positions.gather(1, order)
-                keep = torch.arange(width, device=x.device)[None, :] < n_kept[-1][:, None]
+                keep = torch.arange(order.shape[1], device=x.device)[None, :] < n_kept[-1][:, None]
             x = layer.output(layer.intermediate(hidden), hidden)
             if mode == "mask" and decision is not None and decision.soft is not None:
                 soft = decision.soft.clone()

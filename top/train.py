@@ -116,7 +116,7 @@ def _linear_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int) 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def _model_parameter_groups(model: PrunableModel, settings: TrainSettings) -> list[dict[str, Any]]:
+def _model_parameter_groups(model: PrunableModel, settings: TrainSettings, lr: float) -> list[dict[str, Any]]:
     """The encoder's weights (not the selectors'), without weight decay on biases and norms."""
     decay, no_decay = [], []
     for name, param in model.hf.named_parameters():
@@ -124,8 +124,8 @@ def _model_parameter_groups(model: PrunableModel, settings: TrainSettings) -> li
             continue
         (no_decay if name.endswith("bias") or "LayerNorm" in name else decay).append(param)
     return [
-        {"params": decay, "weight_decay": settings.weight_decay, "lr": settings.learning_rate},
-        {"params": no_decay, "weight_decay": 0.0, "lr": settings.learning_rate},
+        {"params": decay, "weight_decay": settings.weight_decay, "lr": lr},
+        {"params": no_decay, "weight_decay": 0.0, "lr": lr},
     ]
 
 
@@ -171,6 +171,8 @@ def run_stages(
     checkpoint = Path(checkpoint_dir) / "checkpoint.pt" if checkpoint_dir is not None else None
     state = torch.load(checkpoint, map_location=device, weights_only=False) if checkpoint and checkpoint.exists() else None
     history: list[dict[str, float]] = list(state["history"]) if state else []
+    if state:
+        method.module.load_state_dict(state["method"])  # includes what finished stages derived
 
     for stage_index, stage in enumerate(method.stages()):
         if state and stage_index < state["stage_index"]:
@@ -200,7 +202,8 @@ def _run_stage(model, method, stage_index, stage, train_data, settings, collate,
         param.requires_grad_(trains_model)
     model_optimizer = scheduler = None
     if trains_model:
-        model_optimizer = torch.optim.AdamW(_model_parameter_groups(model, settings))
+        lr = stage.learning_rate if stage.learning_rate is not None else settings.learning_rate
+        model_optimizer = torch.optim.AdamW(_model_parameter_groups(model, settings, lr))
         scheduler = _linear_schedule(model_optimizer, int(settings.warmup_ratio * total_steps), total_steps)
     method_groups = method.parameter_groups(stage.name)
     method_optimizer = torch.optim.AdamW(method_groups, weight_decay=0.0) if method_groups else None
@@ -228,10 +231,9 @@ def _run_stage(model, method, stage_index, stage, train_data, settings, collate,
             if step >= total_steps:
                 break
             record = _train_step(model, method, stage.name, batch, step, total_steps, teacher, signals, device)
-            params = [p for g in (model_optimizer, method_optimizer) if g for group in g.param_groups for p in group["params"]]
-            nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
             for optimizer in (model_optimizer, method_optimizer):
-                if optimizer is not None:
+                if optimizer is not None:  # clipped separately: a method's gradients must not shrink the model's
+                    nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], settings.max_grad_norm)
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
             if scheduler is not None:

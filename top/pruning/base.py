@@ -98,12 +98,12 @@ def keep_top_k(scores: torch.Tensor, alive: torch.Tensor, k: torch.Tensor) -> to
     Returns:
         ``[B, n]`` bool keep mask, a subset of ``alive`` that always contains slot 0.
     """
-    scores = scores.masked_fill(~alive, float("-inf")).clone()
+    scores = scores.masked_fill(~alive, float("-inf"))
     scores[:, 0] = float("inf")  # [CLS] first, whatever its score
     k = torch.minimum(k.clamp_min(1), alive.sum(dim=1))
-    order = scores.argsort(dim=1, descending=True, stable=True)
-    rank = order.argsort(dim=1)
-    return (rank < k[:, None]) & alive
+    best = scores.topk(int(k.max()), dim=1).indices  # [B, k_max], best first
+    wanted = torch.arange(best.shape[1], device=k.device)[None, :] < k[:, None]
+    return torch.zeros_like(alive).scatter(1, best, wanted) & alive
 
 
 class TokenSelector(nn.Module, abc.ABC):
@@ -162,10 +162,13 @@ class Stage:
     Attributes:
         name: e.g. ``"prune"``, ``"soft"``, ``"hard"``, ``"search"``, ``"retrain"``.
         epochs: passes over the training data (may be fractional).
+        learning_rate: the encoder's peak learning rate in this stage; None: the run's
+            ``train.learning_rate``.
     """
 
     name: str
     epochs: float
+    learning_rate: float | None = None
 
 
 class PruningMethod(abc.ABC):
@@ -221,7 +224,11 @@ class PruningMethod(abc.ABC):
         return ()
 
     def on_stage_end(self, stage: str) -> None:
-        """Hook after a stage finishes (e.g. derive a configuration from learned weights)."""
+        """Hook after a stage finishes (e.g. derive a configuration from learned weights).
+
+        Anything it derives must be stored in :attr:`module` (a buffer), because a run resumed
+        from a checkpoint after this stage restores :attr:`module` and does not call the hook
+        again."""
 
     # -- export / inference ---------------------------------------------------------------------
     @abc.abstractmethod

@@ -1,0 +1,278 @@
+"""LTP (baselines/ltp.py) on a tiny random BERT: gradients, export round trip, modes, [CLS]."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import BertConfig, BertForSequenceClassification
+
+from baselines.ltp import LTP, LTPSettings, initial_thresholds, ltp_scores
+from top.encoder import PrunableModel
+from top.pruning.base import StepContext, attention_token_scores
+from top.pruning.registry import build_method
+
+LAYERS = 4
+
+
+def tiny_config(layers: int = LAYERS) -> BertConfig:
+    return BertConfig(
+        vocab_size=64,
+        hidden_size=32,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        intermediate_size=48,
+        max_position_embeddings=64,
+        num_labels=2,
+        initializer_range=0.2,  # peaky attention: with 0.02 every score is ~1 (uniform)
+        attn_implementation="eager",
+    )
+
+
+def tiny_model(seed: int = 0, layers: int = LAYERS) -> PrunableModel:
+    torch.manual_seed(seed)
+    return PrunableModel(BertForSequenceClassification(tiny_config(layers)).eval())
+
+
+def batch(lengths=(14, 11, 7), width: int | None = None, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Right-padded random inputs with the given real lengths; [CLS] (id 2) first."""
+    width = width or max(lengths)
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, 64, (len(lengths), width), generator=g)
+    ids[:, 0] = 2
+    mask = torch.zeros(len(lengths), width, dtype=torch.long)
+    for row, n in enumerate(lengths):
+        mask[row, :n] = 1
+    return {"input_ids": ids.masked_fill(mask == 0, 0), "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
+
+
+def step_context(output, loss) -> StepContext:
+    return StepContext(student=output, teacher=None, batch={}, task_loss=loss, step=0, total_steps=1)
+
+
+def set_thresholds(method: LTP, values) -> None:
+    with torch.no_grad():
+        method.store.thresholds.copy_(torch.tensor(values, dtype=torch.float32))
+
+
+def test_settings_defaults_and_validation():
+    method = build_method("ltp", tiny_config(), {"final_threshold": 2.0})
+    assert isinstance(method, LTP)
+    assert method.resolved == LTPSettings(final_threshold=2.0)
+    assert [s.name for s in method.stages()] == ["soft", "hard"]
+    assert [s.name for s in LTP(tiny_config(), {"hard_epochs": 0}).stages()] == ["soft"]
+    with pytest.raises(ValueError, match="unknown settings"):
+        LTP(tiny_config(), {"lamda": 0.1})
+    with pytest.raises(ValueError, match="temperature"):
+        LTP(tiny_config(), {"temperature": 0})
+
+
+def test_thresholds_start_linear_in_depth_and_layer0_never_prunes():
+    method = LTP(tiny_config(), {"final_threshold": 1.5})
+    assert initial_thresholds(LAYERS, 1.5) == pytest.approx([0.5, 1.0, 1.5])
+    assert method.thresholds()[0] is None
+    assert method.thresholds()[1:] == pytest.approx([0.5, 1.0, 1.5])
+    for stage in ("soft", "hard"):
+        assert sorted(method.selectors(stage)) == [1, 2, 3]
+    assert initial_thresholds(1, 1.5) == []
+    assert LTP(tiny_config(layers=1)).selectors("soft") == {}
+
+
+def test_score_is_padding_independent_and_relates_to_reference_normaliser():
+    model = tiny_model()
+    short = batch((9, 6), width=9)
+    padded = batch((9, 6), width=16)
+    padded["input_ids"][:, :9] = short["input_ids"]
+    a = model(**short, output_attentions=True)
+    b = model(**padded, output_attentions=True)
+    for layer in range(LAYERS):
+        alive_a, alive_b = short["attention_mask"].bool(), padded["attention_mask"].bool()
+        s_a = ltp_scores(a.attentions[layer], alive_a)
+        s_b = ltp_scores(b.attentions[layer], alive_b)
+        torch.testing.assert_close(s_a, s_b[:, :9], atol=1e-5, rtol=1e-5)
+        # mean over alive tokens is exactly 1 (uniform share), whatever the length
+        mean = (s_b * alive_b).sum(1) / alive_b.sum(1)
+        torch.testing.assert_close(mean, torch.ones(2), atol=1e-5, rtol=1e-5)
+        # the reference's score on inputs padded to P is sum_{h, alive q} p / (H * P): s = P * s_ref
+        probs = b.attentions[layer] * alive_b[:, None, :, None]
+        heads, width = probs.shape[1], probs.shape[-1]
+        s_ref = probs.sum(dim=(1, 2)) / (heads * width)
+        torch.testing.assert_close(s_b, width * s_ref * alive_b, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            s_b, (attention_token_scores(b.attentions[layer], alive_b) * alive_b.sum(1, keepdim=True)).masked_fill(~alive_b, 0)
+        )
+
+
+def test_soft_stage_gives_gradients_to_every_threshold():
+    model = tiny_model()
+    method = LTP(tiny_config(), {"reg_lambda": 0.5})
+    model.set_selectors(method.selectors("soft"))
+    model.train()
+    inputs = batch()
+    out = model(**inputs, mode="mask")
+    for layer, decision in enumerate(out.decisions):
+        if layer == 0:
+            assert decision is None
+            continue
+        alive = inputs["attention_mask"].bool()
+        assert torch.equal(decision.hard, alive)  # nothing removed in the soft stage
+        assert torch.all(decision.soft[:, 0] == 1.0)  # [CLS]
+        assert torch.all(decision.soft[~alive] == 0.0)
+        inner = decision.soft[:, 1:][alive[:, 1:]]
+        assert torch.all((inner > 0) & (inner < 1))
+    task = torch.nn.functional.cross_entropy(out.logits, torch.tensor([0, 1, 1]))
+    extra, scalars = method.extra_loss("soft", step_context(out, task))
+    masks = [d.aux["mask"] for d in out.decisions if d is not None]
+    alive = inputs["attention_mask"].float()
+    expected = 0.5 * sum((m * alive).sum() / alive.sum() for m in masks)
+    torch.testing.assert_close(extra, expected)
+    assert scalars["ltp_regulariser"] == pytest.approx(float(expected.detach()))
+    (task + extra).backward()
+    grad = method.store.thresholds.grad
+    assert grad is not None and torch.all(grad != 0), grad
+    assert model.hf.bert.encoder.layer[0].attention.self.query.weight.grad.abs().sum() > 0
+    groups = method.parameter_groups("soft")
+    assert len(groups) == 1 and groups[0]["params"][0] is method.store.thresholds
+    assert groups[0]["lr"] == method.resolved.threshold_lr
+    assert method.parameter_groups("hard") == []  # thresholds frozen in the hard stage
+    assert method.extra_loss("hard", step_context(out, task)) == (None, {})
+    # reg_length: the reference's normaliser (sum over real tokens / (B * 128)), scaled lambda
+    reference = LTP(tiny_config(), {"reg_lambda": 0.5, "reg_lambda_scale": 2.0, "reg_length": 128})
+    extra_ref, _ = reference.extra_loss("soft", step_context(out, task))
+    expected_ref = 1.0 * sum((m * alive).sum() / (3 * 128) for m in masks)
+    torch.testing.assert_close(extra_ref, expected_ref)
+    with pytest.raises(ValueError, match="reg_length"):
+        LTP(tiny_config(), {"reg_length": 0})
+
+
+def expected_keep(out, attention_mask, thresholds):
+    """Recompute every layer's kept set from the attentions and the exported thresholds."""
+    alive = attention_mask.bool()
+    result = []
+    for layer in range(len(out.kept)):
+        if thresholds[layer] is None:
+            keep = alive.clone()
+        else:
+            keep = (ltp_scores(out.attentions[layer], alive) > thresholds[layer]) & alive
+            keep[:, 0] = True
+        result.append(keep)
+        alive = keep
+    return result
+
+
+def test_hard_decisions_match_exported_thresholds():
+    model = tiny_model()
+    method = LTP(tiny_config())
+    set_thresholds(method, [0.8, 0.9, 1.0])
+    exported = json.loads(json.dumps(method.export()))  # plain JSON
+    assert exported["thresholds"][0] is None
+    assert exported["thresholds"][1:] == pytest.approx([0.8, 0.9, 1.0])
+    assert exported["reference_equivalent_thresholds"][1:] == pytest.approx([0.8 / 128, 0.9 / 128, 1.0 / 128])
+    model.set_selectors(LTP.inference_selectors(exported, model.config))
+    inputs = batch()
+    with torch.no_grad():
+        out = model(**inputs, mode="mask", output_attentions=True)
+    expected = expected_keep(out, inputs["attention_mask"], exported["thresholds"])
+    for layer in range(LAYERS):
+        assert torch.equal(out.kept[layer], expected[layer]), layer
+    real = inputs["attention_mask"].sum(1)
+    assert torch.all(out.lengths_kept[:, -1] < real)  # something pruned ...
+    assert torch.all(out.lengths_kept[:, -1] > 1)  # ... but not everything
+    # the training-time hard selectors decide the same
+    model.set_selectors(method.selectors("hard"))
+    with torch.no_grad():
+        again = model(**inputs, mode="mask")
+    for layer in range(LAYERS):
+        assert torch.equal(again.kept[layer], out.kept[layer])
+
+
+def test_gather_mode_predicts_like_mask_mode():
+    model = tiny_model(seed=1)
+    method = LTP(tiny_config())
+    set_thresholds(method, [0.8, 0.9, 1.0])
+    model.set_selectors(LTP.inference_selectors(method.export(), model.config))
+    inputs = batch((16, 12, 9, 5), seed=3)
+    with torch.no_grad():
+        masked = model(**inputs, mode="mask")
+        gathered = model(**inputs, mode="gather")
+    assert torch.equal(masked.lengths_kept, gathered.lengths_kept)
+    assert torch.any(gathered.lengths_kept[:, -1] < inputs["attention_mask"].sum(1))
+    torch.testing.assert_close(gathered.logits, masked.logits, atol=1e-5, rtol=1e-5)
+
+
+def test_cls_is_never_dropped():
+    model = tiny_model()
+    method = LTP(tiny_config())
+    set_thresholds(method, [1e6, 1e6, 1e6])  # nothing passes
+    model.set_selectors(LTP.inference_selectors(method.export(), model.config))
+    inputs = batch()
+    with torch.no_grad():
+        for mode in ("mask", "gather"):
+            out = model(**inputs, mode=mode)
+            assert torch.all(out.lengths_kept[:, 1:] == 1)
+            assert torch.all(out.lengths_kept[:, 0] == inputs["attention_mask"].sum(1))
+            for kept in out.kept:
+                assert torch.all(kept[:, 0])
+    # a selector on its own keeps [CLS] too, even when its score is below the threshold
+    with torch.no_grad():
+        out = model(**inputs, mode="mask", output_attentions=True)
+    decision = out.decisions[1]
+    assert torch.all(decision.hard[:, 0])
+
+
+def test_inference_selectors_validate_the_export():
+    exported = LTP(tiny_config()).export()
+    with pytest.raises(ValueError, match="layers"):
+        LTP.inference_selectors(exported, tiny_config(layers=3))
+    bad = dict(exported, thresholds=[0.1, 0.2, 0.3, 0.4])
+    with pytest.raises(ValueError, match="layer 0"):
+        LTP.inference_selectors(bad, tiny_config())
+    with pytest.raises(ValueError, match="not an LTP export"):
+        LTP.inference_selectors(dict(exported, format="power_bert/v1"), tiny_config())
+
+
+def _dataset(n: int = 24, seed: int = 0) -> list[dict]:
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for i in range(n):
+        length = int(torch.randint(5, 15, (1,), generator=g))
+        ids = torch.randint(5, 64, (length,), generator=g)
+        ids[0] = 2
+        label = i % 2
+        ids[1] = 10 + label  # a learnable signal
+        rows.append({"input_ids": ids.tolist(), "attention_mask": [1] * length, "token_type_ids": [0] * length, "labels": label})
+    return rows
+
+
+def _collate(rows):
+    width = max(len(r["input_ids"]) for r in rows)
+    out = {}
+    for key in ("input_ids", "attention_mask", "token_type_ids"):
+        out[key] = torch.tensor([r[key] + [0] * (width - len(r[key])) for r in rows])
+    out["labels"] = torch.tensor([r["labels"] for r in rows])
+    return out
+
+
+def test_runs_end_to_end_with_the_training_loop(tmp_path):
+    train = pytest.importorskip("top.train")
+    if not hasattr(train, "run_stages"):
+        pytest.skip("top.train.run_stages is not there")
+    model = tiny_model()
+    method = LTP(tiny_config(), {"soft_epochs": 1, "hard_epochs": 1, "threshold_lr": 0.05, "reg_lambda": 1.0})
+    before = method.thresholds()
+    settings = train.TrainSettings(batch_size=8, learning_rate=1e-3, seed=0, log_every=1)
+    history = train.run_stages(model, method, _dataset(), settings, collate=_collate, checkpoint_dir=tmp_path / "ckpt")
+    assert {record["stage"] for record in history} == {"soft", "hard"}
+    assert any("ltp_regulariser" in record for record in history)
+    after = method.thresholds()
+    assert after[1:] != pytest.approx(before[1:])  # learned in the soft stage
+    exported = json.loads(json.dumps(method.export()))
+    assert exported["thresholds"][1:] == pytest.approx(after[1:])
+    model.set_selectors(LTP.inference_selectors(exported, model.config))
+    inputs = _collate(_dataset(6, seed=5))
+    with torch.no_grad():
+        masked, gathered = model(**{k: v for k, v in inputs.items() if k != "labels"}, mode="mask"), model(
+            **{k: v for k, v in inputs.items() if k != "labels"}, mode="gather"
+        )
+    torch.testing.assert_close(gathered.logits, masked.logits, atol=1e-5, rtol=1e-5)

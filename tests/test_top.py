@@ -1,0 +1,505 @@
+"""Tests for ToP (top.pruning.top), its hard-concrete gates (l0) and ranking loss (ranking).
+
+All on tiny random BERTs (hidden 32, 4 heads, eager attention) on the CPU.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from transformers import BertConfig, BertForQuestionAnswering, BertForSequenceClassification
+
+from top.encoder import PrunableModel
+from top.flops import example_flops
+from top.pruning.base import LayerContext, StepContext
+from top.pruning.l0 import HardConcreteGate, log_alpha_for_droprate
+from top.pruning.ranking import ranking_distillation_loss
+from top.pruning.registry import build_method
+from top.pruning.top import ToP, ToPInferenceSelector, bin_keep_values, logit_distillation_loss, rank_bins
+
+VOCAB = 60
+BIG = 50.0  # |log_alpha| that makes a gate's P(z > 0) 1 - 1e-6 or 1e-6 (the clamp)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run far faster on one thread (and are not slowed by a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_config(layers: int = 4, num_labels: int = 2) -> BertConfig:
+    return BertConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        intermediate_size=48,
+        max_position_embeddings=64,
+        num_labels=num_labels,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        attn_implementation="eager",
+    )
+
+
+def tiny_model(layers: int = 4, seed: int = 0, num_labels: int = 2) -> PrunableModel:
+    torch.manual_seed(seed)
+    return PrunableModel(BertForSequenceClassification(tiny_config(layers, num_labels)).eval())
+
+
+def make_batch(lengths, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    width = max(lengths)
+    ids = torch.randint(5, VOCAB, (len(lengths), width), generator=g)
+    ids[:, 0] = 1  # [CLS]
+    mask = (torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]).long()
+    ids = ids * mask
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
+
+
+def set_gates(method: ToP, layer: int, bin_mask, prunes: bool = True) -> None:
+    gates = method.module.layers[str(layer)]
+    with torch.no_grad():
+        gates.bins.log_alpha.copy_(torch.tensor([BIG if keep else -BIG for keep in bin_mask]))
+        gates.layer.log_alpha.fill_(BIG if prunes else -BIG)
+
+
+# ------------------------------------------------------------------------------ hard concrete
+
+
+def test_hard_concrete_sampling_probabilities_and_gradients():
+    torch.manual_seed(0)
+    gate = HardConcreteGate((3, 1000), droprate_init=0.5, log_alpha_range=None)
+    with torch.no_grad():
+        gate.log_alpha[0].fill_(-2.0)
+        gate.log_alpha[1].fill_(0.0)
+        gate.log_alpha[2].fill_(2.0)
+    z = gate.sample()
+    assert z.shape == (3, 1000) and z.min() >= 0 and z.max() <= 1
+    assert (z == 0).any() and (z == 1).any()  # the stretch puts mass on exactly 0 and 1
+    # the fraction of non-zero samples matches P(z > 0)
+    empirical = (z > 0).float().mean(dim=1)
+    assert torch.allclose(empirical, gate.prob_nonzero()[:, 0], atol=0.05)
+    assert gate.prob_nonzero()[0, 0] < gate.prob_nonzero()[1, 0] < gate.prob_nonzero()[2, 0]
+    assert float(gate.expected_l0().detach()) == pytest.approx(float(gate.prob_nonzero().detach().sum()))
+    # reparameterised: gradients reach log_alpha through samples and through P(z > 0)
+    (gate.sample().sum() + gate.expected_l0()).backward()
+    assert gate.log_alpha.grad is not None and gate.log_alpha.grad.abs().sum() > 0
+
+
+def test_hard_concrete_initialisation_clamp_and_modes():
+    gate = HardConcreteGate(50, droprate_init=0.01)
+    assert float(gate.log_alpha.detach().mean()) == pytest.approx(log_alpha_for_droprate(0.01), abs=0.01)
+    with torch.no_grad():
+        gate.log_alpha.fill_(10.0)
+    gate.constrain_()
+    assert float(gate.log_alpha.detach().max()) == pytest.approx(math.log(100.0))
+    gate.train()
+    assert gate().shape == (50,)
+    gate.eval()
+    assert torch.equal(gate(), torch.ones(50))
+
+
+def test_hard_concrete_deterministic_keeps_the_expected_number_of_largest_gates():
+    gate = HardConcreteGate((2, 5), log_alpha_range=None)
+    with torch.no_grad():
+        gate.log_alpha.copy_(torch.tensor([[BIG, -BIG, BIG, -BIG, BIG], [0.3, -0.2, 5.0, -5.0, 0.1]]))
+    mask = gate.deterministic()
+    assert mask[0].tolist() == [1, 0, 1, 0, 1]
+    keep = 5 - round(5 - float(gate.prob_nonzero()[1].detach().sum()))
+    assert int(mask[1].sum()) == keep
+    order = gate.log_alpha[1].argsort(descending=True)
+    assert mask[1, order[:keep]].eq(1).all() and mask[1, order[keep:]].eq(0).all()
+
+
+# ------------------------------------------------------------------------------ ranking loss
+
+
+@pytest.mark.parametrize("weighting", ["arp2", "ndcg2"])
+def test_ranking_loss_prefers_the_teacher_order(weighting):
+    torch.manual_seed(0)
+    teacher = torch.rand(4, 12)
+    mask = torch.ones(4, 12, dtype=torch.bool)
+    mask[1, 7:] = False
+    perfect = ranking_distillation_loss(teacher * 5, teacher, mask, topk=None, weighting=weighting)
+    reversed_ = ranking_distillation_loss(-teacher * 5, teacher, mask, topk=None, weighting=weighting)
+    shuffled = ranking_distillation_loss(torch.rand(4, 12) * 5, teacher, mask, topk=None, weighting=weighting)
+    assert float(perfect) < float(shuffled) < float(reversed_)
+
+
+@pytest.mark.parametrize("weighting", ["arp2", "ndcg2"])
+def test_ranking_loss_ignores_masked_tokens_and_has_gradients(weighting):
+    torch.manual_seed(1)
+    teacher = torch.rand(3, 10)
+    mask = torch.rand(3, 10) > 0.3
+    mask[:, :3] = True
+    student = torch.randn(3, 10, requires_grad=True)
+    loss = ranking_distillation_loss(student, teacher, mask, topk=6, weighting=weighting)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert student.grad[~mask].abs().sum() == 0  # masked tokens get no gradient
+    assert student.grad[mask].abs().sum() > 0
+
+    # changing masked tokens (even to -inf, as attention_token_scores marks dead tokens) or the
+    # teacher's scores there changes nothing
+    other = student.detach().clone()
+    other[~mask] = float("-inf")
+    other_teacher = teacher.clone()
+    other_teacher[~mask] = 100.0
+    again = ranking_distillation_loss(other, other_teacher, mask, topk=6, weighting=weighting)
+    assert float(again) == pytest.approx(float(loss.detach()), rel=1e-6)
+
+
+def test_ranking_loss_only_uses_the_teachers_top_k():
+    teacher = torch.arange(10, 0, -1).float()[None]  # token 0 best
+    mask = torch.ones(1, 10, dtype=torch.bool)
+    student = torch.randn(1, 10)
+    base = ranking_distillation_loss(student, teacher, mask, topk=4)
+    changed = student.clone()
+    changed[0, 4:] = torch.randn(6) * 10  # outside the teacher's top-4
+    assert float(ranking_distillation_loss(changed, teacher, mask, topk=4)) == pytest.approx(float(base))
+    # no row with two valid items: zero, still differentiable
+    lonely = torch.zeros(1, 10, dtype=torch.bool)
+    lonely[0, 3] = True
+    s = torch.randn(1, 10, requires_grad=True)
+    zero = ranking_distillation_loss(s, teacher, lonely)
+    zero.backward()
+    assert float(zero.detach()) == 0.0
+
+
+# ------------------------------------------------------------------------------ settings, bins
+
+
+def test_settings_defaults_follow_the_model_depth_and_reject_unknown_keys():
+    method = build_method("top", tiny_config(layers=12), {})
+    assert isinstance(method, ToP)
+    assert method.resolved.prune_layers == list(range(1, 11))  # reference 2..11, shifted by one
+    assert method.resolved.rank_distill_layers == [1, 2, 3]  # reference range(1, 12 // 3)
+    assert method.resolved.task_loss_weight == 0.0 and method.resolved.logit_distill_weight == 1.0
+    assert [s.name for s in method.stages()] == ["prune"]
+    six = ToP(tiny_config(layers=6), {"finetune_epochs": 2})
+    assert six.resolved.prune_layers == [1, 2, 3, 4] and six.resolved.rank_distill_layers == [1]
+    assert [s.name for s in six.stages()] == ["prune", "finetune"]
+    regression = ToP(tiny_config(num_labels=1), {})
+    assert regression.resolved.logit_distill_weight == 0.0 and regression.resolved.task_loss_weight == 1.0
+    with pytest.raises(ValueError, match="unknown ToP settings"):
+        ToP(tiny_config(), {"sparsity": 0.5})
+    with pytest.raises(ValueError, match="prune_layers"):
+        ToP(tiny_config(layers=4), {"prune_layers": [1, 4]})
+    with pytest.raises(ValueError, match="target_sparsity"):
+        ToP(tiny_config(), {"target_sparsity": 1.0})
+
+
+def test_parameter_groups_and_teacher_signals():
+    method = ToP(tiny_config(layers=6), {"reg_learning_rate": 0.05, "lambda_learning_rate": 0.1, "finetune_epochs": 1})
+    gates, lambdas = method.parameter_groups("prune")
+    assert gates["lr"] == 0.05 and not gates.get("maximize", False)
+    assert lambdas["lr"] == 0.1 and lambdas["maximize"] is True
+    assert {id(p) for p in lambdas["params"]} == {id(method.module.lambda_1), id(method.module.lambda_2)}
+    n_gates = sum(p.numel() for p in gates["params"])
+    assert n_gates == len(method.resolved.prune_layers) * (method.resolved.bin_num + 1)
+    assert method.teacher_signals("prune") == ("logits", "attentions")
+    assert method.teacher_signals("finetune") == ("logits",)
+    assert method.parameter_groups("finetune") == []
+    # selectors share the method's gates
+    selectors = method.selectors("prune")
+    assert selectors[2].gates is method.module.layers["2"]
+
+
+def test_rank_bins_are_exact_and_skip_cls_and_dead_slots():
+    scores = torch.tensor([[0.0, 0.1, 0.9, 0.5, 0.7, 0.2, 0.3, 0.8, 0.4]])
+    alive = torch.ones(1, 9, dtype=torch.bool)
+    alive[0, 8] = False
+    bins = rank_bins(scores, alive, 4)
+    # 7 candidates (slots 1..7), ranks by score: 2, 7, 4, 3, 6, 5, 1 -> bins floor(r * 4 / 7)
+    expected = {2: 0, 7: 0, 4: 1, 3: 1, 6: 2, 5: 2, 1: 3}
+    assert bins[0, 0] == 4 and bins[0, 8] == 4
+    assert {slot: int(bins[0, slot]) for slot in range(1, 8)} == expected
+    keep = bin_keep_values(scores, alive, torch.tensor([1.0, 0.0, 0.5, 0.0]))
+    assert keep[0].tolist() == [1.0, 0.0, 1.0, 0.0, 0.0, 0.5, 0.5, 1.0, 0.0]
+
+
+# ------------------------------------------------------------------------------ constraint
+
+
+def test_expected_flops_equal_the_real_count_for_deterministic_gates():
+    model = tiny_model(layers=4)
+    method = ToP(model.config, {"bin_num": 4, "prune_layers": [1, 2], "log_alpha_range": None})
+    set_gates(method, 1, [1, 1, 1, 0])  # keep 3/4
+    set_gates(method, 2, [1, 0, 1, 0])  # keep 2/4 (not a prefix: bins are independent)
+    # candidates (length - 1) are multiples of bin_num at both pruning layers: 32 -> 24 -> 12, 16 -> 12 -> 6
+    batch = make_batch([33, 17, 33], seed=3)
+    model.set_selectors(method.selectors("prune"))
+    model.eval()
+    with torch.no_grad():
+        out = model(**batch, mode="gather")
+    assert out.lengths_kept[:, 1].tolist() == [25, 13, 25] and out.lengths_kept[:, 2].tolist() == [13, 7, 13]
+    real = example_flops(model.config, "classification", out.lengths_in.numpy(), out.lengths_kept.numpy())
+
+    hard, dense = method.expected_flops(batch["attention_mask"], deterministic=True)
+    assert np.array_equal(hard.numpy(), real)  # exact
+    full = np.repeat(out.lengths_in[:, :1].numpy(), 4, axis=1)
+    assert np.array_equal(dense.numpy(), example_flops(model.config, "classification", full, full))
+
+    # the training constraint, from P(z > 0) = 1 - 1e-6 or 1e-6, agrees up to that clamp
+    soft, _ = method.expected_flops(batch["attention_mask"])
+    assert np.allclose(soft.detach().numpy(), real, rtol=1e-4)
+    assert soft.requires_grad
+    sparsity = method.sparsity(soft, dense)
+    assert float(sparsity.detach()) == pytest.approx(1 - real.sum() / dense.sum().item(), rel=1e-4)
+
+
+def test_expected_flops_rounding_for_other_lengths_is_bounded():
+    model = tiny_model(layers=4)
+    method = ToP(model.config, {"bin_num": 4, "prune_layers": [1, 2], "log_alpha_range": None})
+    set_gates(method, 1, [1, 1, 0, 0])
+    set_gates(method, 2, [1, 1, 1, 0])
+    lengths = [7, 10, 19, 26]
+    batch = make_batch(lengths, seed=5)
+    model.set_selectors(method.selectors("prune"))
+    model.eval()
+    with torch.no_grad():
+        out = model(**batch, mode="gather")
+    ratios = torch.cumprod(method.keep_ratios(deterministic=True), 0)
+    predicted = 1 + (torch.tensor(lengths, dtype=torch.float64)[:, None] - 1) * ratios[None]
+    # each kept bin holds floor or ceil of candidates / bin_num tokens, per pruning layer
+    assert (out.lengths_kept.double() - predicted).abs().max() <= 2.0
+
+
+def test_lagrangian_gradient_ascent_grows_the_multipliers_below_target():
+    model = tiny_model(layers=4)
+    method = ToP(model.config, {"bin_num": 4, "prune_layers": [1, 2], "target_sparsity": 0.6, "lagrangian_warmup_epochs": 0})
+    optimizer = torch.optim.AdamW(method.parameter_groups("prune"))
+    mask = make_batch([20, 12])["attention_mask"]
+    expected, dense = method.expected_flops(mask)
+    sparsity = method.sparsity(expected, dense)
+    target = method.target_sparsity(method.warmup_progress(0, 100))
+    assert target == pytest.approx(0.6)
+    assert float(sparsity.detach()) < target  # the model starts (almost) dense: FLOPs exceed the target
+    lagrangian = method.lagrangian(sparsity, target)
+    assert float(lagrangian.detach()) == 0.0
+    lagrangian.backward()
+    optimizer.step()
+    l1, l2 = method.module.lambda_1.item(), method.module.lambda_2.item()
+    assert l1 < 0 and l2 > 0  # ascent on lambda_1 (s - t) + lambda_2 (s - t)^2 with s < t
+    optimizer.zero_grad()
+    penalty = method.lagrangian(method.sparsity(*method.expected_flops(mask)), target)
+    assert float(penalty.detach()) > 0  # the multipliers now charge for the missing sparsity
+    penalty.backward()
+    # ... and the gradient on the gates pushes towards dropping (lower log_alpha)
+    bins_grad = method.module.layers["1"].bins.log_alpha.grad
+    layer_grad = method.module.layers["1"].layer.log_alpha.grad
+    assert (bins_grad > 0).all() and (layer_grad < 0).all()
+
+
+def test_warmup_schedule_ramps_the_target():
+    method = ToP(tiny_config(), {"target_sparsity": 0.4, "epochs": 10, "lagrangian_warmup_epochs": 5, "start_sparsity": 0.1})
+    assert method.target_sparsity(method.warmup_progress(0, 200)) == pytest.approx(0.1)
+    assert method.target_sparsity(method.warmup_progress(50, 200)) == pytest.approx(0.25)
+    assert method.target_sparsity(method.warmup_progress(100, 200)) == pytest.approx(0.4)
+    assert method.target_sparsity(method.warmup_progress(180, 200)) == pytest.approx(0.4)
+
+
+# ------------------------------------------------------------------------------ decisions, export
+
+
+def test_mask_gather_and_exported_selectors_agree():
+    model = tiny_model(layers=4, seed=1)
+    method = ToP(model.config, {"bin_num": 5, "prune_layers": [0, 1, 2]})
+    set_gates(method, 0, [1, 1, 1, 1, 0])
+    set_gates(method, 1, [1, 0, 1, 1, 0])
+    set_gates(method, 2, [0, 0, 0, 0, 0], prunes=False)  # layer gate off: keeps everything
+    model.set_selectors(method.selectors("prune"))
+    model.eval()
+    batch = make_batch([23, 9, 16, 30], seed=2)
+    with torch.no_grad():
+        masked = model(**batch, mode="mask")
+        gathered = model(**batch, mode="gather")
+    assert torch.equal(masked.lengths_kept, gathered.lengths_kept)
+    assert (gathered.lengths_kept[:, 1] < gathered.lengths_in[:, 0]).all()  # it did prune
+    assert torch.equal(gathered.lengths_kept[:, 2], gathered.lengths_kept[:, 1])
+    assert torch.allclose(masked.logits, gathered.logits, atol=1e-5)
+
+    exported = json.loads(json.dumps(method.export()))  # plain JSON
+    assert exported["bin_num"] == 5
+    assert [entry["prunes"] for entry in exported["layers"]] == [True, True, False]
+    assert exported["layers"][1]["bin_mask"] == [1, 0, 1, 1, 0]
+    rebuilt = ToP.inference_selectors(exported, model.config)
+    assert sorted(rebuilt) == [0, 1] and all(isinstance(s, ToPInferenceSelector) for s in rebuilt.values())
+    inference = PrunableModel(model.hf, rebuilt).eval()
+    with torch.no_grad():
+        again = inference(**batch, mode="gather")
+    assert torch.equal(again.lengths_kept, gathered.lengths_kept)
+    for a, b in zip(again.kept, gathered.kept):
+        assert torch.equal(a, b)
+    assert torch.allclose(again.logits, gathered.logits, atol=1e-6)
+
+    with pytest.raises(ValueError, match="layers"):
+        ToP.inference_selectors(exported, tiny_config(layers=6))
+
+
+def test_training_selector_samples_and_exposes_scores():
+    torch.manual_seed(0)
+    model = tiny_model(layers=4)
+    method = ToP(model.config, {"bin_num": 4, "prune_layers": [1, 2], "rank_distill_layers": [1, 3]})
+    set_gates(method, 1, [1, 1, 1, 1])
+    with torch.no_grad():  # bins near 0.5 keep probability; the layer gate on
+        method.module.layers["1"].bins.log_alpha.fill_(0.0)
+    selectors = method.selectors("prune")
+    assert sorted(selectors) == [1, 2, 3] and selectors[3].gates is None
+    model.set_selectors(selectors)
+    model.train()
+    out = model(**make_batch([17, 12]), mode="mask")
+    decision = out.decisions[1]
+    assert decision.soft is not None and decision.aux["scores"].requires_grad
+    assert set(decision.soft[decision.hard].unique().tolist()) <= set(decision.aux["bin_values"].tolist()) | {1.0}
+    assert (decision.soft[~decision.hard] == 0).all()
+    assert torch.equal(out.decisions[3].hard, out.decisions[3].aux["alive"])  # scorer only
+
+
+# ------------------------------------------------------------------------------ training
+
+
+def toy_dataset(n: int, seed: int = 0) -> list[dict]:
+    """Label: does token 7 occur? Lengths 10..24."""
+    g = torch.Generator().manual_seed(seed)
+    data = []
+    for i in range(n):
+        length = int(torch.randint(10, 25, (1,), generator=g))
+        ids = torch.randint(8, VOCAB, (length,), generator=g)
+        ids[0] = 1
+        label = i % 2
+        if label:
+            ids[int(torch.randint(1, length, (1,), generator=g))] = 7
+        data.append(
+            {"input_ids": ids.tolist(), "attention_mask": [1] * length, "token_type_ids": [0] * length, "labels": label}
+        )
+    return data
+
+
+def test_short_training_moves_sparsity_to_target_and_export_reproduces_eval():
+    from top.data import collate
+    from top.train import TrainSettings, run_stages
+
+    model = tiny_model(layers=4, seed=0)
+    teacher = copy.deepcopy(model)
+    settings = {
+        "target_sparsity": 0.4,
+        "bin_num": 4,
+        "prune_layers": [1, 2],
+        "rank_distill_layers": [1],
+        "epochs": 4,
+        "lagrangian_warmup_epochs": 1,
+        "reg_learning_rate": 0.5,
+        "lambda_learning_rate": 0.5,
+        "rank_distill_weight": 0.01,
+        "finetune_epochs": 1,
+    }
+    method = ToP(model.config, settings)
+    data = toy_dataset(48)
+    train = TrainSettings(batch_size=8, learning_rate=1e-3, warmup_ratio=0.0, log_every=1, seed=0)
+    mask = torch.tensor([[1] * 20 + [0] * 4, [1] * 24])
+    before = method.sparsity(*method.expected_flops(mask)).item()
+    history = run_stages(model, method, data, train, collate=functools.partial(collate, pad_token_id=0), teacher=teacher)
+
+    prune = [r for r in history if r["stage"] == "prune"]
+    assert len(prune) == 24 and all(math.isfinite(r["loss"]) for r in history)
+    for key in ("expected_sparsity", "target_sparsity", "lambda_1", "lambda_2", "lagrangian_loss", "rank_loss", "distill_loss"):
+        assert key in prune[-1]
+    assert prune[-1]["target_sparsity"] == pytest.approx(0.4)
+    after = method.sparsity(*method.expected_flops(mask)).item()
+    assert before < 0.01  # layers start with their gates off
+    assert 0.25 < after < 0.65, (before, after)  # most of the way to 0.4 (the Lagrangian oscillates)
+    assert prune[-1]["lambda_1"] < 0  # the constraint was binding during the warm-up
+    assert [r["stage"] for r in history].count("finetune") == 6  # gates frozen, distillation only
+    assert "expected_sparsity" not in history[-1] and "distill_loss" in history[-1]
+
+    # the trained method's eval decisions (mask and gather) == the exported selectors' decisions
+    batch = collate(data[:16], pad_token_id=0)
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+    model.eval()
+    with torch.no_grad():
+        trained_mask = model(**inputs, mode="mask")
+        trained_gather = model(**inputs, mode="gather")
+    exported = json.loads(json.dumps(method.export()))
+    inference = PrunableModel(model.hf, ToP.inference_selectors(exported, model.config)).eval()
+    with torch.no_grad():
+        rebuilt = inference(**inputs, mode="gather")
+    assert torch.equal(trained_mask.lengths_kept, trained_gather.lengths_kept)
+    assert (trained_gather.lengths_kept[:, -1] < trained_gather.lengths_in[:, 0]).all()  # it prunes
+    assert torch.equal(rebuilt.lengths_kept, trained_gather.lengths_kept)
+    assert torch.equal(trained_mask.logits.argmax(-1), rebuilt.logits.argmax(-1))
+    assert torch.allclose(trained_mask.logits, rebuilt.logits, atol=1e-5)
+    assert torch.allclose(trained_gather.logits, rebuilt.logits, atol=1e-6)
+
+
+def test_extra_loss_by_hand_without_the_loop():
+    """extra_loss works with any loop: teacher attentions in, finite loss and logs out."""
+    model = tiny_model(layers=4)
+    teacher = copy.deepcopy(model)
+    method = ToP(model.config, {"bin_num": 4, "prune_layers": [1, 2], "rank_distill_layers": [1, 2]})
+    model.set_selectors(method.selectors("prune"))
+    model.train()
+    batch = {**make_batch([15, 11, 9]), "labels": torch.tensor([0, 1, 0])}
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+    student = model(**inputs, mode="mask")
+    with torch.no_grad():
+        t_out = teacher(**inputs, mode="mask", output_attentions=True)
+    task = torch.nn.functional.cross_entropy(student.logits, batch["labels"])
+    loss, logs = method.extra_loss("prune", StepContext(student, t_out, batch, task, step=3, total_steps=10))
+    assert torch.isfinite(loss) and loss.requires_grad
+    assert logs["distill_loss"] == pytest.approx(0.0, abs=1e-6)  # identical teacher and student
+    assert logs["rank_loss"] > 0
+    loss.backward()
+    assert model.hf.bert.encoder.layer[1].attention.self.query.weight.grad is not None  # ranking reaches layer 1
+    with pytest.raises(ValueError, match="teacher"):
+        method.extra_loss("prune", StepContext(student, None, batch, task, step=0, total_steps=10))
+
+
+def test_selectors_context_from_layer_context_directly():
+    """A ToP inference selector works on a hand-made LayerContext (no encoder involved)."""
+    probs = torch.softmax(torch.randn(2, 4, 9, 9), dim=-1)
+    alive = torch.ones(2, 9, dtype=torch.bool)
+    alive[1, 6:] = False
+    ctx = LayerContext(1, probs, torch.zeros(2, 9, 8), alive, torch.arange(9).expand(2, 9), alive.sum(1))
+    decision = ToPInferenceSelector(1, [1, 0])(ctx)
+    assert decision.hard[:, 0].all()
+    assert decision.hard.sum(1).tolist() == [1 + 4, 1 + 3]  # floor(r * 2 / a) < 1: ranks 0..3 of 8, 0..2 of 5
+
+
+def test_span_extraction_head_flops_and_distillation():
+    torch.manual_seed(0)
+    model = PrunableModel(BertForQuestionAnswering(tiny_config(layers=4)).eval())
+    method = ToP(model.config, {"bin_num": 4, "prune_layers": [1, 2], "log_alpha_range": None})
+    set_gates(method, 1, [1, 0, 1, 1])
+    set_gates(method, 2, [1, 1, 0, 0])
+    batch = make_batch([33, 17], seed=4)
+    model.set_selectors(method.selectors("prune"))
+    model.eval()
+    with torch.no_grad():
+        out = model(**batch, mode="gather")
+    assert out.logits.shape == (2, 33, 2)  # every position still gets a span logit
+    real = example_flops(model.config, "qa", out.lengths_in.numpy(), out.lengths_kept.numpy())
+    hard, _ = method.expected_flops(batch["attention_mask"], "qa", deterministic=True)
+    assert np.array_equal(hard.numpy(), real)
+
+    student = torch.randn(2, 33, 2, requires_grad=True)
+    teacher = torch.randn(2, 33, 2)
+    mask = batch["attention_mask"]
+    loss = logit_distillation_loss(student, teacher, 2.0, mask)
+    loss.backward()
+    assert torch.isfinite(loss) and float(loss.detach()) > 0
+    assert student.grad[1, 17:].abs().sum() == 0  # padding positions take no part
+    assert float(logit_distillation_loss(teacher, teacher, 2.0, mask)) == pytest.approx(0.0, abs=1e-6)
+    # classification KL and regression MSE
+    assert float(logit_distillation_loss(teacher[:, 0], teacher[:, 0], 2.0)) == pytest.approx(0.0, abs=1e-6)
+    assert float(logit_distillation_loss(torch.ones(3, 1), torch.zeros(3, 1), 2.0)) == pytest.approx(1.0)

@@ -1,0 +1,662 @@
+"""``top``: ToP, constraint-aware and ranking-distilled token pruning (Li et al., KDD 2023).
+
+What is learned
+---------------
+At every pruning layer, the alive tokens other than [CLS] are ranked by the attention they
+receive (:func:`~top.pruning.base.attention_token_scores`) and split into ``bin_num`` equal rank
+bins: a token of rank ``r`` (0 = most important) among ``a`` candidates falls into bin
+``floor(r * bin_num / a)`` (exact integer arithmetic). Each bin has a hard-concrete gate
+(:class:`~top.pruning.l0.HardConcreteGate`), and each pruning layer has one more gate that
+decides whether the layer prunes at all (the coarse-to-fine layer selection of ToP §3.3,
+``pruner_z`` in the reference). A token's keep value is ``1 - (1 - z_bin) * g_layer`` where
+``g_layer`` is the layer gate made binary with a straight-through estimator. A token whose keep
+value is 0 is dropped; otherwise, in training (mask mode), the layer output is multiplied by
+it, which is how the gates receive gradients from the task. At evaluation every gate is
+deterministic (:meth:`HardConcreteGate.deterministic`), so a layer keeps a fixed set of rank
+bins: :meth:`ToP.export` writes these 0/1 bin masks and :meth:`ToP.inference_selectors`
+rebuilds selectors that make exactly the same hard decisions without any gate module.
+
+Mapping onto this harness's layers
+----------------------------------
+The reference decides "at layer ``i``" with layer ``i - 1``'s attention and drops the tokens
+before layer ``i`` runs. Here the selector of layer ``l`` runs right after layer ``l``'s
+self-attention, with layer ``l``'s probabilities, and its dropped tokens skip layer ``l``'s
+feed-forward block and every later layer. So the reference's location ``i`` is our layer
+``l = i - 1``: the same scores decide, and the dropped tokens additionally save layer ``l``'s
+feed-forward block (DESIGN.md FLOPs convention). The reference's default locations ``2..11``
+of BERT-base become ``prune_layers = 1..L-2`` here (derived from the model's depth ``L``); its
+alternative ``3..11`` is ``2..L-2``. Ranking distillation in the reference applies to the scores
+of layers ``1 .. L//3 - 1`` (``range(1, len(pred_scores) // 3)``), i.e. the scores used by its
+first pruning locations; the same layer indices here (``rank_distill_layers``).
+
+Constraint (ToP §3.3, Appendix)
+-------------------------------
+From the gates' probabilities of being non-zero, the expected keep ratio of pruning layer ``l``
+is ``r_l = 1 - (1 - mean_b P(z_b > 0)) * P(g_l > 0)`` (``r_l = 1`` elsewhere). An example of
+real length ``N`` then has ``m_l = 1 + (N - 1) * prod_{j <= l} r_j`` tokens after layer ``l``
+([CLS] always kept), fractional and differentiable. Its expected FLOPs use
+:mod:`top.flops` exactly as the evaluation does: attention of layer ``l`` at ``m_{l-1}``
+(``m_{-1} = N``), feed-forward at ``m_l``, plus the task head; the dense FLOPs use the same
+formula at ``N``. The batch's expected sparsity is ``s = 1 - sum(expected) / sum(dense)``
+(``sparsity_average: per_example`` gives the reference's mean of per-example ratios). With the
+target ``t`` ramped linearly from ``start_sparsity`` to ``target_sparsity`` over
+``lagrangian_warmup_epochs``, the Lagrangian ``lambda_1 (s - t) + lambda_2 (s - t)^2`` is added
+to the loss; the gates minimise it and the multipliers maximise it (gradient ascent: their
+optimiser group has ``maximize=True``). With ``s < t`` the ascent drives ``lambda_1`` negative and
+``lambda_2`` positive, so the penalty and its pull towards sparsity grow until ``s`` reaches ``t``.
+
+For deterministic gates the expected counts equal the real ones when every pruning layer's
+candidate count ``a`` is a multiple of ``bin_num`` (each bin then holds exactly ``a / bin_num``
+tokens). Otherwise bin ``b`` holds ``ceil((b+1) a / B) - ceil(b a / B)`` tokens, so each run of
+consecutive kept bins is off by less than one token at its layer (carried, scaled by the later
+keep ratios, to later layers): the constraint is exact up to this bin rounding.
+
+Losses (reference ``trainer.py``)
+---------------------------------
+* logit distillation ``KL(softmax(t / T) || softmax(s / T)) * T^2`` (``T = 2``), which replaces the
+  task loss for classification and span extraction (the task loss keeps weight 1 and distillation
+  is off for regression, as the reference does for STS-B);
+* ranking distillation (:func:`~top.pruning.ranking.ranking_distillation_loss`, LambdaLoss ARP-2
+  on the teacher's top-20 tokens) between the teacher's final-layer token scores and each
+  distilled layer's scores, summed over layers, weighted by
+  ``rank_distill_weight * max(0.01, 1 - warmup progress)``. Unlike the reference, only tokens
+  still alive at the distilled layer are ranked (dropped ones have no score here);
+* the Lagrangian above.
+
+Stages: ``prune`` (model, gates and multipliers trained jointly) and, when
+``finetune_epochs > 0``, ``finetune`` (the gates frozen at their deterministic values, logit
+distillation only), the reference's optional fine-tuning after pruning.
+
+The reference clamps every ``log_alpha`` into ``[log 1e-2, log 1e2]`` after each optimiser step.
+The training loop has no after-step hook, so each training selector clamps its own gates in
+place at the start of the forward, before they enter the graph, which is equivalent; values
+are also read through the same clamp, so evaluation and export after the last step agree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from top.flops import encoder_macs, head_macs
+from top.pruning.base import (
+    KeepDecision,
+    LayerContext,
+    PruningMethod,
+    Stage,
+    StepContext,
+    TokenSelector,
+    attention_token_scores,
+)
+from top.pruning.l0 import LOG_ALPHA_RANGE, HardConcreteGate
+from top.pruning.ranking import WEIGHTINGS, ranking_distillation_loss
+
+EXPORT_FORMAT = "top-bins/1"
+STAGES = ("prune", "finetune")
+
+
+def default_prune_layers(num_layers: int) -> list[int]:
+    """The reference's ``prune_location = 2..L-1``, shifted to this harness's layers: ``1..L-2``."""
+    return list(range(1, num_layers - 1))
+
+
+def default_rank_distill_layers(num_layers: int) -> list[int]:
+    """The reference's ``range(1, L // 3)`` (layers 1, 2, 3 of BERT-base)."""
+    return list(range(1, num_layers // 3))
+
+
+@dataclass
+class ToPSettings:
+    """ToP's settings, with their defaults in one place.
+
+    Defaults follow the reference's SST-2 example (``ToP/run_token_prune.sh``) and
+    ``run_TokenPrune.sh``/``args.py``; per-task values belong in the configuration.
+
+    Attributes:
+        target_sparsity: fraction of the dense FLOPs to remove (0.5 = 2x fewer FLOPs).
+        bin_num: rank bins per pruning layer.
+        prune_layers: layers whose selector may prune (0-based, this harness's indexing; see
+            the module docstring). None: ``1..L-2``.
+        rank_distill_layers: layers whose scores learn the teacher's final-layer ranking. None:
+            ``1..L//3-1``. Empty disables ranking distillation.
+        epochs: epochs of the ``prune`` stage.
+        lagrangian_warmup_epochs: epochs over which the target ramps from ``start_sparsity`` to
+            ``target_sparsity`` (and the ranking-loss factor decays); 0: no ramp.
+        start_sparsity: the target at step 0.
+        finetune_epochs: epochs of the optional ``finetune`` stage with frozen gates (0: none).
+        reg_learning_rate: learning rate of the gates' ``log_alpha``.
+        lambda_learning_rate: learning rate of the multipliers (gradient ascent). None: the same
+            as ``reg_learning_rate`` (the reference uses ``-reg_learning_rate``).
+        droprate_init: initial drop probability of the bin gates (log_alpha = log(0.99/0.01) =
+            4.6, the reference's effective start after its clamp).
+        layer_droprate_init: initial drop probability of the layer gates (0.99: layers start
+            off; the reference initialises them at -10, clamped to -4.6 after the first step).
+        temperature: hard-concrete temperature ``beta``.
+        magical_number: scale in the deterministic mask (ordering only).
+        log_alpha_range: ``[low, high]`` clamp of ``log_alpha`` (reference: ``[log 1e-2,
+            log 1e2]``); None disables it.
+        rank_distill_weight: weight of the ranking loss (``distill_ce_loss_alpha`` in the
+            reference, grid 1e-2 .. 1e-5).
+        rank_distill_floor: the ranking weight decays as ``max(floor, 1 - warmup progress)``.
+        rank_topk: teacher's top-k tokens ranked per example (None: all).
+        rank_weighting: ``"arp2"`` (reference) or ``"ndcg2"``.
+        logit_distill_weight: weight of logit distillation. None: 1, or 0 for regression.
+        distill_temperature: softmax temperature ``T`` of logit distillation.
+        task_loss_weight: weight of the task loss. None: 0 when logits are distilled (the
+            reference trains on distillation alone), else 1.
+        sparsity_average: ``"pooled"`` (1 - sum expected / sum dense over the batch, as FLOPs are
+            reported) or ``"per_example"`` (1 - mean of ratios, as the reference).
+    """
+
+    target_sparsity: float = 0.5
+    bin_num: int = 50
+    prune_layers: list[int] | None = None
+    rank_distill_layers: list[int] | None = None
+    epochs: float = 40.0
+    lagrangian_warmup_epochs: float = 10.0
+    start_sparsity: float = 0.0
+    finetune_epochs: float = 0.0
+    reg_learning_rate: float = 0.02
+    lambda_learning_rate: float | None = None
+    droprate_init: float = 0.01
+    layer_droprate_init: float = 0.99
+    temperature: float = 2.0 / 3.0
+    magical_number: float = 0.8
+    log_alpha_range: list[float] | None = dataclasses.field(default_factory=lambda: list(LOG_ALPHA_RANGE))
+    rank_distill_weight: float = 0.01
+    rank_distill_floor: float = 0.01
+    rank_topk: int | None = 20
+    rank_weighting: str = "arp2"
+    logit_distill_weight: float | None = None
+    distill_temperature: float = 2.0
+    task_loss_weight: float | None = None
+    sparsity_average: str = "pooled"
+
+    @classmethod
+    def resolve(cls, values: Mapping[str, Any], num_layers: int, num_labels: int) -> "ToPSettings":
+        """Validate ``values`` (unknown keys are errors) and fill the derived defaults."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown ToP settings {unknown}; known: {sorted(known)}")
+        s = cls(**dict(values))
+        regression = num_labels == 1
+        if s.prune_layers is None:
+            s.prune_layers = default_prune_layers(num_layers)
+        if s.rank_distill_layers is None:
+            s.rank_distill_layers = default_rank_distill_layers(num_layers)
+        if s.lambda_learning_rate is None:
+            s.lambda_learning_rate = s.reg_learning_rate
+        if s.logit_distill_weight is None:
+            s.logit_distill_weight = 0.0 if regression else 1.0
+        if s.task_loss_weight is None:
+            s.task_loss_weight = 0.0 if s.logit_distill_weight > 0 else 1.0
+        s.prune_layers = _layer_list("prune_layers", s.prune_layers, num_layers)
+        s.rank_distill_layers = _layer_list("rank_distill_layers", s.rank_distill_layers, num_layers)
+        if s.log_alpha_range is not None:
+            s.log_alpha_range = [float(v) for v in s.log_alpha_range]
+            if len(s.log_alpha_range) != 2 or not s.log_alpha_range[0] < s.log_alpha_range[1]:
+                raise ValueError(f"log_alpha_range must be [low, high] with low < high, got {s.log_alpha_range}")
+        s._validate()
+        return s
+
+    def _validate(self) -> None:
+        if not 0.0 <= self.target_sparsity < 1.0:
+            raise ValueError(f"target_sparsity must be in [0, 1), got {self.target_sparsity}")
+        if not 0.0 <= self.start_sparsity < 1.0:
+            raise ValueError(f"start_sparsity must be in [0, 1), got {self.start_sparsity}")
+        if int(self.bin_num) != self.bin_num or self.bin_num < 1:
+            raise ValueError(f"bin_num must be a positive integer, got {self.bin_num}")
+        self.bin_num = int(self.bin_num)
+        if self.epochs <= 0:
+            raise ValueError(f"epochs must be positive, got {self.epochs}")
+        for key in ("lagrangian_warmup_epochs", "finetune_epochs", "rank_distill_weight", "rank_distill_floor",
+                    "logit_distill_weight", "task_loss_weight"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"{key} must be non-negative, got {getattr(self, key)}")
+        positive = ("reg_learning_rate", "lambda_learning_rate", "temperature", "magical_number", "distill_temperature")
+        for key in positive:
+            if getattr(self, key) <= 0:
+                raise ValueError(f"{key} must be positive, got {getattr(self, key)}")
+        for key in ("droprate_init", "layer_droprate_init"):
+            if not 0.0 < getattr(self, key) < 1.0:
+                raise ValueError(f"{key} must be in (0, 1), got {getattr(self, key)}")
+        if self.rank_topk is not None and (int(self.rank_topk) != self.rank_topk or self.rank_topk < 2):
+            raise ValueError(f"rank_topk must be an integer >= 2 or null, got {self.rank_topk}")
+        if self.rank_weighting not in WEIGHTINGS:
+            raise ValueError(f"rank_weighting must be one of {WEIGHTINGS}, got {self.rank_weighting!r}")
+        if self.sparsity_average not in ("pooled", "per_example"):
+            raise ValueError(f"sparsity_average must be 'pooled' or 'per_example', got {self.sparsity_average!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _layer_list(key: str, layers: Sequence[int], num_layers: int) -> list[int]:
+    out = sorted({int(layer) for layer in layers})
+    if len(out) != len(list(layers)):
+        raise ValueError(f"{key} has duplicates: {list(layers)}")
+    for layer in out:
+        if not 0 <= layer < num_layers:
+            raise ValueError(f"{key}: layer {layer} is outside 0..{num_layers - 1}")
+    return out
+
+
+# --------------------------------------------------------------------------------- bins
+
+
+def rank_bins(scores: torch.Tensor, alive: torch.Tensor, bin_num: int) -> torch.Tensor:
+    """Rank bin of every token slot.
+
+    Args:
+        scores: ``[B, n]`` importance (higher first); ties are broken by slot order.
+        alive: ``[B, n]`` bool.
+        bin_num: number of bins.
+
+    Returns:
+        ``[B, n]`` long: ``floor(rank * bin_num / a)`` for the ``a`` alive slots other than slot 0
+        ([CLS]), ranked from 0; ``bin_num`` for slot 0 and for slots that are not alive.
+    """
+    candidates = alive.clone()
+    candidates[:, 0] = False
+    keyed = scores.detach().masked_fill(~candidates, float("-inf"))
+    order = keyed.argsort(dim=1, descending=True, stable=True)
+    rank = order.argsort(dim=1)
+    count = candidates.sum(dim=1, keepdim=True).clamp_min(1)
+    bins = torch.div(rank * bin_num, count, rounding_mode="floor")
+    return torch.where(candidates, bins, torch.full_like(bins, bin_num))
+
+
+def bin_keep_values(scores: torch.Tensor, alive: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """Each slot's keep value: ``values[bin]`` for candidates, 1 for [CLS], 0 if not alive.
+
+    Args:
+        scores, alive: ``[B, n]``; values: ``[bin_num]`` keep value of every bin (differentiable).
+
+    Returns:
+        ``[B, n]`` float.
+    """
+    bins = rank_bins(scores, alive, values.shape[0])
+    padded = torch.cat([values, values.new_ones(1)])  # index bin_num: [CLS] (and dead slots)
+    keep = padded[bins]
+    return torch.where(alive, keep, torch.zeros_like(keep))
+
+
+# --------------------------------------------------------------------------------- gates
+
+
+class ToPLayerGates(nn.Module):
+    """The gates of one pruning layer: ``bins`` (one per rank bin) and ``layer`` (prune or not)."""
+
+    def __init__(self, s: ToPSettings):
+        super().__init__()
+        common = dict(
+            temperature=s.temperature,
+            magical_number=s.magical_number,
+            log_alpha_range=None if s.log_alpha_range is None else tuple(s.log_alpha_range),
+        )
+        self.bins = HardConcreteGate(s.bin_num, droprate_init=s.droprate_init, **common)
+        self.layer = HardConcreteGate(1, droprate_init=s.layer_droprate_init, **common)
+
+    def constrain_(self) -> None:
+        self.bins.constrain_()
+        self.layer.constrain_()
+
+    def sampled_keep(self) -> torch.Tensor:
+        """``[bin_num]`` training keep values: sampled bins, straight-through binary layer gate."""
+        z = self.bins.sample()
+        g = self.layer.sample()
+        g_hard = (g > 0).to(g.dtype)
+        g = g_hard + (g - g.detach())  # forward: 0/1; backward: d/dg = 1
+        return 1.0 - (1.0 - z) * g
+
+    @torch.no_grad()
+    def deterministic_keep(self) -> torch.Tensor:
+        """``[bin_num]`` 0/1 evaluation keep values."""
+        return 1.0 - (1.0 - self.bins.deterministic()) * self.layer.deterministic()
+
+    def keep_ratio(self, deterministic: bool = False) -> torch.Tensor:
+        """Expected fraction of candidates kept (scalar): ``1 - (1 - mean P(z_b>0)) P(g>0)``."""
+        if deterministic:
+            return self.deterministic_keep().mean()
+        return 1.0 - (1.0 - self.bins.prob_nonzero().mean()) * self.layer.prob_nonzero()[0]
+
+
+class ToPGates(nn.Module):
+    """Everything ToP learns besides the encoder: per pruning layer gates and the multipliers."""
+
+    def __init__(self, s: ToPSettings):
+        super().__init__()
+        self.layers = nn.ModuleDict({str(layer): ToPLayerGates(s) for layer in s.prune_layers})
+        self.lambda_1 = nn.Parameter(torch.zeros(()))
+        self.lambda_2 = nn.Parameter(torch.zeros(()))
+
+    def gate_parameters(self) -> list[nn.Parameter]:
+        return list(self.layers.parameters())
+
+    def lambda_parameters(self) -> list[nn.Parameter]:
+        return [self.lambda_1, self.lambda_2]
+
+
+# --------------------------------------------------------------------------------- selectors
+
+
+class ToPSelector(TokenSelector):
+    """A pruning layer's selector backed by the method's gates (or, without gates, a scorer).
+
+    In training mode it samples the gates (after clamping their ``log_alpha``); in eval mode,
+    or when ``frozen``, it uses the deterministic gates. ``aux`` carries the layer's token scores
+    (with gradient, for ranking distillation), ``alive`` and ``positions``. Without gates it keeps
+    every alive token and only records the scores (a ranking-distillation layer that does not
+    prune).
+    """
+
+    def __init__(self, layer: int, gates: ToPLayerGates | None, frozen: bool = False):
+        super().__init__()
+        self.layer = layer
+        self.gates = gates
+        self.frozen = frozen
+
+    def forward(self, ctx: LayerContext) -> KeepDecision:
+        scores = attention_token_scores(ctx.attention_probs, ctx.alive)
+        aux = {"scores": scores, "alive": ctx.alive, "positions": ctx.positions}
+        if self.gates is None:
+            return KeepDecision(hard=ctx.alive.clone(), aux=aux)
+        if self.training and not self.frozen:
+            self.gates.constrain_()
+            values = self.gates.sampled_keep()
+        else:
+            values = self.gates.deterministic_keep()
+        soft = bin_keep_values(scores, ctx.alive, values.to(scores.dtype))
+        aux["bin_values"] = values
+        return KeepDecision(hard=(soft > 0) & ctx.alive, soft=soft, aux=aux)
+
+
+class ToPInferenceSelector(TokenSelector):
+    """Deterministic selector rebuilt from :meth:`ToP.export`: keeps the tokens of the kept bins."""
+
+    def __init__(self, layer: int, bin_mask: Sequence[int]):
+        super().__init__()
+        self.layer = layer
+        self.register_buffer("bin_mask", torch.tensor([float(bool(v)) for v in bin_mask]))
+
+    def forward(self, ctx: LayerContext) -> KeepDecision:
+        scores = attention_token_scores(ctx.attention_probs, ctx.alive)
+        keep = bin_keep_values(scores, ctx.alive, self.bin_mask.to(device=scores.device, dtype=scores.dtype))
+        return KeepDecision(hard=(keep > 0) & ctx.alive, aux={"scores": scores})
+
+
+# --------------------------------------------------------------------------------- losses
+
+
+def logit_distillation_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    temperature: float,
+    attention_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Distillation of the task head's outputs (reference ``calculate_distillation_loss``).
+
+    * classification ``[B, C]``: ``KL(softmax(t/T) || softmax(s/T)) * T^2``, batch mean;
+    * regression ``[B, 1]``: mean squared error between the two outputs;
+    * span extraction ``[B, L, 2]``: the KL above over positions for the start and the end logits,
+      averaged; padding positions (``attention_mask`` 0) are excluded.
+    """
+    teacher_logits = teacher_logits.detach()
+    if student_logits.dim() == 3:
+        if attention_mask is not None:
+            pad = ~attention_mask.bool()[..., None]
+            student_logits = student_logits.masked_fill(pad, -1e4)
+            teacher_logits = teacher_logits.masked_fill(pad, -1e4)
+        losses = [
+            logit_distillation_loss(student_logits[..., i], teacher_logits[..., i], temperature)
+            for i in range(student_logits.shape[-1])
+        ]
+        return torch.stack(losses).mean()
+    if student_logits.shape[-1] == 1:
+        return F.mse_loss(student_logits, teacher_logits)
+    t = temperature
+    return F.kl_div(
+        F.log_softmax(student_logits / t, dim=-1), F.softmax(teacher_logits / t, dim=-1), reduction="batchmean"
+    ) * (t * t)
+
+
+# --------------------------------------------------------------------------------- method
+
+
+class ToP(PruningMethod):
+    """ToP. Settings: see :class:`ToPSettings`. Stages: ``prune`` [, ``finetune``]."""
+
+    name = "top"
+
+    def __init__(self, model_config, settings: Mapping[str, Any] | None = None):
+        super().__init__(model_config, settings)
+        num_labels = int(getattr(model_config, "num_labels", 2))
+        #: The validated settings with derived defaults filled in (:class:`ToPSettings`).
+        self.resolved = ToPSettings.resolve(self.settings, self.dims.num_layers, num_labels)
+        self.module: ToPGates = ToPGates(self.resolved)
+
+    # -- stages ---------------------------------------------------------------------------------
+    def stages(self) -> list[Stage]:
+        out = [Stage("prune", float(self.resolved.epochs))]
+        if self.resolved.finetune_epochs > 0:
+            out.append(Stage("finetune", float(self.resolved.finetune_epochs)))
+        return out
+
+    @staticmethod
+    def _check_stage(stage: str) -> None:
+        if stage not in STAGES:
+            raise ValueError(f"ToP has stages {STAGES}, not {stage!r}")
+
+    def selectors(self, stage: str) -> dict[int, TokenSelector]:
+        self._check_stage(stage)
+        frozen = stage == "finetune"
+        out: dict[int, TokenSelector] = {
+            layer: ToPSelector(layer, self.module.layers[str(layer)], frozen=frozen)
+            for layer in self.resolved.prune_layers
+        }
+        if stage == "prune" and self._ranks():
+            for layer in self.resolved.rank_distill_layers:
+                out.setdefault(layer, ToPSelector(layer, None))
+        return out
+
+    def parameter_groups(self, stage: str) -> list[dict[str, Any]]:
+        self._check_stage(stage)
+        if stage != "prune":
+            return []
+        return [
+            {"params": self.module.gate_parameters(), "lr": self.resolved.reg_learning_rate, "weight_decay": 0.0},
+            {
+                "params": self.module.lambda_parameters(),
+                "lr": self.resolved.lambda_learning_rate,
+                "weight_decay": 0.0,
+                "maximize": True,
+            },
+        ]
+
+    def teacher_signals(self, stage: str) -> tuple[str, ...]:
+        self._check_stage(stage)
+        signals = ("logits",) if self.resolved.logit_distill_weight > 0 else ()
+        if stage == "prune" and self._ranks():
+            signals += ("attentions",)
+        return signals
+
+    def task_loss_weight(self, stage: str) -> float:
+        return float(self.resolved.task_loss_weight)
+
+    def _ranks(self) -> bool:
+        return self.resolved.rank_distill_weight > 0 and bool(self.resolved.rank_distill_layers)
+
+    # -- constraint ---------------------------------------------------------------------------
+    def keep_ratios(self, deterministic: bool = False) -> torch.Tensor:
+        """``[num_layers]`` float64 expected fraction of candidates each layer keeps (1 where it
+        cannot prune); differentiable unless ``deterministic``."""
+        device = self.module.lambda_1.device
+        ratios = [torch.ones((), dtype=torch.float64, device=device) for _ in range(self.dims.num_layers)]
+        for layer in self.resolved.prune_layers:
+            ratios[layer] = self.module.layers[str(layer)].keep_ratio(deterministic).to(torch.float64)
+        return torch.stack(ratios)
+
+    def expected_flops(
+        self, attention_mask: torch.Tensor, head_kind: str = "classification", *, deterministic: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Expected and dense FLOPs of each example, with :mod:`top.flops`' formula.
+
+        Args:
+            attention_mask: ``[B, L]`` (1 for real tokens).
+            head_kind: ``"classification"`` or ``"qa"`` (the head is counted as in
+                :func:`top.flops.example_flops`).
+            deterministic: use the evaluation gates (0/1) instead of ``P(z > 0)``.
+
+        Returns:
+            ``(expected, dense)``, each ``[B]`` float64 FLOPs (2 x MACs); ``expected`` is
+            differentiable in the gates unless ``deterministic``.
+        """
+        device = self.module.lambda_1.device
+        n = attention_mask.to(device).sum(dim=1).to(torch.float64)  # [B]
+        kept_fraction = torch.cumprod(self.keep_ratios(deterministic), dim=0)  # [layers]
+        kept = 1.0 + (n[:, None] - 1.0).clamp_min(0.0) * kept_fraction[None, :]  # [B, layers]
+        entering = torch.cat([n[:, None], kept[:, :-1]], dim=1)
+        full = n[:, None].expand_as(kept)
+        head = head_macs(self.model_config, head_kind, n)
+        expected = 2.0 * (encoder_macs(entering, kept, self.dims) + head)
+        dense = 2.0 * (encoder_macs(full, full, self.dims) + head)
+        return expected, dense
+
+    def sparsity(self, expected: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        """FLOPs sparsity of a batch: ``1 - expected / dense`` (pooled or per-example mean)."""
+        if self.resolved.sparsity_average == "per_example":
+            return 1.0 - (expected / dense).mean()
+        return 1.0 - expected.sum() / dense.sum()
+
+    def warmup_progress(self, step: int, total_steps: int) -> float:
+        """Fraction of the Lagrangian warm-up done at ``step`` of a ``total_steps`` prune stage."""
+        warmup_steps = total_steps * self.resolved.lagrangian_warmup_epochs / self.resolved.epochs
+        if warmup_steps <= 0:
+            return 1.0
+        return min(1.0, step / warmup_steps)
+
+    def target_sparsity(self, progress: float) -> float:
+        """The ramped target: ``start + (target - start) * progress``."""
+        c = self.resolved
+        return c.start_sparsity + (c.target_sparsity - c.start_sparsity) * progress
+
+    def lagrangian(self, sparsity: torch.Tensor, target: float) -> torch.Tensor:
+        """``lambda_1 (s - t) + lambda_2 (s - t)^2``."""
+        gap = sparsity.to(self.module.lambda_1.dtype) - target
+        return self.module.lambda_1 * gap + self.module.lambda_2 * gap * gap
+
+    # -- losses -------------------------------------------------------------------------------
+    def rank_loss(self, student, teacher, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Ranking distillation summed over ``rank_distill_layers`` (see module docstring)."""
+        if teacher is None or not getattr(teacher, "attentions", None):
+            raise ValueError("ToP's ranking distillation needs the teacher's attentions (teacher_signals)")
+        alive = attention_mask.to(teacher.attentions[-1].device).bool()
+        teacher_scores = attention_token_scores(teacher.attentions[-1], alive)  # [B, L]
+        total = student.logits.new_zeros(())
+        for layer in self.resolved.rank_distill_layers:
+            decision = student.decisions[layer]
+            if decision is None or "scores" not in decision.aux:
+                continue
+            valid = decision.aux["alive"].clone()
+            valid[:, 0] = False
+            target = teacher_scores.gather(1, decision.aux["positions"])
+            total = total + ranking_distillation_loss(
+                decision.aux["scores"], target, valid,
+                topk=self.resolved.rank_topk, weighting=self.resolved.rank_weighting,
+            )
+        return total
+
+    def extra_loss(self, stage: str, step: StepContext) -> tuple[torch.Tensor | None, dict[str, float]]:
+        self._check_stage(stage)
+        c = self.resolved
+        student = step.student
+        mask = step.batch["attention_mask"].to(student.logits.device)
+        total = student.logits.new_zeros(())
+        logs: dict[str, float] = {}
+        if stage == "prune":
+            progress = self.warmup_progress(step.step, step.total_steps)
+            target = self.target_sparsity(progress)
+            head_kind = "qa" if student.logits.dim() == 3 else "classification"
+            expected, dense = self.expected_flops(mask, head_kind)
+            sparsity = self.sparsity(expected, dense)
+            lagrangian = self.lagrangian(sparsity, target)
+            total = total + lagrangian
+            with torch.no_grad():
+                hard_sparsity = self.sparsity(*self.expected_flops(mask, head_kind, deterministic=True))
+            logs.update(
+                expected_sparsity=float(sparsity.detach()),
+                deterministic_sparsity=float(hard_sparsity),
+                target_sparsity=float(target),
+                lagrangian_loss=float(lagrangian.detach()),
+                lambda_1=float(self.module.lambda_1.detach()),
+                lambda_2=float(self.module.lambda_2.detach()),
+                expected_flops=float(expected.detach().mean()),
+                dense_flops=float(dense.mean()),
+            )
+            if self._ranks():
+                rank = self.rank_loss(student, step.teacher, mask)
+                weight = c.rank_distill_weight * max(c.rank_distill_floor, 1.0 - progress)
+                total = total + weight * rank
+                logs.update(rank_loss=float(rank.detach()), rank_weight=float(weight))
+        if c.logit_distill_weight > 0:
+            if step.teacher is None:
+                raise ValueError("ToP's logit distillation needs the teacher's logits (teacher_signals)")
+            distill = logit_distillation_loss(student.logits, step.teacher.logits, c.distill_temperature, mask)
+            total = total + c.logit_distill_weight * distill
+            logs["distill_loss"] = float(distill.detach())
+        return total, logs
+
+    # -- export / inference ---------------------------------------------------------------------
+    @torch.no_grad()
+    def export(self) -> dict[str, Any]:
+        """Plain JSON: per pruning layer whether it prunes and its deterministic 0/1 bin mask."""
+        layers = []
+        for layer in self.resolved.prune_layers:
+            gates = self.module.layers[str(layer)]
+            bin_mask = [int(v) for v in gates.bins.deterministic().round().tolist()]
+            prunes = bool(gates.layer.deterministic()[0] > 0)
+            layers.append(
+                {
+                    "layer": layer,
+                    "prunes": prunes,
+                    "bin_mask": bin_mask,
+                    "kept_bins": sum(bin_mask) if prunes else self.resolved.bin_num,
+                    "bin_keep_probability": [round(float(p), 6) for p in gates.bins.prob_nonzero().tolist()],
+                    "layer_probability": round(float(gates.layer.prob_nonzero()[0]), 6),
+                }
+            )
+        ratios = self.keep_ratios(deterministic=True)
+        return {
+            "format": EXPORT_FORMAT,
+            "num_layers": self.dims.num_layers,
+            "bin_num": self.resolved.bin_num,
+            "layers": layers,
+            "keep_ratios": [float(r) for r in ratios.tolist()],
+            "cumulative_keep_ratios": [float(r) for r in torch.cumprod(ratios, 0).tolist()],
+            "lambda_1": float(self.module.lambda_1.detach()),
+            "lambda_2": float(self.module.lambda_2.detach()),
+            "settings": self.resolved.to_dict(),
+        }
+
+    @classmethod
+    def inference_selectors(cls, exported: Mapping[str, Any], model_config) -> dict[int, TokenSelector]:
+        if exported.get("format") != EXPORT_FORMAT:
+            raise ValueError(f"not a ToP export (format {exported.get('format')!r}, expected {EXPORT_FORMAT!r})")
+        num_layers = model_config.num_hidden_layers
+        if int(exported["num_layers"]) != num_layers:
+            raise ValueError(f"export is for {exported['num_layers']} layers, the model has {num_layers}")
+        bin_num = int(exported["bin_num"])
+        out: dict[int, TokenSelector] = {}
+        for entry in exported["layers"]:
+            layer, mask = int(entry["layer"]), list(entry["bin_mask"])
+            if len(mask) != bin_num:
+                raise ValueError(f"layer {layer}: bin_mask has {len(mask)} entries, bin_num is {bin_num}")
+            if entry["prunes"] and not all(mask):  # a layer keeping every bin keeps every token
+                out[layer] = ToPInferenceSelector(layer, mask)
+        return out
