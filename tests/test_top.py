@@ -186,9 +186,9 @@ def test_settings_defaults_follow_the_model_depth_and_reject_unknown_keys():
     assert method.resolved.rank_distill_layers == [1, 2, 3]  # reference range(1, 12 // 3)
     assert method.resolved.task_loss_weight == 0.0 and method.resolved.logit_distill_weight == 1.0
     assert [s.name for s in method.stages()] == ["prune"]
-    six = ToP(tiny_config(layers=6), {"finetune_epochs": 2})
+    six = ToP(tiny_config(layers=6), {"finetune_epochs": 2, "finetune_learning_rate": 3e-5})
     assert six.resolved.prune_layers == [1, 2, 3, 4] and six.resolved.rank_distill_layers == [1]
-    assert [s.name for s in six.stages()] == ["prune", "finetune"]
+    assert [(s.name, s.epochs, s.learning_rate) for s in six.stages()] == [("prune", 40.0, None), ("finetune", 2.0, 3e-5)]
     regression = ToP(tiny_config(num_labels=1), {})
     assert regression.resolved.logit_distill_weight == 0.0 and regression.resolved.task_loss_weight == 1.0
     with pytest.raises(ValueError, match="unknown ToP settings"):

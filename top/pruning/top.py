@@ -129,6 +129,8 @@ class ToPSettings:
             ``target_sparsity`` (and the ranking-loss factor decays); 0: no ramp.
         start_sparsity: the target at step 0.
         finetune_epochs: epochs of the optional ``finetune`` stage with frozen gates (0: none).
+        finetune_learning_rate: the encoder's learning rate in ``finetune`` (None: the run's
+            ``train.learning_rate``, which the ``prune`` stage uses).
         reg_learning_rate: learning rate of the gates' ``log_alpha``.
         lambda_learning_rate: learning rate of the multipliers (gradient ascent). None: the same
             as ``reg_learning_rate`` (the reference uses ``-reg_learning_rate``).
@@ -161,6 +163,7 @@ class ToPSettings:
     lagrangian_warmup_epochs: float = 10.0
     start_sparsity: float = 0.0
     finetune_epochs: float = 0.0
+    finetune_learning_rate: float | None = None
     reg_learning_rate: float = 0.02
     lambda_learning_rate: float | None = None
     droprate_init: float = 0.01
@@ -220,6 +223,8 @@ class ToPSettings:
             if getattr(self, key) < 0:
                 raise ValueError(f"{key} must be non-negative, got {getattr(self, key)}")
         positive = ("reg_learning_rate", "lambda_learning_rate", "temperature", "magical_number", "distill_temperature")
+        if self.finetune_learning_rate is not None:
+            positive += ("finetune_learning_rate",)
         for key in positive:
             if getattr(self, key) <= 0:
                 raise ValueError(f"{key} must be positive, got {getattr(self, key)}")
@@ -445,7 +450,7 @@ class ToP(PruningMethod):
     def stages(self) -> list[Stage]:
         out = [Stage("prune", float(self.resolved.epochs))]
         if self.resolved.finetune_epochs > 0:
-            out.append(Stage("finetune", float(self.resolved.finetune_epochs)))
+            out.append(Stage("finetune", float(self.resolved.finetune_epochs), self.resolved.finetune_learning_rate))
         return out
 
     @staticmethod
