@@ -102,3 +102,20 @@ def test_shipped_configs_are_valid():
         cfg = yaml.safe_load((root / "config" / name).read_text())
         validate(cfg, SCHEMA)
         validate_config(cfg, check_paths=False)
+
+
+def test_paper_config_builds_every_method_for_bert_base():
+    from transformers import BertConfig
+
+    from top.pruning.registry import build_method
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = yaml.safe_load((root / "config/config.yaml").read_text())
+    validate(cfg, SCHEMA)
+    bert_base = BertConfig()  # 12 layers, 768 hidden: the paper's model
+    built = 0
+    for task, method, setting, seed in runs(cfg):
+        run = resolve_run(cfg, task, method, setting, seed)
+        build_method(method, bert_base, run["method_settings"])
+        built += 1
+    assert built == 8 * sum(len(m["settings"]) for m in cfg["methods"].values())
