@@ -98,3 +98,12 @@ def test_bad_config_is_rejected_before_any_job(tmp_path):
     result = snakemake("-n", "--configfile", str(bad), "--directory", str(tmp_path))
     assert result.returncode != 0
     assert "tasks[1]: unknown task 'imdb'; allowed: cola, sst2" in result.stdout + result.stderr
+
+
+def test_configfile_on_the_command_line_replaces_the_paper_config(tmp_path):
+    # Run from the project root, where config/config.yaml exists: its 8 tasks and 12-layer
+    # schedules must not leak into a run of another configuration.
+    result = snakemake("-n", "--configfile", str(tiny_config(tmp_path)), "--quiet", "rules")
+    assert result.returncode == 0, result.stderr[-4000:]
+    counts = {line.split()[0]: int(line.split()[1]) for line in result.stdout.splitlines() if len(line.split()) == 2 and line.split()[1].isdigit()}
+    assert counts["teacher"] == 1 and counts["train"] == 2

@@ -1,0 +1,93 @@
+"""Real-data benchmark (issues 3 and 4): every method on all-MiniLM-L6-v2, SST-2 and MRPC.
+
+Runs the workflow on ``config/benchmark.yaml`` (the same rules, teacher, FLOPs formula and
+latency protocol as every other run), then prints and saves a summary: per task and method
+setting, the dev metric next to the dense teacher's, the FLOPs reduction (for ToP also the
+target and how far the achieved reduction is from it), and the batch-1 latency speedups
+measured interleaved with the dense model.
+
+    python benchmarks/real_data.py --glue-dir ../shared/data/glue [--cores 2]
+
+Writes ``results/benchmark/summary.json`` and ``results/benchmark/summary.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+log = logging.getLogger("benchmark")
+
+
+def run_workflow(config: Path, glue_dir: Path, cores: int) -> None:
+    command = [sys.executable, "-m", "snakemake", "--cores", str(cores), "--configfile", str(config),
+               "--config", f"glue_dir={glue_dir}", "--rerun-incomplete"]
+    log.info("running %s", " ".join(command))
+    subprocess.run(command, cwd=ROOT, check=True)
+
+
+def summarise(results_dir: Path) -> pd.DataFrame:
+    frame = pd.read_csv(results_dir / "tables/results.csv")
+    teacher = frame[frame["method"] == "dense"].set_index("task")["score"]
+    frame["dense_score"] = frame["task"].map(teacher)
+    frame["score_delta"] = frame["score"] - frame["dense_score"]
+    targets = []
+    for row in frame.itertuples():
+        target = None
+        if row.method == "top":
+            record = json.loads((results_dir / f"models/{row.task}/top/{row.setting}/seed{row.seed}/pruning.json").read_text())
+            target = record["decisions"]["settings"]["target_sparsity"]
+        targets.append(target)
+    frame["target_sparsity"] = targets
+    frame["achieved_sparsity"] = 1.0 - 1.0 / frame["flops_reduction"]
+    frame["target_reduction"] = 1.0 / (1.0 - frame["target_sparsity"])
+    frame["reduction_error_pct"] = 100 * (frame["flops_reduction"] / frame["target_reduction"] - 1.0)
+    return frame
+
+
+def markdown(frame: pd.DataFrame) -> str:
+    lines = [
+        "| task | method | setting | dev metric | dense | Δ | FLOPs reduction | ToP target (error) | latency speedup | at pruned lengths |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in frame.itertuples():
+        target = f"{r.target_reduction:.2f}x ({r.reduction_error_pct:+.1f}%)" if r.method == "top" else ""
+        lines.append(
+            f"| {r.task} | {r.method} | {r.setting} | {r.metric} {r.score:.2f} | {r.dense_score:.2f} | {r.score_delta:+.2f} | "
+            f"{r.flops_reduction:.2f}x | {target} | {r.speedup:.2f}x | {r.speedup_at_pruned_lengths:.2f}x |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--glue-dir", type=Path, default=ROOT.parent / "shared/data/glue")
+    parser.add_argument("--config", type=Path, default=ROOT / "config/benchmark.yaml")
+    parser.add_argument("--cores", type=int, default=2)
+    parser.add_argument("--skip-run", action="store_true", help="only summarise existing results")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if not args.skip_run:
+        run_workflow(args.config, args.glue_dir.resolve(), args.cores)
+    results_dir = ROOT / yaml.safe_load(args.config.read_text())["results_dir"]
+    frame = summarise(results_dir)
+    table = markdown(frame)
+    print(table)
+    (results_dir / "summary.md").write_text(table)
+    tmp = results_dir / "summary.json.tmp"
+    tmp.write_text(frame.to_json(orient="records", indent=2))
+    os.replace(tmp, results_dir / "summary.json")
+    log.info("wrote %s and %s", results_dir / "summary.json", results_dir / "summary.md")
+
+
+if __name__ == "__main__":
+    main()
