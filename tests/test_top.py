@@ -503,3 +503,22 @@ def test_span_extraction_head_flops_and_distillation():
     # classification KL and regression MSE
     assert float(logit_distillation_loss(teacher[:, 0], teacher[:, 0], 2.0)) == pytest.approx(0.0, abs=1e-6)
     assert float(logit_distillation_loss(torch.ones(3, 1), torch.zeros(3, 1), 2.0)) == pytest.approx(1.0)
+
+
+def test_deterministic_gates_keep_the_expected_fraction_when_the_layer_gate_is_uncertain():
+    model = tiny_model(layers=4)
+    method = ToP(model.config, {"bin_num": 10, "prune_layers": [1], "log_alpha_range": None})
+    gates = method.module.layers["1"]
+    with torch.no_grad():
+        gates.bins.log_alpha.copy_(torch.linspace(-BIG, -BIG / 2, 10))  # every bin would drop
+        gates.layer.log_alpha.fill_(0.0)  # the layer prunes with probability ~0.5
+    expected = float(gates.keep_ratio())
+    assert 0.1 < expected < 0.9
+    # thresholding the gates separately (the reference) would keep no bin at all
+    assert gates.bins.deterministic().sum() == 0 and gates.layer.deterministic().item() == 1
+    keep = gates.deterministic_keep()
+    assert int(keep.sum()) == round(10 * expected)
+    assert keep[-int(keep.sum()):].all()  # the bins with the largest log_alpha
+    exported = method.export()
+    assert exported["layers"][0]["kept_bins"] == round(10 * expected) and exported["layers"][0]["prunes"]
+    assert ToP.flops_target(exported) == 0.5

@@ -24,10 +24,10 @@ from top.config import resolve_run, teacher_settings
 from top.evaluate import predict
 from top.flops import flops_summary
 from top.metrics import compute_glue_metrics, primary_metric
-from top.models import load_pretrained, load_run, save_run
+from top.models import PRUNING_FILE, load_pretrained, load_run, save_run
 from top.pruning.base import KeepDecision, LayerContext, Stage, TokenSelector
 from top.pruning.dense import Dense
-from top.pruning.registry import build_method
+from top.pruning.registry import build_method, method_class
 from top.train import TrainSettings, resolve_device, run_stages, set_seed
 
 log = logging.getLogger(__name__)
@@ -153,6 +153,17 @@ def count_flops(model_dir: str | Path, lengths_path: str | Path, out_path: str |
     config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
     lengths = np.load(lengths_path)
     summary = {**run_info, **flops_summary(config, "classification", lengths["lengths_in"], lengths["lengths_kept"])}
+    record = json.loads((Path(model_dir) / PRUNING_FILE).read_text())
+    target = method_class(record["method"]).flops_target(record["decisions"])
+    if target is not None:
+        target_reduction = 1.0 / (1.0 - target)
+        summary.update(
+            target_sparsity=target,
+            achieved_sparsity=1.0 - summary["flops_ratio"],
+            target_flops_reduction=target_reduction,
+            target_error_pct=100.0 * (summary["flops_reduction"] / target_reduction - 1.0),
+        )
+        log.info("FLOPs reduction %.3fx, target %.3fx (%+.1f%%)", summary["flops_reduction"], target_reduction, summary["target_error_pct"])
     write_json(out_path, summary)
     return summary
 

@@ -56,7 +56,8 @@ def collect(metric_files: Sequence[str], flops_files: Sequence[str], latency_fil
     for path in flops_files:
         f = _read(path)
         rows[tuple(f[k] for k in KEYS)].update(
-            flops=f["flops"], dense_flops=f["dense_flops"], flops_reduction=f["flops_reduction"], mean_input_length=f["mean_input_length"]
+            flops=f["flops"], dense_flops=f["dense_flops"], flops_reduction=f["flops_reduction"], mean_input_length=f["mean_input_length"],
+            target_flops_reduction=f.get("target_flops_reduction"), target_error_pct=f.get("target_error_pct"),
         )
     for path in latency_files:
         lat = _read(path)

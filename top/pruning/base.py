@@ -236,6 +236,12 @@ class PruningMethod(abc.ABC):
         """The learned decisions as plain JSON-serialisable data."""
 
     @classmethod
+    def flops_target(cls, exported: Mapping[str, Any]) -> float | None:
+        """The FLOPs sparsity (fraction of dense FLOPs removed) the method was trained to meet,
+        read from its export; None for methods without a FLOPs constraint."""
+        return None
+
+    @classmethod
     @abc.abstractmethod
     def inference_selectors(cls, exported: Mapping[str, Any], model_config) -> dict[int, TokenSelector]:
         """Deterministic selectors rebuilt from :meth:`export`'s output."""

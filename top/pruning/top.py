@@ -663,6 +663,10 @@ class ToP(PruningMethod):
         }
 
     @classmethod
+    def flops_target(cls, exported: Mapping[str, Any]) -> float | None:
+        return float(exported["settings"]["target_sparsity"])
+
+    @classmethod
     def inference_selectors(cls, exported: Mapping[str, Any], model_config) -> dict[int, TokenSelector]:
         if exported.get("format") != EXPORT_FORMAT:
             raise ValueError(f"not a ToP export (format {exported.get('format')!r}, expected {EXPORT_FORMAT!r})")
