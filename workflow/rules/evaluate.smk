@@ -36,7 +36,9 @@ rule flops:
 rule latency:
     """Pinned-thread batch-1 CPU latency, interleaved with the dense teacher.
 
-    The `latency` resource lets a profile keep anything else from running beside it."""
+    The job claims every core Snakemake may use, so nothing runs beside it (it pins itself to
+    `latency.cores` with `latency.threads` threads); the `latency` resource lets a cluster
+    profile send it to an exclusive CPU node."""
     input:
         dense=f"{RESULTS}/teachers/{{task}}/seed{{seed}}",
         model=model_dir,
@@ -44,7 +46,7 @@ rule latency:
         f"{RESULTS}/latency/{RUN}/latency.json",
     log:
         f"logs/latency/{RUN}.log",
-    threads: config["latency"]["threads"]
+    threads: workflow.cores
     resources:
         latency=1,
     params:
