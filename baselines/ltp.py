@@ -57,7 +57,7 @@ Other departures from the reference, on purpose:
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
 import torch
@@ -70,6 +70,7 @@ from top.pruning.base import (
     Stage,
     StepContext,
     TokenSelector,
+    reject_unknown_settings,
     attention_token_scores,
 )
 
@@ -116,10 +117,7 @@ class LTPSettings:
     def from_dict(cls, values: Mapping[str, Any] | None) -> "LTPSettings":
         """Build from a settings dict; unknown keys and bad values raise ``ValueError``."""
         values = dict(values or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"ltp: unknown settings {unknown}; known: {sorted(known)}")
+        reject_unknown_settings("ltp", values, cls)
         length = values.pop("reg_length", None)
         if length is not None and (int(length) != length or int(length) < 1):
             raise ValueError(f"ltp: reg_length must be a positive integer or null, got {length!r}")

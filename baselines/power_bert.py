@@ -58,7 +58,7 @@ included, at least 1). Scaling keeps the schedule non-increasing.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -71,6 +71,7 @@ from top.pruning.base import (
     Stage,
     StepContext,
     TokenSelector,
+    reject_unknown_settings,
     keep_top_k,
 )
 
@@ -117,10 +118,7 @@ class PoWERBERTSettings:
     def from_dict(cls, values: Mapping[str, Any] | None) -> "PoWERBERTSettings":
         """Build from a settings dict; unknown keys and bad values raise ``ValueError``."""
         values = dict(values or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"power_bert: unknown settings {unknown}; known: {sorted(known)}")
+        reject_unknown_settings("power_bert", values, cls)
         floats = ("reg_lambda", "reg_lambda_scale", "retention_lr", "search_epochs", "retrain_epochs", "count_threshold")
         for name in floats:
             if name in values:

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from top import latency
-from top.latency import PinningError, environment_info, measure_interleaved
+from top.latency import environment_info, measure_interleaved
 from top.pinning import parse_cores, pin_process
 
 FIRST_CORE = min(os.sched_getaffinity(0))

@@ -191,7 +191,7 @@ def test_settings_defaults_follow_the_model_depth_and_reject_unknown_keys():
     assert [(s.name, s.epochs, s.learning_rate) for s in six.stages()] == [("prune", 40.0, None), ("finetune", 2.0, 3e-5)]
     regression = ToP(tiny_config(num_labels=1), {})
     assert regression.resolved.logit_distill_weight == 0.0 and regression.resolved.task_loss_weight == 1.0
-    with pytest.raises(ValueError, match="unknown ToP settings"):
+    with pytest.raises(ValueError, match="top: unknown settings"):
         ToP(tiny_config(), {"sparsity": 0.5})
     with pytest.raises(ValueError, match="prune_layers"):
         ToP(tiny_config(layers=4), {"prune_layers": [1, 4]})

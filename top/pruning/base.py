@@ -19,6 +19,7 @@ Conventions (DESIGN.md, "One interface for all methods"):
 from __future__ import annotations
 
 import abc
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping
 
@@ -104,6 +105,15 @@ def keep_top_k(scores: torch.Tensor, alive: torch.Tensor, k: torch.Tensor) -> to
     best = scores.topk(int(k.max()), dim=1).indices  # [B, k_max], best first
     wanted = torch.arange(best.shape[1], device=k.device)[None, :] < k[:, None]
     return torch.zeros_like(alive).scatter(1, best, wanted) & alive
+
+
+def reject_unknown_settings(method: str, values: Mapping[str, Any], settings_class: type) -> None:
+    """Raise ``ValueError`` naming any key of ``values`` that is not a field of the dataclass
+    ``settings_class`` (a typo in a config must not be silently ignored)."""
+    known = {f.name for f in dataclasses.fields(settings_class)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{method}: unknown settings {unknown}; known: {sorted(known)}")
 
 
 class TokenSelector(nn.Module, abc.ABC):

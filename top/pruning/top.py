@@ -92,6 +92,7 @@ from top.pruning.base import (
     StepContext,
     TokenSelector,
     attention_token_scores,
+    reject_unknown_settings,
 )
 from top.pruning.l0 import LOG_ALPHA_RANGE, HardConcreteGate
 from top.pruning.ranking import WEIGHTINGS, ranking_distillation_loss
@@ -183,10 +184,7 @@ class ToPSettings:
     @classmethod
     def resolve(cls, values: Mapping[str, Any], num_layers: int, num_labels: int) -> "ToPSettings":
         """Validate ``values`` (unknown keys are errors) and fill the derived defaults."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown ToP settings {unknown}; known: {sorted(known)}")
+        reject_unknown_settings("top", values, cls)
         s = cls(**dict(values))
         regression = num_labels == 1
         if s.prune_layers is None:
