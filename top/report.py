@@ -17,6 +17,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
 import pandas as pd  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -131,6 +132,7 @@ def accuracy_vs_flops(results_csv: str | Path, out_paths: Sequence[str | Path]) 
             pts = sub[sub["method"] == method].sort_values("flops_reduction")
             ax.plot(pts["flops_reduction"], pts["score"], marker=markers.get(method, "x"), linestyle="-" if len(pts) > 1 else "none", label=METHOD_LABELS.get(method, method))
         ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}x"))
         ax.set_xlabel("FLOPs reduction (dense / pruned, log scale)")
         ax.set_ylabel(f"{sub['metric'].iloc[0]} (dev, x100)")
         ax.set_title(task.upper())
