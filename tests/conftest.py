@@ -48,6 +48,27 @@ def random_batch(batch: int = 3, length: int = 12, vocab: int = 64, seed: int = 
     return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types * mask}
 
 
+def toy_rows(n: int = 24, seed: int = 0) -> list[dict]:
+    """Encoded examples of a learnable toy task: the label is written in token 1 (10 or 11)."""
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for i in range(n):
+        length = int(torch.randint(5, 15, (1,), generator=g))
+        ids = torch.randint(5, 64, (length,), generator=g)
+        ids[0] = 2
+        label = i % 2
+        ids[1] = 10 + label
+        rows.append({"input_ids": ids.tolist(), "attention_mask": [1] * length, "token_type_ids": [0] * length, "labels": label})
+    return rows
+
+
+def collate_pad0(rows: list[dict]) -> dict[str, torch.Tensor]:
+    """:func:`top.data.collate` with padding id 0 (the tiny models' [PAD])."""
+    from top.data import collate
+
+    return collate(rows, pad_token_id=0)
+
+
 def write_tiny_model(folder: Path, layers: int = 2, seed: int = 0) -> Path:
     """A random tiny BERT with a real WordPiece tokenizer, saved like a hub checkpoint."""
     folder.mkdir(parents=True, exist_ok=True)

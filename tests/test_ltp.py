@@ -9,6 +9,8 @@ import torch
 from transformers import BertConfig, BertForSequenceClassification
 
 from baselines.ltp import LTP, LTPSettings, initial_thresholds, ltp_scores
+from tests.conftest import collate_pad0, toy_rows
+from top import train
 from top.encoder import PrunableModel
 from top.pruning.base import StepContext, attention_token_scores
 from top.pruning.registry import build_method
@@ -232,37 +234,12 @@ def test_inference_selectors_validate_the_export():
         LTP.inference_selectors(dict(exported, format="power_bert/v1"), tiny_config())
 
 
-def _dataset(n: int = 24, seed: int = 0) -> list[dict]:
-    g = torch.Generator().manual_seed(seed)
-    rows = []
-    for i in range(n):
-        length = int(torch.randint(5, 15, (1,), generator=g))
-        ids = torch.randint(5, 64, (length,), generator=g)
-        ids[0] = 2
-        label = i % 2
-        ids[1] = 10 + label  # a learnable signal
-        rows.append({"input_ids": ids.tolist(), "attention_mask": [1] * length, "token_type_ids": [0] * length, "labels": label})
-    return rows
-
-
-def _collate(rows):
-    width = max(len(r["input_ids"]) for r in rows)
-    out = {}
-    for key in ("input_ids", "attention_mask", "token_type_ids"):
-        out[key] = torch.tensor([r[key] + [0] * (width - len(r[key])) for r in rows])
-    out["labels"] = torch.tensor([r["labels"] for r in rows])
-    return out
-
-
 def test_runs_end_to_end_with_the_training_loop(tmp_path):
-    train = pytest.importorskip("top.train")
-    if not hasattr(train, "run_stages"):
-        pytest.skip("top.train.run_stages is not there")
     model = tiny_model()
     method = LTP(tiny_config(), {"soft_epochs": 1, "hard_epochs": 1, "threshold_lr": 0.05, "reg_lambda": 1.0})
     before = method.thresholds()
     settings = train.TrainSettings(batch_size=8, learning_rate=1e-3, seed=0, log_every=1)
-    history = train.run_stages(model, method, _dataset(), settings, collate=_collate, checkpoint_dir=tmp_path / "ckpt")
+    history = train.run_stages(model, method, toy_rows(), settings, collate=collate_pad0, checkpoint_dir=tmp_path / "ckpt")
     assert {record["stage"] for record in history} == {"soft", "hard"}
     assert any("ltp_regulariser" in record for record in history)
     after = method.thresholds()
@@ -270,7 +247,7 @@ def test_runs_end_to_end_with_the_training_loop(tmp_path):
     exported = json.loads(json.dumps(method.export()))
     assert exported["thresholds"][1:] == pytest.approx(after[1:])
     model.set_selectors(LTP.inference_selectors(exported, model.config))
-    inputs = _collate(_dataset(6, seed=5))
+    inputs = collate_pad0(toy_rows(6, seed=5))
     with torch.no_grad():
         masked, gathered = model(**{k: v for k, v in inputs.items() if k != "labels"}, mode="mask"), model(
             **{k: v for k, v in inputs.items() if k != "labels"}, mode="gather"

@@ -17,6 +17,8 @@ from baselines.power_bert import (
     power_bert_scores,
     validate_retention,
 )
+from tests.conftest import collate_pad0, toy_rows
+from top import train
 from top.encoder import PrunableModel
 from top.pruning.base import StepContext
 from top.pruning.registry import build_method
@@ -301,36 +303,11 @@ def test_heads_come_from_the_config():
         model(**batch(), mode="mask")
 
 
-def _dataset(n: int = 24, seed: int = 0) -> list[dict]:
-    g = torch.Generator().manual_seed(seed)
-    rows = []
-    for i in range(n):
-        length = int(torch.randint(5, 15, (1,), generator=g))
-        ids = torch.randint(5, 64, (length,), generator=g)
-        ids[0] = 2
-        label = i % 2
-        ids[1] = 10 + label
-        rows.append({"input_ids": ids.tolist(), "attention_mask": [1] * length, "token_type_ids": [0] * length, "labels": label})
-    return rows
-
-
-def _collate(rows):
-    width = max(len(r["input_ids"]) for r in rows)
-    out = {}
-    for key in ("input_ids", "attention_mask", "token_type_ids"):
-        out[key] = torch.tensor([r[key] + [0] * (width - len(r[key])) for r in rows])
-    out["labels"] = torch.tensor([r["labels"] for r in rows])
-    return out
-
-
 def test_runs_end_to_end_with_the_training_loop(tmp_path):
-    train = pytest.importorskip("top.train")
-    if not hasattr(train, "run_stages"):
-        pytest.skip("top.train.run_stages is not there")
     model = tiny_model()
     method = PoWERBERT(tiny_config(), {"search_epochs": 2, "retrain_epochs": 1, "retention_lr": 0.1, "reg_lambda": 0.05})
     settings = train.TrainSettings(batch_size=8, learning_rate=1e-3, seed=0, log_every=1)
-    history = train.run_stages(model, method, _dataset(), settings, collate=_collate, checkpoint_dir=tmp_path / "ckpt")
+    history = train.run_stages(model, method, toy_rows(), settings, collate=collate_pad0, checkpoint_dir=tmp_path / "ckpt")
     assert {record["stage"] for record in history} == {"search", "retrain"}
     retention = method.retention()
     assert retention is not None
@@ -340,7 +317,7 @@ def test_runs_end_to_end_with_the_training_loop(tmp_path):
     assert float(weights.min()) >= 0.0 and float(weights.max()) <= 1.0
     exported = json.loads(json.dumps(method.export()))
     model.set_selectors(PoWERBERT.inference_selectors(exported, model.config))
-    inputs = {k: v for k, v in _collate(_dataset(6, seed=5)).items() if k != "labels"}
+    inputs = {k: v for k, v in collate_pad0(toy_rows(6, seed=5)).items() if k != "labels"}
     with torch.no_grad():
         masked, gathered = model(**inputs, mode="mask"), model(**inputs, mode="gather")
     torch.testing.assert_close(gathered.logits, masked.logits, atol=1e-5, rtol=1e-5)
@@ -350,17 +327,14 @@ def test_runs_end_to_end_with_the_training_loop(tmp_path):
 def test_resumed_run_restores_the_retention(tmp_path):
     """A run resumed inside ``retrain`` skips the search (no ``on_stage_end``): the retrain
     selectors read the retention restored with the method's state."""
-    train = pytest.importorskip("top.train")
-    if not hasattr(train, "run_stages"):
-        pytest.skip("top.train.run_stages is not there")
     settings = {"search_epochs": 1, "retrain_epochs": 2, "retention_lr": 0.2, "reg_lambda": 0.05}
     loop = train.TrainSettings(batch_size=8, learning_rate=1e-3, seed=0)
     first = PoWERBERT(tiny_config(), settings)
-    train.run_stages(tiny_model(), first, _dataset(), loop, collate=_collate, checkpoint_dir=tmp_path)
+    train.run_stages(tiny_model(), first, toy_rows(), loop, collate=collate_pad0, checkpoint_dir=tmp_path)
     assert (tmp_path / "checkpoint.pt").exists()
     resumed = PoWERBERT(tiny_config(), settings)
     model = tiny_model(seed=7)
-    train.run_stages(model, resumed, _dataset(), loop, collate=_collate, checkpoint_dir=tmp_path)
+    train.run_stages(model, resumed, toy_rows(), loop, collate=collate_pad0, checkpoint_dir=tmp_path)
     assert resumed.retention() == first.retention()
     with torch.no_grad():
         out = model(**batch(), mode="gather")
