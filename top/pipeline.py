@@ -21,6 +21,7 @@ import torch
 
 from top import data as glue
 from top.config import resolve_run, teacher_settings
+from top.encoder import PrunableModel
 from top.evaluate import predict
 from top.flops import flops_summary
 from top.metrics import compute_glue_metrics, primary_metric
@@ -218,8 +219,6 @@ def measure_latency(cfg: Mapping[str, Any], task: str, dense_dir: str | Path, mo
 
     with torch.inference_mode():
         kept = [pruned(**x, mode="gather", record=False).lengths_kept[0].tolist() for x in sample]
-    from top.encoder import PrunableModel
-
     shortened = [PrunableModel(dense.hf, {l: _FixedLengths(k) for l, k in enumerate(lengths)}) for lengths in kept]
     items = list(range(len(sample)))
     runners = {
