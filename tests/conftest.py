@@ -9,6 +9,7 @@ import torch
 from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
 
 from top.encoder import PrunableModel
+from top.pruning.base import StepContext
 
 WORDS = "the a movie film good bad great awful plot acting was is not very fun dull".split()
 
@@ -46,6 +47,23 @@ def random_batch(batch: int = 3, length: int = 12, vocab: int = 64, seed: int = 
     types = torch.zeros_like(ids)
     types[:, length // 2:] = 1
     return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types * mask}
+
+
+def padded_batch(lengths=(14, 11, 7), width: int | None = None, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Right-padded random inputs with the given real lengths; [CLS] (id 2) first."""
+    width = width or max(lengths)
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, 64, (len(lengths), width), generator=g)
+    ids[:, 0] = 2
+    mask = torch.zeros(len(lengths), width, dtype=torch.long)
+    for row, n in enumerate(lengths):
+        mask[row, :n] = 1
+    return {"input_ids": ids.masked_fill(mask == 0, 0), "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
+
+
+def step_context(output, loss) -> StepContext:
+    """A training step's context for calling a method's ``extra_loss`` by hand (no teacher)."""
+    return StepContext(student=output, teacher=None, batch={}, task_loss=loss, step=0, total_steps=1)
 
 
 def toy_rows(n: int = 24, seed: int = 0) -> list[dict]:

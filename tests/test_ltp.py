@@ -9,10 +9,10 @@ import torch
 from transformers import BertConfig, BertForSequenceClassification
 
 from baselines.ltp import LTP, LTPSettings, initial_thresholds, ltp_scores
-from tests.conftest import collate_pad0, toy_rows
+from tests.conftest import collate_pad0, padded_batch as batch, step_context, toy_rows
 from top import train
 from top.encoder import PrunableModel
-from top.pruning.base import StepContext, attention_token_scores
+from top.pruning.base import attention_token_scores
 from top.pruning.registry import build_method
 
 LAYERS = 4
@@ -35,22 +35,6 @@ def tiny_config(layers: int = LAYERS) -> BertConfig:
 def tiny_model(seed: int = 0, layers: int = LAYERS) -> PrunableModel:
     torch.manual_seed(seed)
     return PrunableModel(BertForSequenceClassification(tiny_config(layers)).eval())
-
-
-def batch(lengths=(14, 11, 7), width: int | None = None, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Right-padded random inputs with the given real lengths; [CLS] (id 2) first."""
-    width = width or max(lengths)
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(5, 64, (len(lengths), width), generator=g)
-    ids[:, 0] = 2
-    mask = torch.zeros(len(lengths), width, dtype=torch.long)
-    for row, n in enumerate(lengths):
-        mask[row, :n] = 1
-    return {"input_ids": ids.masked_fill(mask == 0, 0), "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
-
-
-def step_context(output, loss) -> StepContext:
-    return StepContext(student=output, teacher=None, batch={}, task_loss=loss, step=0, total_steps=1)
 
 
 def set_thresholds(method: LTP, values) -> None:

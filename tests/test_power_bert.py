@@ -17,10 +17,9 @@ from baselines.power_bert import (
     power_bert_scores,
     validate_retention,
 )
-from tests.conftest import collate_pad0, toy_rows
+from tests.conftest import collate_pad0, padded_batch as batch, step_context, toy_rows
 from top import train
 from top.encoder import PrunableModel
-from top.pruning.base import StepContext
 from top.pruning.registry import build_method
 
 LAYERS = 4
@@ -43,22 +42,6 @@ def tiny_config(layers: int = LAYERS, heads: int = 4) -> BertConfig:
 def tiny_model(seed: int = 0, **config) -> PrunableModel:
     torch.manual_seed(seed)
     return PrunableModel(BertForSequenceClassification(tiny_config(**config)).eval())
-
-
-def batch(lengths=(14, 11, 7), width: int | None = None, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Right-padded random inputs with the given real lengths; [CLS] (id 2) first."""
-    width = width or max(lengths)
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(5, 64, (len(lengths), width), generator=g)
-    ids[:, 0] = 2
-    mask = torch.zeros(len(lengths), width, dtype=torch.long)
-    for row, n in enumerate(lengths):
-        mask[row, :n] = 1
-    return {"input_ids": ids.masked_fill(mask == 0, 0), "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
-
-
-def step_context(output, loss) -> StepContext:
-    return StepContext(student=output, teacher=None, batch={}, task_loss=loss, step=0, total_steps=1)
 
 
 def test_settings_defaults_and_validation():

@@ -210,8 +210,7 @@ def _run_stage(model, method, stage_index, stage, train_data, settings, collate,
 
     start_epoch, step = 0, 0
     if state is not None and state["stage_index"] == stage_index:
-        model.load_state_dict(state["model"])
-        method.module.load_state_dict(state["method"])
+        model.load_state_dict(state["model"])  # the method's module was restored by run_stages
         if model_optimizer is not None:
             model_optimizer.load_state_dict(state["model_optimizer"])
             scheduler.load_state_dict(state["scheduler"])
