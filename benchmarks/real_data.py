@@ -7,8 +7,10 @@ target and how far the achieved reduction is from it), and the batch-1 latency s
 measured interleaved with the dense model.
 
     python benchmarks/real_data.py --glue-dir ../shared/data/glue [--cores 2]
+    python benchmarks/real_data.py --config config/squad_benchmark.yaml --squad-dir ../shared/data/squad
 
-Writes ``results/benchmark/summary.json`` and ``results/benchmark/summary.md``.
+Writes ``summary.json`` and ``summary.md`` in the configuration's ``results_dir``
+(``results/benchmark``, ``results/squad_benchmark``).
 """
 
 from __future__ import annotations
@@ -27,9 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("benchmark")
 
 
-def run_workflow(config: Path, glue_dir: Path, cores: int) -> None:
+def run_workflow(config: Path, glue_dir: Path, squad_dir: Path, cores: int) -> None:
     command = [sys.executable, "-m", "snakemake", "--cores", str(cores), "--configfile", str(config),
-               "--config", f"glue_dir={glue_dir}", "--rerun-incomplete"]
+               "--config", f"glue_dir={glue_dir}", f"squad_dir={squad_dir}", "--rerun-incomplete"]
     log.info("running %s", " ".join(command))
     subprocess.run(command, cwd=ROOT, check=True)
 
@@ -60,13 +62,15 @@ def markdown(frame: pd.DataFrame) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--glue-dir", type=Path, default=ROOT.parent / "shared/data/glue")
-    parser.add_argument("--config", type=Path, default=ROOT / "config/benchmark.yaml")
+    parser.add_argument("--squad-dir", type=Path, default=ROOT.parent / "shared/data/squad")
+    parser.add_argument("--config", type=Path, default=ROOT / "config/benchmark.yaml",
+                        help="config/benchmark.yaml (GLUE, issues 3-4) or config/squad_benchmark.yaml (issue 5)")
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--skip-run", action="store_true", help="only summarise existing results")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if not args.skip_run:
-        run_workflow(args.config, args.glue_dir.resolve(), args.cores)
+        run_workflow(args.config, args.glue_dir.resolve(), args.squad_dir.resolve(), args.cores)
     results_dir = ROOT / yaml.safe_load(args.config.read_text())["results_dir"]
     frame = summarise(results_dir)
     table = markdown(frame)

@@ -11,7 +11,7 @@ from transformers import BertConfig, BertForSequenceClassification, BertTokenize
 from top.encoder import PrunableModel
 from top.pruning.base import StepContext
 
-WORDS = "the a movie film good bad great awful plot acting was is not very fun dull".split()
+WORDS = "the a movie film good bad great awful plot acting was is not very fun dull which it".split()
 
 
 def tiny_config(**overrides) -> BertConfig:
@@ -118,3 +118,31 @@ def write_tiny_sst2(glue_dir: Path, train_rows: int = 48, dev_rows: int = 16) ->
     (task / "train.tsv").write_text(rows(train_rows))
     (task / "dev.tsv").write_text(rows(dev_rows))
     return glue_dir
+
+
+def write_tiny_squad(squad_dir: Path, train_questions: int = 40, dev_questions: int = 12) -> Path:
+    """SQuAD v1.1 in the official JSON schema: contexts of random :data:`WORDS` with a marked
+    answer ("good fun" or "bad plot") that the question names."""
+    import json
+
+    g = torch.Generator().manual_seed(2)
+
+    def article(n: int, prefix: str) -> dict:
+        paragraphs = []
+        for i in range(n):
+            answer = ["good fun", "bad plot"][i % 2]
+            before = " ".join(WORDS[int(j)] for j in torch.randint(0, 8, (int(torch.randint(3, 30, (1,), generator=g)),), generator=g))
+            after = " ".join(WORDS[int(j)] for j in torch.randint(0, 8, (int(torch.randint(3, 30, (1,), generator=g)),), generator=g))
+            context = f"{before} {answer} . {after}"
+            question = f"which {answer.split()[1]} was it"
+            paragraphs.append({
+                "context": context,
+                "qas": [{"id": f"{prefix}{i}", "question": question,
+                         "answers": [{"text": answer, "answer_start": len(before) + 1}]}],
+            })
+        return {"version": "1.1", "data": [{"title": f"{prefix}article", "paragraphs": paragraphs}]}
+
+    squad_dir.mkdir(parents=True, exist_ok=True)
+    (squad_dir / "train-v1.1.json").write_text(json.dumps(article(train_questions, "t")))
+    (squad_dir / "dev-v1.1.json").write_text(json.dumps(article(dev_questions, "d")))
+    return squad_dir

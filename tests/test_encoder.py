@@ -150,3 +150,24 @@ def test_record_false_gives_same_logits(tiny_model):
     fast = tiny_model(**batch, mode="gather", record=False)
     torch.testing.assert_close(fast.logits, full.logits, rtol=0, atol=0)
     assert fast.kept == []
+
+
+def test_protected_tokens_survive_every_selector_in_both_modes():
+    torch.manual_seed(0)
+    drop = {0: [1, 2, 6], 1: [3, 7], 2: [2, 4, 5]}  # question positions 1..4 and context ones
+    model = PrunableModel(BertForQuestionAnswering(tiny_config()).eval(), {1: FixedSelector(drop)})
+    batch = random_batch(batch=3, length=12)
+    protect = torch.zeros_like(batch["attention_mask"])
+    protect[:, :5] = 1  # [CLS] + a 4-token "question"
+    protect = protect * batch["attention_mask"]
+    with torch.no_grad():
+        free = model(**batch, mode="gather")
+        masked = model(**batch, mode="mask", protect_mask=protect)
+        gathered = model(**batch, mode="gather", protect_mask=protect)
+    for out in (masked, gathered):
+        assert out.kept[1][:, :5].all() and out.kept[2][:, :5].all()
+    assert (free.lengths_kept[:, 1] < gathered.lengths_kept[:, 1]).all()  # the question was saved
+    assert not gathered.kept[1][0, 6] and not gathered.kept[2][2, 5]  # context tokens still dropped
+    assert torch.equal(masked.lengths_kept, gathered.lengths_kept)
+    real = batch["attention_mask"].bool()
+    assert torch.allclose(masked.logits[real], gathered.logits[real], atol=1e-5)

@@ -21,7 +21,14 @@ from top.pruning.base import LayerContext, StepContext
 from top.pruning.l0 import HardConcreteGate, log_alpha_for_droprate
 from top.pruning.ranking import ranking_distillation_loss
 from top.pruning.registry import build_method
-from top.pruning.top import ToP, ToPInferenceSelector, bin_keep_values, logit_distillation_loss, rank_bins
+from top.pruning.top import (
+    ToP,
+    ToPInferenceSelector,
+    bin_keep_values,
+    bin_occupancy,
+    logit_distillation_loss,
+    rank_bins,
+)
 
 VOCAB = 60
 BIG = 50.0  # |log_alpha| that makes a gate's P(z > 0) 1 - 1e-6 or 1e-6 (the clamp)
@@ -258,21 +265,84 @@ def test_expected_flops_equal_the_real_count_for_deterministic_gates():
     assert float(sparsity.detach()) == pytest.approx(1 - real.sum() / dense.sum().item(), rel=1e-4)
 
 
-def test_expected_flops_rounding_for_other_lengths_is_bounded():
+@pytest.mark.parametrize("bin_num", [3, 4, 7, 10])
+def test_bin_occupancy_counts_the_ranks_in_each_bin(bin_num):
+    for a in range(0, 24):
+        alive = torch.zeros(1, a + 1, dtype=torch.bool)
+        alive[:, : a + 1] = True
+        bins = rank_bins(torch.randn(1, a + 1), alive, bin_num)[0, 1:]
+        counted = torch.bincount(bins, minlength=bin_num)[:bin_num].double()
+        occupancy = bin_occupancy(torch.tensor([float(a)], dtype=torch.float64), bin_num)[0]
+        assert torch.equal(occupancy, counted), a
+    # between integers: linear, with a gradient
+    a = torch.tensor([5.25], dtype=torch.float64, requires_grad=True)
+    mixed = bin_occupancy(a, 4)
+    five, six = (bin_occupancy(torch.tensor([v], dtype=torch.float64), 4) for v in (5.0, 6.0))
+    assert torch.allclose(mixed, 0.75 * five + 0.25 * six)
+    mixed.sum().backward()
+    assert a.grad.item() == pytest.approx(1.0)
+
+
+def test_expected_flops_equal_the_real_count_at_any_length():
     model = tiny_model(layers=4)
     method = ToP(model.config, {"bin_num": 4, "prune_layers": [1, 2], "log_alpha_range": None})
-    set_gates(method, 1, [1, 1, 0, 0])
-    set_gates(method, 2, [1, 1, 1, 0])
-    lengths = [7, 10, 19, 26]
+    set_gates(method, 1, [0, 1, 1, 0])
+    set_gates(method, 2, [1, 0, 1, 1])
+    lengths = [2, 3, 5, 7, 10, 19, 26, 31]  # fewer candidates than bins, and not multiples
     batch = make_batch(lengths, seed=5)
     model.set_selectors(method.selectors("prune"))
     model.eval()
     with torch.no_grad():
         out = model(**batch, mode="gather")
-    ratios = torch.cumprod(method.keep_ratios(deterministic=True), 0)
-    predicted = 1 + (torch.tensor(lengths, dtype=torch.float64)[:, None] - 1) * ratios[None]
-    # each kept bin holds floor or ceil of candidates / bin_num tokens, per pruning layer
-    assert (out.lengths_kept.double() - predicted).abs().max() <= 2.0
+    real = example_flops(model.config, "classification", out.lengths_in.numpy(), out.lengths_kept.numpy())
+    hard, _ = method.expected_flops(batch["attention_mask"], deterministic=True)
+    assert np.array_equal(hard.numpy(), real)
+
+
+def test_expected_count_is_the_mean_of_the_sampled_counts():
+    """At the first pruning layer the candidate count is fixed, so the expected kept count is
+    exactly the mean over gate samples of the real count (Monte Carlo)."""
+    model = tiny_model(layers=3)
+    method = ToP(model.config, {"bin_num": 5, "prune_layers": [1], "log_alpha_range": None})
+    gates = method.module.layers["1"]
+    with torch.no_grad():
+        gates.bins.log_alpha.copy_(torch.tensor([2.0, 0.5, -0.3, -1.0, 1.0]))
+        gates.layer.log_alpha.fill_(0.7)
+    lengths = [4, 9, 13]
+    batch = make_batch(lengths, seed=2)
+    model.set_selectors(method.selectors("prune"))
+    model.train()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        counts = torch.stack([model(**batch, mode="mask").lengths_kept[:, 1] for _ in range(4000)]).double()
+    n = torch.tensor(lengths, dtype=torch.float64)
+    q = gates.bin_keep_probability().double().detach()
+    predicted = 1 + (bin_occupancy(n - 1, 5) * q).sum(-1)
+    assert torch.allclose(counts.mean(0), predicted, atol=0.08), (counts.mean(0), predicted)
+
+
+def test_prepare_rejects_an_unreachable_target_and_keeps_the_chosen_lengths():
+    model = tiny_model(layers=4)
+    short, long = torch.full((50,), 6), torch.full((40,), 30)
+    reachable = ToP(model.config, {"prune_layers": [1, 2], "target_sparsity": 0.4})
+    most = reachable.max_sparsity(short.double())
+    assert 0.45 < most < 0.75
+    with pytest.raises(ValueError, match=r"target_sparsity 0.75 .* out of reach: with prune_layers \[1, 2\]"):
+        ToP(model.config, {"prune_layers": [1, 2], "target_sparsity": 0.75}).prepare({"train": short}, "classification")
+    reachable.prepare({"train": short, "validation": long}, "classification")
+    assert reachable.constraint_lengths is None  # "batch": each batch's own lengths
+    on_dev = ToP(model.config, {"prune_layers": [1, 2], "target_sparsity": 0.4, "flops_lengths": "validation"})
+    on_dev.prepare({"train": short, "validation": long}, "classification")
+    assert torch.equal(on_dev.constraint_lengths, long.double())
+    mask = torch.ones(2, 6, dtype=torch.long)
+    step = StepContext(student=model(input_ids=torch.ones(2, 6, dtype=torch.long), attention_mask=mask),
+                       teacher=None, batch={"attention_mask": mask}, task_loss=torch.zeros(()), step=0, total_steps=10)
+    on_dev.resolved.logit_distill_weight = 0.0
+    on_dev.resolved.rank_distill_weight = 0.0
+    _, logs = on_dev.extra_loss("prune", step)
+    assert logs["dense_flops"] == pytest.approx(float(on_dev.expected_flops_at_lengths(long)[1].mean()))
+    with pytest.raises(ValueError, match="flops_lengths must be one of"):
+        ToP(model.config, {"flops_lengths": "dev"})
 
 
 def test_lagrangian_gradient_ascent_grows_the_multipliers_below_target():
@@ -522,3 +592,32 @@ def test_deterministic_gates_keep_the_expected_fraction_when_the_layer_gate_is_u
     exported = method.export()
     assert exported["layers"][0]["kept_bins"] == round(10 * expected) and exported["layers"][0]["prunes"]
     assert ToP.flops_target(exported) == 0.5
+
+
+def test_calibration_moves_whole_bins_to_the_flops_target():
+    model = tiny_model(layers=4)
+    method = ToP(model.config, {"bin_num": 10, "prune_layers": [1, 2], "target_sparsity": 0.3, "log_alpha_range": None})
+    for layer in (1, 2):
+        gates = method.module.layers[str(layer)]
+        with torch.no_grad():  # distinct gate values, so the bins have an order; all kept
+            gates.bins.log_alpha.copy_(torch.linspace(BIG, BIG / 2, 10))
+            gates.layer.log_alpha.fill_(BIG)
+    lengths = torch.tensor([9, 17, 23, 31, 40], dtype=torch.float64)
+    assert float(method.sparsity(*method.expected_flops_at_lengths(lengths, deterministic=True))) == pytest.approx(0.0)
+
+    achieved = method.calibrate(lengths)
+    offsets = [int(method.module.layers[str(layer)].bin_offset) for layer in (1, 2)]
+    assert all(offset <= 0 for offset in offsets) and sum(offsets) < 0
+    # no single one-bin move from here gets closer to the target
+    for layer in (1, 2):
+        for step in (-1, 1):
+            gates = method.module.layers[str(layer)]
+            gates.bin_offset += step
+            moved = float(method.sparsity(*method.expected_flops_at_lengths(lengths, deterministic=True)))
+            gates.bin_offset -= step
+            assert abs(moved - 0.3) >= abs(achieved - 0.3)
+    assert abs(achieved - 0.3) < 0.03
+    # the offsets are module state (checkpointed) and reach the export and its selectors
+    assert "layers.1.bin_offset" in method.module.state_dict()
+    exported = method.export()
+    assert [entry["kept_bins"] for entry in exported["layers"]] == [10 + offset for offset in offsets]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import datasets
 import pytest
 import torch
@@ -119,3 +121,15 @@ def test_non_finite_loss_names_the_step():
         model.hf.classifier.weight.fill_(float("nan"))
     with pytest.raises(NonFiniteLossError, match="stage 'finetune', step 0"):
         run_stages(model, Finetune(model.config, 1), data, TrainSettings(batch_size=8), collate=collate0)
+
+
+def test_span_loss_is_the_mean_start_end_cross_entropy_without_padding():
+    from top.train import task_loss
+
+    logits = torch.zeros(1, 4, 2)
+    logits[0, 3] = 100.0  # a padding position with a huge logit must not count
+    labels = torch.tensor([[1, 2]])
+    mask = torch.tensor([[1, 1, 1, 0]])
+    # three real positions with equal logits: each cross-entropy is log 3
+    assert task_loss(logits, labels, mask).item() == pytest.approx(math.log(3))
+    assert task_loss(logits, labels).item() > 50  # without the mask the padding dominates

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import write_tiny_model, write_tiny_sst2
+from tests.conftest import write_tiny_model, write_tiny_squad, write_tiny_sst2
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,6 +72,45 @@ def test_tiny_end_to_end_run(tmp_path):
 
     again = snakemake("--cores", "2", "--configfile", str(config), "--directory", str(tmp_path), "-n")
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+@pytest.mark.slow
+def test_every_method_runs_on_squad_end_to_end(tmp_path):
+    config = {
+        "model": str(write_tiny_model(tmp_path / "model", layers=4)),
+        "data_source": "local",
+        "squad_dir": str(write_tiny_squad(tmp_path / "squad")),
+        "tasks": ["squad"],
+        "seeds": [3],
+        "device": "cpu",
+        "threads": {"train": 1, "eval": 1},
+        "qa": {"max_length": 48, "doc_stride": 16, "max_query_length": 8},
+        "teacher": {"epochs": 2, "batch_size": 8, "learning_rate": 1e-3},
+        "train": {"batch_size": 8, "learning_rate": 1e-3},
+        "latency": {"n_examples": 3, "warmup": 1, "repeats": 1},
+        "methods": {
+            "dense": {"settings": {"default": {}}},
+            "topk": {"common": {"finetune_epochs": 1}, "settings": {"half": {"keep_ratios": [1.0, 0.6, 0.5, 0.5]}}},
+            "top": {"settings": {"t30": {"target_sparsity": 0.3, "epochs": 2, "lagrangian_warmup_epochs": 1, "bin_num": 4}}},
+            "ltp": {"settings": {"lam0.1": {"reg_lambda": 0.1, "soft_epochs": 1, "hard_epochs": 1}}},
+            "power_bert": {"settings": {"default": {"search_epochs": 1, "retrain_epochs": 1}}},
+        },
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = snakemake("--cores", "2", "--configfile", str(path), "--directory", str(tmp_path))
+    assert result.returncode == 0, result.stderr[-4000:]
+    table = pd.read_csv(tmp_path / "results/tables/results.csv")
+    assert sorted(table["method"]) == ["dense", "ltp", "power_bert", "top", "topk"]
+    assert table["score"].between(0, 100).all()
+    metrics = json.loads((tmp_path / "results/eval/squad/top/t30/seed3/metrics.json").read_text())
+    assert metrics["primary_metric"] == "f1" and set(metrics["splits"]["validation"]) >= {"exact_match", "f1"}
+    # the dev contexts are longer than 48 tokens: several windows per question
+    assert metrics["splits"]["validation"]["n_examples"] > 12
+    flops = json.loads((tmp_path / "results/flops/squad/topk/half/seed3/flops.json").read_text())
+    assert flops["flops_reduction"] > 1.0 and flops["mean_input_length"] <= 48
+    top = json.loads((tmp_path / "results/flops/squad/top/t30/seed3/flops.json").read_text())
+    assert "target_error_pct" in top
 
 
 def test_lint_is_clean():

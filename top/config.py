@@ -23,8 +23,9 @@ import os
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from top.data import TASKS
 from top.pruning.registry import METHODS
+from top.qa import is_qa_task
+from top.tasks import task_names
 
 TEACHER_METHOD = "dense"
 
@@ -92,12 +93,19 @@ def runs(cfg: Mapping[str, Any]) -> Iterator[tuple[str, str, str, int]]:
 
 def validate_config(cfg: Mapping[str, Any], *, check_paths: bool = True) -> None:
     """Checks beyond the schema; raises :class:`ConfigError` with the key and allowed values."""
+    tasks = task_names()
     for i, task in enumerate(cfg["tasks"]):
-        if task not in TASKS:
-            raise ConfigError(f"tasks[{i}]: unknown task {task!r}; allowed: {', '.join(TASKS)}")
+        if task not in tasks:
+            raise ConfigError(f"tasks[{i}]: unknown task {task!r}; allowed: {', '.join(tasks)}")
     for task in cfg.get("task_settings") or {}:
-        if task not in TASKS:
-            raise ConfigError(f"task_settings.{task}: unknown task; allowed: {', '.join(TASKS)}")
+        if task not in tasks:
+            raise ConfigError(f"task_settings.{task}: unknown task; allowed: {', '.join(tasks)}")
+    qa_cfg = cfg.get("qa") or {}
+    if "max_length" in qa_cfg and qa_cfg.get("doc_stride", 0) >= qa_cfg["max_length"] - qa_cfg.get("max_query_length", 0) - 3:
+        raise ConfigError(
+            f"qa.doc_stride: {qa_cfg['doc_stride']} leaves the context windows no room to advance; it must be below "
+            f"qa.max_length - qa.max_query_length - 3 = {qa_cfg['max_length'] - qa_cfg.get('max_query_length', 0) - 3}"
+        )
     for method in cfg["methods"]:
         if method not in METHODS:
             raise ConfigError(f"methods.{method}: unknown method; allowed: {', '.join(METHODS)}")
@@ -108,11 +116,14 @@ def validate_config(cfg: Mapping[str, Any], *, check_paths: bool = True) -> None
 
     if check_paths:
         if cfg["data_source"] == "local":
-            glue_dir = cfg.get("glue_dir")
-            if not glue_dir:
-                raise ConfigError("glue_dir: required when data_source is 'local' (e.g. --config glue_dir=../shared/data/glue)")
-            if not os.path.isdir(glue_dir):
-                raise ConfigError(f"glue_dir: {glue_dir!r} is not a directory")
+            needs = {"squad_dir" if is_qa_task(task) else "glue_dir" for task in cfg["tasks"]}
+            examples = {"glue_dir": "../shared/data/glue", "squad_dir": "../shared/data/squad"}
+            for key in sorted(needs):
+                folder = cfg.get(key)
+                if not folder:
+                    raise ConfigError(f"{key}: required when data_source is 'local' (e.g. --config {key}={examples[key]})")
+                if not os.path.isdir(folder):
+                    raise ConfigError(f"{key}: {folder!r} is not a directory")
         _check_model(cfg["model"])
     _check_method_settings(cfg)
 

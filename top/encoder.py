@@ -160,6 +160,7 @@ class PrunableModel(nn.Module):
         mode: Mode = "mask",
         output_attentions: bool = False,
         record: bool = True,
+        protect_mask: torch.Tensor | None = None,
     ) -> EncoderOutput:
         """Run the model.
 
@@ -171,6 +172,9 @@ class PrunableModel(nn.Module):
             record: fill ``hidden`` and ``kept`` for every original position. Latency runs of
                 classification models turn it off (the head only reads slot 0, [CLS]); then
                 ``hidden`` is the final layer's ``[B, n_last, d]`` and ``kept`` is empty.
+            protect_mask: ``[B, L]``, 1 for tokens that are never dropped whatever the selectors
+                decide (e.g. a SQuAD question, :func:`top.qa.prepare_train_features`); [CLS]
+                is always protected. In ``mask`` mode their soft value is 1.
         """
         if mode not in ("mask", "gather"):
             raise ValueError(f"mode must be 'mask' or 'gather', got {mode!r}")
@@ -181,6 +185,7 @@ class PrunableModel(nn.Module):
         input_lengths = alive.sum(dim=1)
         positions = torch.arange(length, device=x.device).expand(batch, length)
         rows = torch.arange(batch, device=x.device)[:, None]
+        protected = None if protect_mask is None else protect_mask.bool() & alive
         record = record or self.head_kind == "qa"  # a QA head reads every position
         carried = x  # [B, L, d] last computed state of every original position
         kept_masks, decisions, attentions, n_in, n_kept = [], [], [], [], []
@@ -196,6 +201,8 @@ class PrunableModel(nn.Module):
                 keep = alive
             else:
                 keep = decision.hard & alive
+                if protected is not None:
+                    keep = keep | protected
                 keep[:, 0] = True
             n_in.append(alive.sum(dim=1))
             n_kept.append(keep.sum(dim=1))
@@ -204,11 +211,17 @@ class PrunableModel(nn.Module):
                 order = self._kept_slots(keep)  # [B, n'] kept slots first, in input order
                 hidden = hidden[rows, order]
                 positions = positions.gather(1, order)
+                if protected is not None:
+                    protected = protected.gather(1, order) & (
+                        torch.arange(order.shape[1], device=x.device)[None, :] < n_kept[-1][:, None]
+                    )
                 keep = torch.arange(order.shape[1], device=x.device)[None, :] < n_kept[-1][:, None]
             x = layer.output(layer.intermediate(hidden), hidden)
             if mode == "mask" and decision is not None and decision.soft is not None:
                 soft = decision.soft.clone()
                 soft[:, 0] = 1.0
+                if protected is not None:
+                    soft = torch.where(protected, torch.ones_like(soft), soft)
                 x = x * soft[..., None]
             alive = keep
 

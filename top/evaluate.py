@@ -23,19 +23,18 @@ class Predictions:
     """Model outputs over a dataset, in dataset order.
 
     Attributes:
-        logits: ``[N, C]`` float32.
-        labels: ``[N]`` (int class ids, or float targets for regression).
+        logits: ``[N, C]`` float32, or ``[N, W, 2]`` start/end logits of span extraction, where
+            ``W`` is the longest example and shorter ones are padded with ``-inf``.
+        labels: ``[N]`` (int class ids, or float targets for regression); None when the
+            dataset has no labels (SQuAD's evaluation features).
         lengths_in, lengths_kept: ``[N, num_layers]`` int64 real token counts per layer.
     """
 
     logits: np.ndarray
-    labels: np.ndarray
+    labels: np.ndarray | None
     lengths_in: np.ndarray
     lengths_kept: np.ndarray
 
-    def predicted(self) -> np.ndarray:
-        """Class ids, or the regression value when there is a single output."""
-        return self.logits[:, 0] if self.logits.shape[1] == 1 else self.logits.argmax(axis=1)
 
 
 @torch.inference_mode()
@@ -49,19 +48,35 @@ def predict(
     device: torch.device | str = "cpu",
     progress: bool = False,
 ) -> Predictions:
-    """Run ``model`` over ``dataset`` (encoded examples with ``labels``) without shuffling."""
+    """Run ``model`` over ``dataset`` (encoded examples, with or without ``labels``) without
+    shuffling."""
     model.to(device).eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
     logits, labels, lengths_in, lengths_kept = [], [], [], []
     for batch in tqdm(loader, desc="evaluate", disable=not progress, mininterval=10):
         out = model(**model_inputs(batch, torch.device(device)), mode=mode, record=False)
         logits.append(out.logits.float().cpu().numpy())
-        labels.append(batch["labels"].numpy())
+        if "labels" in batch:
+            labels.append(batch["labels"].numpy())
         lengths_in.append(out.lengths_in.cpu().numpy())
         lengths_kept.append(out.lengths_kept.cpu().numpy())
     return Predictions(
-        logits=np.concatenate(logits),
-        labels=np.concatenate(labels),
+        logits=_concatenate(logits),
+        labels=np.concatenate(labels) if labels else None,
         lengths_in=np.concatenate(lengths_in).astype(np.int64),
         lengths_kept=np.concatenate(lengths_kept).astype(np.int64),
     )
+
+
+def _concatenate(logits: list[np.ndarray]) -> np.ndarray:
+    """Stack per-batch logits; span logits ``[b, w, 2]`` are right-padded with ``-inf`` to the
+    widest batch."""
+    if logits[0].ndim == 2:
+        return np.concatenate(logits)
+    width = max(block.shape[1] for block in logits)
+    out = np.full((sum(block.shape[0] for block in logits), width, logits[0].shape[2]), -np.inf, dtype=np.float32)
+    row = 0
+    for block in logits:
+        out[row : row + block.shape[0], : block.shape[1]] = block
+        row += block.shape[0]
+    return out

@@ -55,6 +55,13 @@ def resolve_model(spec: str) -> str:
     return spec  # a hub name
 
 
+def head_kind(config) -> str:
+    """``"qa"`` for a saved question-answering model, else ``"classification"`` (from the
+    config's ``architectures``)."""
+    architectures = getattr(config, "architectures", None) or []
+    return "qa" if architectures and "QuestionAnswering" in architectures[0] else "classification"
+
+
 def load_pretrained(spec: str, *, num_labels: int | None, head: str = "classification") -> tuple[PrunableModel, Any]:
     """A pretrained encoder with a fresh task head, and its tokenizer.
 
@@ -107,7 +114,7 @@ def load_run(run_dir: str | Path) -> tuple[PrunableModel, Any, dict[str, Any]]:
         raise FileNotFoundError(f"{record_path} is missing: {run_dir} is not a finished run")
     record = json.loads(record_path.read_text())
     config = AutoConfig.from_pretrained(run_dir, local_files_only=True)
-    loader = AutoModelForQuestionAnswering if config.architectures and "QuestionAnswering" in config.architectures[0] else AutoModelForSequenceClassification
+    loader = AutoModelForQuestionAnswering if head_kind(config) == "qa" else AutoModelForSequenceClassification
     hf = loader.from_pretrained(run_dir, local_files_only=True, attn_implementation="eager")
     selectors = method_class(record["method"]).inference_selectors(record["decisions"], hf.config)
     tokenizer = AutoTokenizer.from_pretrained(run_dir, local_files_only=True)

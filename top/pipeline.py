@@ -19,17 +19,16 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from top import data as glue
 from top.config import resolve_run, teacher_settings
 from top.encoder import PrunableModel
 from top.evaluate import predict
 from top.flops import flops_summary
-from top.metrics import compute_glue_metrics, primary_metric
-from top.models import PRUNING_FILE, load_pretrained, load_run, save_run
+from top.models import PRUNING_FILE, head_kind, load_pretrained, load_run, save_run
 from top.pruning.base import KeepDecision, LayerContext, Stage, TokenSelector
 from top.pruning.dense import Dense
 from top.pruning.registry import build_method, method_class
-from top.train import TrainSettings, resolve_device, run_stages, set_seed
+from top.tasks import Task, get_task
+from top.train import MODEL_INPUTS, TrainSettings, resolve_device, run_stages, set_seed
 
 log = logging.getLogger(__name__)
 
@@ -41,19 +40,6 @@ def write_json(path: str | Path, payload: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
     os.replace(tmp, path)
-
-
-def _split(cfg: Mapping[str, Any], task: str, split: str, limit: int | None, seed: int):
-    return glue.load_split(task, split, source=cfg["data_source"], data_dir=cfg.get("glue_dir"), limit=limit, seed=seed)
-
-
-def _encoded(cfg, task, split, tokenizer, limit, seed):
-    spec = glue.get_task(task)
-    return glue.encode(_split(cfg, task, split, limit, seed), tokenizer, spec)
-
-
-def _collate(tokenizer):
-    return functools.partial(glue.collate, pad_token_id=tokenizer.pad_token_id)
 
 
 class _FinetuneOnly(Dense):
@@ -72,13 +58,13 @@ def finetune_teacher(cfg: Mapping[str, Any], task: str, seed: int, out_dir: str 
     ``dense`` reference row."""
     settings = teacher_settings(cfg, task)
     set_seed(seed)
-    spec = glue.get_task(task)
-    model, tokenizer = load_pretrained(cfg["model"], num_labels=spec.num_labels)
-    train = _encoded(cfg, task, "train", tokenizer, settings.get("train_limit"), seed)
+    spec = get_task(cfg, task)
+    model, tokenizer = load_pretrained(cfg["model"], num_labels=spec.num_labels, head=spec.head)
+    train = spec.train_features(tokenizer, settings.get("train_limit"), seed)
     train_settings = TrainSettings.from_dict({**settings, "seed": seed, "device": cfg["device"], "progress": True})
     method = _FinetuneOnly(model.config, settings["epochs"])
     out_dir = Path(out_dir)
-    history = run_stages(model, method, train, train_settings, collate=_collate(tokenizer), checkpoint_dir=out_dir.with_name(out_dir.name + ".ckpt"))
+    history = run_stages(model, method, train, train_settings, collate=spec.collate(tokenizer), checkpoint_dir=out_dir.with_name(out_dir.name + ".ckpt"))
     resolved = {"task": task, "seed": seed, "model": cfg["model"], "teacher": settings, "train_examples": len(train)}
     save_run(model, tokenizer, out_dir, "dense", {}, extra={"config": resolved, "history": history})
     _drop_checkpoint(out_dir)
@@ -101,16 +87,28 @@ def train_method(cfg: Mapping[str, Any], task: str, method_name: str, setting: s
     history: list[dict[str, float]] = []
     if stages:
         teacher, _, _ = load_run(teacher_dir)
-        train = _encoded(cfg, task, "train", tokenizer, run["train"].get("train_limit"), seed)
+        spec = get_task(cfg, task)
+        train = spec.train_features(tokenizer, run["train"].get("train_limit"), seed)
+        method.prepare(_token_counts(cfg, spec, tokenizer, train), spec.head)
         settings = TrainSettings.from_dict({**run["train"], "seed": seed, "device": cfg["device"], "progress": True})
         out_dir = Path(out_dir)
         history = run_stages(
-            student, method, train, settings, collate=_collate(tokenizer), teacher=teacher,
+            student, method, train, settings, collate=spec.collate(tokenizer), teacher=teacher,
             checkpoint_dir=out_dir.with_name(out_dir.name + ".ckpt"),
         )
     decisions = method.export()
     save_run(student.cpu(), tokenizer, out_dir, method_name, decisions, extra={"config": run, "history": history})
     _drop_checkpoint(Path(out_dir))
+
+
+def _token_counts(cfg: Mapping[str, Any], spec: Task, tokenizer, train) -> dict[str, torch.Tensor]:
+    """Real lengths ``[N]`` of the training features and of the dev split that FLOPs are counted
+    on (the task's first dev split, with the evaluation's ``limit``)."""
+    dev = spec.dev_features(spec.dev_splits[0], tokenizer, cfg["eval"].get("limit"))
+    return {
+        "train": torch.tensor([len(ids) for ids in train["input_ids"]]),
+        "validation": torch.tensor([len(ids) for ids in dev["input_ids"]]),
+    }
 
 
 def evaluate_run(cfg: Mapping[str, Any], task: str, model_dir: str | Path, metrics_path: str | Path, lengths_path: str | Path, run_info: Mapping[str, Any]) -> dict[str, Any]:
@@ -120,14 +118,14 @@ def evaluate_run(cfg: Mapping[str, Any], task: str, model_dir: str | Path, metri
     (``.npz`` with per-example ``lengths_in``/``lengths_kept`` of the first dev split, for FLOPs).
     """
     model, tokenizer, record = load_run(model_dir)
-    spec = glue.get_task(task)
+    spec = get_task(cfg, task)
     device = resolve_device(cfg["device"])
     eval_cfg = cfg["eval"]
-    result: dict[str, Any] = {**run_info, "primary_metric": primary_metric(task), "splits": {}}
+    result: dict[str, Any] = {**run_info, "primary_metric": spec.primary_metric, "metric_scale": spec.metric_scale, "splits": {}}
     for index, split in enumerate(spec.dev_splits):
-        dataset = _encoded(cfg, task, split, tokenizer, eval_cfg.get("limit"), 0)
-        preds = predict(model, dataset, _collate(tokenizer), batch_size=eval_cfg["batch_size"], mode="gather", device=device, progress=True)
-        metrics = compute_glue_metrics(task, preds.predicted(), preds.labels)
+        dataset = spec.dev_features(split, tokenizer, eval_cfg.get("limit"))
+        preds = predict(model, dataset, spec.collate(tokenizer), batch_size=eval_cfg["batch_size"], mode="gather", device=device, progress=True)
+        metrics = spec.score(split, dataset, preds.logits, preds.labels, eval_cfg.get("limit"))
         result["splits"][split] = {**metrics, "n_examples": len(dataset)}
         log.info("%s %s: %s", task, split, metrics)
         if index == 0:
@@ -153,7 +151,7 @@ def count_flops(model_dir: str | Path, lengths_path: str | Path, out_path: str |
 
     config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
     lengths = np.load(lengths_path)
-    summary = {**run_info, **flops_summary(config, "classification", lengths["lengths_in"], lengths["lengths_kept"])}
+    summary = {**run_info, **flops_summary(config, head_kind(config), lengths["lengths_in"], lengths["lengths_kept"])}
     record = json.loads((Path(model_dir) / PRUNING_FILE).read_text())
     target = method_class(record["method"]).flops_target(record["decisions"])
     if target is not None:
@@ -184,16 +182,13 @@ class _FixedLengths(TokenSelector):
 def latency_sample(cfg: Mapping[str, Any], task: str, tokenizer) -> list[dict[str, torch.Tensor]]:
     """The fixed sample of dev examples every method is timed on, as batch-1 model inputs."""
     lat = cfg["latency"]
-    spec = glue.get_task(task)
-    dataset = _encoded(cfg, task, spec.dev_splits[0], tokenizer, None, 0)
+    spec = get_task(cfg, task)
+    dataset = spec.dev_features(spec.dev_splits[0], tokenizer, None)
     count = min(lat["n_examples"], len(dataset))
     rng = np.random.default_rng(lat["sample_seed"])
     indices = sorted(rng.choice(len(dataset), size=count, replace=False).tolist())
-    collate = _collate(tokenizer)
-    return [
-        {k: v for k, v in collate([dataset[i]]).items() if k in ("input_ids", "attention_mask", "token_type_ids")}
-        for i in indices
-    ]
+    collate = spec.collate(tokenizer)
+    return [{k: v for k, v in collate([dataset[i]]).items() if k in MODEL_INPUTS} for i in indices]
 
 
 def measure_latency(cfg: Mapping[str, Any], task: str, dense_dir: str | Path, model_dir: str | Path, out_path: str | Path, run_info: Mapping[str, Any]) -> dict[str, Any]:

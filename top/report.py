@@ -2,7 +2,8 @@
 
 :func:`collect` joins each run's ``metrics.json``, ``flops.json`` and ``latency.json`` into one
 CSV row; :func:`markdown_table` and :func:`accuracy_vs_flops` render it. Scores are shown on
-the 0-100 scale the papers use; the JSON files keep the ``evaluate`` library's 0-1 scale.
+the 0-100 scale the papers use; the JSON files keep the ``evaluate`` library's scale, which
+``metric_scale`` records (1 for GLUE's metrics, 100 for SQuAD's).
 """
 
 from __future__ import annotations
@@ -48,11 +49,14 @@ def collect(metric_files: Sequence[str], flops_files: Sequence[str], latency_fil
         m = _read(path)
         row = {k: m[k] for k in KEYS}
         row["metric"] = m["primary_metric"]
-        row["score"] = 100 * m["score"]
+        factor = 100.0 / m.get("metric_scale", 1.0)
+        row["score"] = factor * m["score"]
         for split, values in m["splits"].items():
             for name, value in values.items():
-                if name != "n_examples":
-                    row[f"{split}/{name}"] = 100 * value
+                if name == "n_examples" or name.endswith(("total", "_thresh")):
+                    row[f"{split}/{name}"] = value  # counts and thresholds are not scores
+                else:
+                    row[f"{split}/{name}"] = factor * value
         rows[tuple(row[k] for k in KEYS)] = row
     for path in flops_files:
         f = _read(path)

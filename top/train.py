@@ -33,7 +33,7 @@ from top.pruning.base import PruningMethod, StepContext
 
 log = logging.getLogger(__name__)
 
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "protect_mask")
 
 
 @dataclass
@@ -79,8 +79,21 @@ def model_inputs(batch: dict[str, torch.Tensor], device: torch.device) -> dict[s
     return {k: batch[k].to(device) for k in MODEL_INPUTS if k in batch}
 
 
-def task_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy for classification (``[B, C]`` logits), MSE for regression (``[B, 1]``)."""
+def task_loss(logits: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The task's loss.
+
+    * classification, ``[B, C]`` logits and ``[B]`` class ids: cross-entropy;
+    * regression, ``[B, 1]`` logits: mean squared error;
+    * span extraction, ``[B, L, 2]`` start/end logits and ``[B, 2]`` start/end token indices:
+      the mean of the start and end cross-entropies over positions, padding (``attention_mask``
+      0) excluded.
+    """
+    if logits.dim() == 3:
+        if attention_mask is not None:
+            logits = logits.masked_fill(~attention_mask.bool()[..., None], torch.finfo(logits.dtype).min)
+        start = nn.functional.cross_entropy(logits[..., 0], labels[:, 0])
+        end = nn.functional.cross_entropy(logits[..., 1], labels[:, 1])
+        return (start + end) / 2
     if logits.shape[-1] == 1:
         return nn.functional.mse_loss(logits.squeeze(-1), labels.to(logits.dtype))
     return nn.functional.cross_entropy(logits, labels)
@@ -271,7 +284,7 @@ def _train_step(model, method, stage, batch, step, total_steps, teacher, signals
     inputs = model_inputs(batch, device)
     labels = batch["labels"].to(device)
     output = model(**inputs, mode="mask")
-    loss_task = task_loss(output.logits, labels)
+    loss_task = task_loss(output.logits, labels, inputs["attention_mask"])
     teacher_out = _teacher_output(teacher, inputs, signals) if signals else None
     context = StepContext(student=output, teacher=teacher_out, batch=batch, task_loss=loss_task, step=step, total_steps=total_steps)
     extra, scalars = method.extra_loss(stage, context)

@@ -233,6 +233,16 @@ class PruningMethod(abc.ABC):
         ``"attentions"``. Empty (the default): the teacher is not run."""
         return ()
 
+    def prepare(self, lengths: Mapping[str, torch.Tensor], head_kind: str) -> None:
+        """Hook before training: the real token counts of the ``"train"`` split (the rows the
+        run trains on) and of the ``"validation"`` split, ``[N]`` long each (counts only, never
+        texts or labels); ``head_kind`` is ``"classification"`` or ``"qa"``.
+
+        Methods with a FLOPs constraint check here that their target is reachable (raising a
+        ``ValueError`` before any training) and may evaluate the constraint on these counts.
+        It runs again when a run resumes, so anything it sets need not be checkpointed.
+        Default: nothing."""
+
     def on_stage_end(self, stage: str) -> None:
         """Hook after a stage finishes (e.g. derive a configuration from learned weights).
 
