@@ -75,8 +75,32 @@ class LocalFile:
         return self.columns is None
 
 
+class SplitFiles:
+    """Split lookup shared by the task registries: ``local_files`` holds ``(split, entry)``
+    pairs, where ``entry`` says how the split is stored locally."""
+
+    name: str
+    local_files: tuple[tuple[str, Any], ...]
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        """All split names of the task."""
+        return tuple(split for split, _ in self.local_files)
+
+    def local_file(self, split: str) -> Any:
+        """Return the local storage entry of ``split``.
+
+        Raises:
+            ValueError: if the task has no such split.
+        """
+        for name, entry in self.local_files:
+            if name == split:
+                return entry
+        raise ValueError(f"task {self.name!r} has no split {split!r}; expected one of {self.splits}")
+
+
 @dataclass(frozen=True)
-class TaskSpec:
+class TaskSpec(SplitFiles):
     """Everything the harness needs to know about one GLUE task.
 
     Attributes:
@@ -120,24 +144,6 @@ class TaskSpec:
     def num_labels(self) -> int:
         """Size of the model's output layer: 1 for regression, else the number of classes."""
         return 1 if self.label_names is None else len(self.label_names)
-
-    @property
-    def splits(self) -> tuple[str, ...]:
-        """All split names of the task."""
-        return tuple(split for split, _ in self.local_files)
-
-    def local_file(self, split: str) -> LocalFile:
-        """Return the local file description of ``split``.
-
-        Raises:
-            ValueError: if the task has no such split.
-        """
-        for name, local in self.local_files:
-            if name == split:
-                return local
-        raise ValueError(
-            f"task {self.name!r} has no split {split!r}; expected one of {self.splits}"
-        )
 
     def features(self) -> datasets.Features:
         """Features of the datasets that :func:`load_split` returns for this task."""

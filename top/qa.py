@@ -42,7 +42,7 @@ import pyarrow as pa
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
-from top.data import DataError, _subset
+from top.data import DataError, SplitFiles, _subset
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ separators): no answer may start or end there."""
 
 
 @dataclass(frozen=True)
-class QATaskSpec:
+class QATaskSpec(SplitFiles):
     """Everything the harness needs to know about one extractive QA task.
 
     Attributes:
@@ -93,22 +93,6 @@ class QATaskSpec:
             raise ValueError(f"{self.name}: dev splits {sorted(unknown)} have no local file")
         if self.primary_metric not in self.metrics:
             raise ValueError(f"{self.name}: primary metric {self.primary_metric!r} not in {self.metrics}")
-
-    @property
-    def splits(self) -> tuple[str, ...]:
-        """All split names of the task."""
-        return tuple(split for split, _ in self.local_files)
-
-    def local_file(self, split: str) -> str:
-        """Return the name of the official file holding ``split``.
-
-        Raises:
-            ValueError: if the task has no such split.
-        """
-        for name, filename in self.local_files:
-            if name == split:
-                return filename
-        raise ValueError(f"task {self.name!r} has no split {split!r}; expected one of {self.splits}")
 
 
 QA_TASKS: dict[str, QATaskSpec] = {
@@ -593,6 +577,31 @@ def _map(
     )
 
 
+def _map_windows(
+    dataset: datasets.Dataset,
+    tokenizer: Any,
+    window: tuple[int, int, int],
+    with_types: bool,
+    features: datasets.Features,
+    extra: Callable[..., dict[str, Any]],
+    desc: str,
+) -> datasets.Dataset:
+    """One row per context window of every question: the model inputs (:func:`_inputs`) plus
+    ``extra(batch, encoded, index, sample, sequence_ids)``'s columns for window ``index`` of
+    question ``sample``; ``window`` is ``(max_length, doc_stride, max_query_length)``."""
+
+    def tokenize(batch: Mapping[str, list]) -> dict[str, list]:
+        encoded, sample_of, sequence_ids = _window_features(batch, tokenizer, *window, with_types)
+        out: dict[str, list] = {key: [] for key in features}
+        for index, (sample, sequence) in enumerate(zip(sample_of, sequence_ids)):
+            row = {**_inputs(encoded, index, sequence, with_types), **extra(batch, encoded, index, sample, sequence)}
+            for key, value in row.items():
+                out[key].append(value)
+        return out
+
+    return _map(dataset, tokenize, features, desc)
+
+
 def prepare_train_features(
     dataset: datasets.Dataset,
     tokenizer: Any,
@@ -639,26 +648,18 @@ def prepare_train_features(
         }
     )
 
-    def tokenize(batch: Mapping[str, list]) -> dict[str, list]:
-        encoded, sample_of, sequence_ids = _window_features(
-            batch, tokenizer, max_length, doc_stride, max_query_length, with_types
-        )
-        out: dict[str, list] = {key: [] for key in features}
-        for index, (sample, sequence) in enumerate(zip(sample_of, sequence_ids)):
-            for key, values in _inputs(encoded, index, sequence, with_types).items():
-                out[key].append(values)
-            cls = _cls_index(encoded["input_ids"][index], tokenizer)
-            answers = batch["answers"][sample]
-            span = None
-            if not batch["is_impossible"][sample] and answers["text"]:
-                start_char, end_char = _answer_span(answers["text"][0], answers["answer_start"][0])
-                span = _answer_tokens(encoded["offset_mapping"][index], sequence, start_char, end_char)
-            start, end = span if span is not None else (cls, cls)
-            out["start_positions"].append(start)
-            out["end_positions"].append(end)
-        return out
+    def labels(batch, encoded, index, sample, sequence) -> dict[str, int]:
+        cls = _cls_index(encoded["input_ids"][index], tokenizer)
+        answers = batch["answers"][sample]
+        span = None
+        if not batch["is_impossible"][sample] and answers["text"]:
+            start_char, end_char = _answer_span(answers["text"][0], answers["answer_start"][0])
+            span = _answer_tokens(encoded["offset_mapping"][index], sequence, start_char, end_char)
+        start, end = span if span is not None else (cls, cls)
+        return {"start_positions": start, "end_positions": end}
 
-    result = _map(dataset, tokenize, features, "Preparing SQuAD training features")
+    window = (max_length, doc_stride, max_query_length)
+    result = _map_windows(dataset, tokenizer, window, with_types, features, labels, "Preparing SQuAD training features")
     starts = np.asarray(result["start_positions"]) if len(result) else np.zeros(0)
     logger.info(
         "%d training features from %d questions; %d labelled [CLS] (answer outside the window "
@@ -703,24 +704,15 @@ def prepare_eval_features(
     )
     no_offset = list(NO_OFFSET)
 
-    def tokenize(batch: Mapping[str, list]) -> dict[str, list]:
-        encoded, sample_of, sequence_ids = _window_features(
-            batch, tokenizer, max_length, doc_stride, max_query_length, with_types
-        )
-        out: dict[str, list] = {key: [] for key in features}
-        for index, (sample, sequence) in enumerate(zip(sample_of, sequence_ids)):
-            for key, values in _inputs(encoded, index, sequence, with_types).items():
-                out[key].append(values)
-            out["example_id"].append(batch["id"][sample])
-            out["offset_mapping"].append(
-                [
-                    list(offset) if sequence_id == 1 else no_offset
-                    for offset, sequence_id in zip(encoded["offset_mapping"][index], sequence)
-                ]
-            )
-        return out
+    def references(batch, encoded, index, sample, sequence) -> dict[str, Any]:
+        offsets = [
+            list(offset) if sequence_id == 1 else no_offset
+            for offset, sequence_id in zip(encoded["offset_mapping"][index], sequence)
+        ]
+        return {"example_id": batch["id"][sample], "offset_mapping": offsets}
 
-    result = _map(dataset, tokenize, features, "Preparing SQuAD evaluation features")
+    window = (max_length, doc_stride, max_query_length)
+    result = _map_windows(dataset, tokenizer, window, with_types, features, references, "Preparing SQuAD evaluation features")
     logger.info("%d evaluation features from %d questions", len(result), len(dataset))
     return result
 

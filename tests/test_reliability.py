@@ -1,0 +1,119 @@
+"""Reliability of a whole run: the same seed gives the same results, and a training job killed
+with SIGKILL half-way resumes to exactly the result of an uninterrupted run.
+
+Each run goes through the workflow's own library steps (``top.pipeline``) on a tiny random BERT
+and a tiny SST-2, with ToP (the method with the most state: gates, multipliers, a second
+optimiser, random gate samples).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from snakemake.utils import validate
+
+from tests.conftest import write_tiny_model, write_tiny_sst2
+from top.pipeline import count_flops, evaluate_run, finetune_teacher, train_method
+
+SCHEMA = str(Path(__file__).resolve().parents[1] / "workflow/schemas/config.schema.yaml")
+TOP = {"target_sparsity": 0.3, "epochs": 6, "lagrangian_warmup_epochs": 2, "bin_num": 4, "reg_learning_rate": 0.2}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Every run here on one thread, as the killed subprocess: results are bitwise comparable
+    only at the same thread count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("reliability")
+    cfg = {
+        "model": str(write_tiny_model(root / "model", layers=4)),
+        "data_source": "local",
+        "glue_dir": str(write_tiny_sst2(root / "glue", train_rows=96, dev_rows=24)),
+        "tasks": ["sst2"],
+        "device": "cpu",
+        "teacher": {"epochs": 2, "batch_size": 8, "learning_rate": 1e-3},
+        "train": {"batch_size": 8, "learning_rate": 1e-3},
+        "methods": {"dense": {"settings": {"default": {}}}, "top": {"settings": {"t30": TOP}}},
+    }
+    validate(cfg, SCHEMA)
+    finetune_teacher(cfg, "sst2", 7, root / "teacher")
+    return root, cfg
+
+
+def _evaluate(cfg, root: Path, run: Path) -> tuple[dict, dict]:
+    info = {"task": "sst2", "method": "top", "setting": "t30", "seed": 7}
+    metrics = evaluate_run(cfg, "sst2", run, root / f"{run.name}.metrics.json", root / f"{run.name}.npz", info)
+    flops = count_flops(run, root / f"{run.name}.npz", root / f"{run.name}.flops.json", info)
+    return metrics, flops
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(run / "model.safetensors")
+
+
+def test_same_seed_same_metrics_flops_and_weights(setup):
+    root, cfg = setup
+    first, second = root / "first", root / "second"
+    for global_seed, run in enumerate((first, second)):
+        torch.manual_seed(global_seed)  # whatever the process's state, the run seeds itself
+        train_method(cfg, "sst2", "top", "t30", 7, root / "teacher", run)
+    m1, f1 = _evaluate(cfg, root, first)
+    m2, f2 = _evaluate(cfg, root, second)
+    assert m1["splits"] == m2["splits"] and m1["decisions"] == m2["decisions"]
+    assert f1["flops"] == f2["flops"] and f1["flops_reduction"] == f2["flops_reduction"]
+    w1, w2 = _weights(first), _weights(second)
+    assert w1.keys() == w2.keys() and all(torch.equal(w1[k], w2[k]) for k in w1)
+    assert f1["flops_reduction"] > 1.0  # ToP did prune: the check is not vacuous
+
+
+@pytest.mark.slow
+def test_sigkill_half_way_then_rerun_equals_an_uninterrupted_run(setup):
+    root, cfg = setup
+    straight = root / "straight"
+    train_method(cfg, "sst2", "top", "t30", 7, root / "teacher", straight)
+
+    killed = root / "killed"
+    checkpoint = killed.with_name(killed.name + ".ckpt") / "checkpoint.pt"
+    config_file = root / "config.json"
+    config_file.write_text(json.dumps(cfg))
+    script = (
+        "import json, sys, torch; from top.pipeline import train_method; torch.set_num_threads(1); "
+        "cfg = json.load(open(sys.argv[1])); "
+        "train_method(cfg, 'sst2', 'top', 't30', 7, sys.argv[2], sys.argv[3])"
+    )
+    process = subprocess.Popen([sys.executable, "-c", script, str(config_file), str(root / "teacher"), str(killed)])
+    deadline = time.monotonic() + 300
+    while not checkpoint.exists():  # the end of the first epoch
+        assert process.poll() is None, "the training job ended before its first checkpoint"
+        assert time.monotonic() < deadline, "no checkpoint within 300 s"
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL
+    assert not killed.exists()  # nothing half-written where the result belongs
+    state = torch.load(checkpoint, weights_only=False)
+    assert state["epoch"] < TOP["epochs"] - 1  # killed before the end
+
+    train_method(cfg, "sst2", "top", "t30", 7, root / "teacher", killed)  # the re-run resumes
+    assert not checkpoint.exists()  # and cleans up its checkpoint
+    a, b = _weights(straight), _weights(killed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    exported = [json.loads((run / "pruning.json").read_text()) for run in (straight, killed)]
+    assert exported[0]["decisions"] == exported[1]["decisions"]
+    assert exported[0]["history"] == exported[1]["history"]
