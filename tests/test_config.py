@@ -73,6 +73,17 @@ def test_valid_config_passes(config):
     (lambda c: c["methods"]["topk"]["settings"].update(short={"keep_ratios": [0.5]}), "1 entries, the model has 2 layers"),
     (lambda c: c["task_settings"].update(imdb={}), "task_settings.imdb: unknown task"),
     (lambda c: c.update(seeds=[1, 1]), "seeds: duplicates"),
+    (lambda c: c["methods"].update(top={"settings": {"zero": {"target_sparsity": 0, "prune_layers": [0]}}}),
+     "methods.top.settings.zero (task sst2): target_sparsity must be in (0, 1)"),
+    (lambda c: c["methods"].update(top={"settings": {"big": {"target_sparsity": 1.5, "prune_layers": [0]}}}),
+     "methods.top.settings.big (task sst2): target_sparsity must be in (0, 1)"),
+    (lambda c: c["methods"].update(top={"settings": {"deep": {"prune_layers": [0, 5]}}}), "prune_layers: layer 5 is outside 0..1"),
+    (lambda c: c["methods"].update(top={"settings": {"typo": {"target_sparsty": 0.5}}}), "target_sparsty"),
+    (lambda c: c["methods"].update(power_bert={"settings": {"up": {"retention": [3, 9]}}}), "methods.power_bert.settings.up (task sst2)"),
+    (lambda c: c["methods"].update(ltp={"settings": {"neg": {"reg_lambda": -1}}}), "methods.ltp.settings.neg (task sst2)"),
+    (lambda c: c.update(tasks=["squad"]), "squad_dir: required when data_source is 'local'"),
+    (lambda c: c.update(tasks=["squad"], squad_dir="/nonexistent/squad"), "squad_dir: '/nonexistent/squad' is not a directory"),
+    (lambda c: c["qa"].update(doc_stride=400), "qa.doc_stride: 400 leaves the context windows no room"),
 ])
 def test_bad_configs_name_the_key(config, change, message):
     change(config)

@@ -237,8 +237,10 @@ class ToPSettings:
         return s
 
     def _validate(self) -> None:
-        if not 0.0 <= self.target_sparsity < 1.0:
-            raise ValueError(f"target_sparsity must be in [0, 1), got {self.target_sparsity}")
+        if not 0.0 < self.target_sparsity < 1.0:
+            raise ValueError(
+                f"target_sparsity must be in (0, 1), the fraction of FLOPs to remove (0.5 = 2x fewer), got {self.target_sparsity}"
+            )
         if not 0.0 <= self.start_sparsity < 1.0:
             raise ValueError(f"start_sparsity must be in [0, 1), got {self.start_sparsity}")
         if int(self.bin_num) != self.bin_num or self.bin_num < 1:
