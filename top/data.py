@@ -454,6 +454,30 @@ def encode(
     return dataset.map(tokenize, batched=True, features=features, desc=f"Tokenising {spec.name}")
 
 
+def pad_token_lists(
+    features: Sequence[Mapping[str, Any]], keys: Sequence[str], pad_token_id: int, noun: str
+) -> dict[str, torch.Tensor]:
+    """Right-pad the token-level lists ``keys`` of every feature into int64 tensors ``[B, L]``:
+    ``input_ids`` with ``pad_token_id``, every other key with 0.
+
+    Raises:
+        ValueError: naming the ``noun`` (``example``, ``feature``) whose list for some key
+            differs in length from its ``input_ids``.
+    """
+    sequences = {key: [torch.as_tensor(f[key], dtype=torch.long) for f in features] for key in keys}
+    for position, ids in enumerate(sequences["input_ids"]):
+        for key in keys:
+            if sequences[key][position].shape != ids.shape:
+                raise ValueError(
+                    f"{noun} {position}: {key} has shape {tuple(sequences[key][position].shape)}"
+                    f" but input_ids has shape {tuple(ids.shape)}"
+                )
+    return {
+        key: pad_sequence(values, batch_first=True, padding_value=pad_token_id if key == "input_ids" else 0)
+        for key, values in sequences.items()
+    }
+
+
 def collate(features: Sequence[Mapping[str, Any]], pad_token_id: int) -> dict[str, torch.Tensor]:
     """Stack encoded examples into a batch, right-padding to the longest example.
 
@@ -471,20 +495,7 @@ def collate(features: Sequence[Mapping[str, Any]], pad_token_id: int) -> dict[st
     keys = [key for key in MODEL_INPUT_KEYS if key in features[0]]
     if "input_ids" not in keys:
         raise ValueError(f"examples need 'input_ids'; got keys {sorted(features[0])}")
-    sequences = {key: [torch.as_tensor(f[key], dtype=torch.long) for f in features] for key in keys}
-    for position, ids in enumerate(sequences["input_ids"]):
-        for key in keys:
-            if sequences[key][position].shape != ids.shape:
-                raise ValueError(
-                    f"example {position}: {key} has shape {tuple(sequences[key][position].shape)}"
-                    f" but input_ids has shape {tuple(ids.shape)}"
-                )
-    batch = {
-        key: pad_sequence(
-            values, batch_first=True, padding_value=pad_token_id if key == "input_ids" else 0
-        )
-        for key, values in sequences.items()
-    }
+    batch = pad_token_lists(features, keys, pad_token_id, "example")
     if "labels" in features[0]:
         labels = np.asarray([f["labels"] for f in features])
         dtype = torch.float32 if labels.dtype.kind == "f" else torch.long

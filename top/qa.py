@@ -40,9 +40,8 @@ import datasets
 import numpy as np
 import pyarrow as pa
 import torch
-from torch.nn.utils.rnn import pad_sequence
 
-from top.data import DataError, SplitFiles, _subset
+from top.data import DataError, SplitFiles, _subset, pad_token_lists
 
 logger = logging.getLogger(__name__)
 
@@ -741,20 +740,7 @@ def collate_qa(features: Sequence[Mapping[str, Any]], pad_token_id: int) -> dict
         absent = [key for key in (*keys, *labels) if key not in feature]
         if absent:
             raise ValueError(f"feature {position} lacks {absent}, which feature 0 has")
-    sequences = {key: [torch.as_tensor(f[key], dtype=torch.long) for f in features] for key in keys}
-    for position, ids in enumerate(sequences["input_ids"]):
-        for key in keys:
-            if sequences[key][position].shape != ids.shape:
-                raise ValueError(
-                    f"feature {position}: {key} has shape {tuple(sequences[key][position].shape)}"
-                    f" but input_ids has shape {tuple(ids.shape)}"
-                )
-    batch = {
-        key: pad_sequence(
-            values, batch_first=True, padding_value=pad_token_id if key == "input_ids" else 0
-        )
-        for key, values in sequences.items()
-    }
+    batch = pad_token_lists(features, keys, pad_token_id, "feature")
     for key in labels:
         batch[key] = torch.as_tensor([int(f[key]) for f in features], dtype=torch.long)
     return batch
