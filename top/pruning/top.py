@@ -605,6 +605,13 @@ class ToP(PruningMethod):
         offsets = {layer: int(self.module.layers[str(layer)].bin_offset) for layer in c.prune_layers}
         logger.info("ToP calibration: deterministic sparsity %.4f -> %.4f (target %.4f); bin offsets %s",
                     start, achieved, c.target_sparsity, offsets)
+        moved = sum(abs(offset) for offset in offsets.values())
+        if moved > len(layers):
+            logger.warning(
+                "ToP calibration moved %d bins (more than one per pruning layer): the constraint had not settled "
+                "by the end of pruning (deterministic sparsity %.4f for a target of %.4f), so the model was not "
+                "trained with the gates it now has; train longer or add finetune_epochs", moved, start, c.target_sparsity,
+            )
         return achieved
 
     # -- stages ---------------------------------------------------------------------------------
