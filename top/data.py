@@ -337,18 +337,29 @@ def _read_tsv(spec: TaskSpec, local: LocalFile, path: Path) -> dict[str, list[An
     return columns
 
 
+def find_local_file(
+    data_dir: str | os.PathLike | None, relative: str, collection: str, task: str, split: str, layout: str
+) -> Path:
+    """``data_dir / relative``, or a :class:`DataError` naming what is missing and the
+    expected layout (``DATA_DIR/relative (layout)``)."""
+    expected = f"DATA_DIR/{relative} ({layout})"
+    if data_dir is None:
+        raise DataError(f"source='local' needs data_dir, the folder that holds {expected}")
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise DataError(f"{collection} data directory {root} does not exist; expected {expected}")
+    path = root / relative
+    if not path.is_file():
+        raise DataError(f"{task} split {split!r}: file {path} not found; expected {expected}")
+    return path
+
+
 def _load_local(spec: TaskSpec, split: str, data_dir: str | os.PathLike | None) -> datasets.Dataset:
     """Load ``split`` of ``spec`` from a local copy of the GLUE download."""
     local = spec.local_file(split)
-    layout = f"DATA_DIR/{spec.glue_dir}/{local.filename} (the GLUE download script's layout)"
-    if data_dir is None:
-        raise DataError(f"source='local' needs data_dir, the folder that holds {layout}")
-    root = Path(data_dir)
-    if not root.is_dir():
-        raise DataError(f"GLUE data directory {root} does not exist; expected {layout}")
-    path = root / spec.glue_dir / local.filename
-    if not path.is_file():
-        raise DataError(f"{spec.name} split {split!r}: file {path} not found; expected {layout}")
+    path = find_local_file(
+        data_dir, f"{spec.glue_dir}/{local.filename}", "GLUE", spec.name, split, "the GLUE download script's layout"
+    )
     columns = _read_tsv(spec, local, path)
     logger.info("Read %d rows of %s/%s from %s", len(columns["idx"]), spec.name, split, path)
     return datasets.Dataset.from_dict(columns, features=spec.features(), split=split)

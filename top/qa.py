@@ -41,7 +41,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from top.data import DataError, SplitFiles, _subset, pad_token_lists
+from top.data import DataError, SplitFiles, _subset, find_local_file, pad_token_lists
 
 logger = logging.getLogger(__name__)
 
@@ -323,16 +323,7 @@ def _read_squad_json(spec: QATaskSpec, path: Path, split: str) -> datasets.Datas
 
 def _load_local(spec: QATaskSpec, split: str, data_dir: str | os.PathLike | None) -> datasets.Dataset:
     """Load ``split`` of ``spec`` from a folder holding the official SQuAD JSON files."""
-    filename = spec.local_file(split)
-    layout = f"DATA_DIR/{filename} (the official SQuAD file name)"
-    if data_dir is None:
-        raise DataError(f"source='local' needs data_dir, the folder that holds {layout}")
-    root = Path(data_dir)
-    if not root.is_dir():
-        raise DataError(f"SQuAD data directory {root} does not exist; expected {layout}")
-    path = root / filename
-    if not path.is_file():
-        raise DataError(f"{spec.name} split {split!r}: file {path} not found; expected {layout}")
+    path = find_local_file(data_dir, spec.local_file(split), "SQuAD", spec.name, split, "the official SQuAD file name")
     return _read_squad_json(spec, path, split)
 
 
