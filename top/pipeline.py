@@ -9,7 +9,6 @@ name, then rename), with the resolved configuration as JSON beside them:
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
