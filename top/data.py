@@ -24,7 +24,7 @@ import csv
 import logging
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -419,10 +419,26 @@ def load_split(
         ValueError: for an unknown task, split or source, or a limit below 1.
     """
     spec = get_task(task)
+    return load_from_source(source, lambda: _load_local(spec, split, data_dir), lambda: _load_hub(spec, split), limit, seed)
+
+
+def load_from_source(
+    source: str,
+    local: Callable[[], datasets.Dataset],
+    hub: Callable[[], datasets.Dataset],
+    limit: int | None,
+    seed: int,
+) -> datasets.Dataset:
+    """``local()`` or ``hub()`` as ``source`` says, then the seeded ``limit``-row sample
+    (:func:`_subset`) when ``limit`` is given.
+
+    Raises:
+        ValueError: for a source other than ``"local"`` or ``"hub"``.
+    """
     if source == "local":
-        dataset = _load_local(spec, split, data_dir)
+        dataset = local()
     elif source == "hub":
-        dataset = _load_hub(spec, split)
+        dataset = hub()
     else:
         raise ValueError(f"unknown source {source!r}; expected 'local' or 'hub'")
     if limit is not None:

@@ -41,7 +41,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from top.data import DataError, SplitFiles, _subset, find_local_file, pad_token_lists
+from top.data import DataError, SplitFiles, find_local_file, load_from_source, pad_token_lists
 
 logger = logging.getLogger(__name__)
 
@@ -401,15 +401,7 @@ def load_qa_split(
         ValueError: for an unknown task, split or source, or a limit below 1.
     """
     spec = get_qa_task(task)
-    if source == "local":
-        dataset = _load_local(spec, split, data_dir)
-    elif source == "hub":
-        dataset = _load_hub(spec, split)
-    else:
-        raise ValueError(f"unknown source {source!r}; expected 'local' or 'hub'")
-    if limit is not None:
-        dataset = _subset(dataset, limit, seed)
-    return dataset
+    return load_from_source(source, lambda: _load_local(spec, split, data_dir), lambda: _load_hub(spec, split), limit, seed)
 
 
 # --------------------------------------------------------------------------------------------

@@ -413,9 +413,7 @@ class ToPLayerGates(nn.Module):
 
     def keep_ratio(self, deterministic: bool = False) -> torch.Tensor:
         """Expected fraction of bins kept (scalar): the mean of :meth:`bin_keep_probability`."""
-        if deterministic:
-            return self.deterministic_keep().mean()
-        return 1.0 - (1.0 - self.bins.prob_nonzero().mean()) * self.layer.prob_nonzero()[0]
+        return self.bin_keep_probability(deterministic).mean()
 
 
 class ToPGates(nn.Module):
