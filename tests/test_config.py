@@ -129,4 +129,16 @@ def test_paper_config_builds_every_method_for_bert_base():
         run = resolve_run(cfg, task, method, setting, seed)
         build_method(method, bert_base, run["method_settings"])
         built += 1
-    assert built == 8 * sum(len(m["settings"]) for m in cfg["methods"].values())
+    assert built == len(cfg["tasks"]) * sum(len(m["settings"]) for m in cfg["methods"].values())
+    assert len(cfg["tasks"]) == 10  # eight GLUE tasks, SQuAD v1.1 and v2.0
+
+
+def test_seeds_given_on_the_command_line_become_integers():
+    from top.config import seeds_from_command_line
+
+    cfg = {"seeds": ["1", " 2", "-3", "x"]}  # what --config 'seeds=[1, 2,-3,x]' gives
+    seeds_from_command_line(cfg)
+    assert cfg["seeds"] == [1, 2, -3, "x"]  # "x" is left for the schema to reject
+    empty: dict = {}
+    seeds_from_command_line(empty)
+    assert empty == {}

@@ -56,10 +56,18 @@ def test_tiny_end_to_end_run(tmp_path):
     quarter = table[table["setting"] == "quarter"].iloc[0]
     assert 1.0 < half["flops_reduction"] < quarter["flops_reduction"]
     assert table["score"].between(0, 100).all() and table["speedup"].gt(0).all()
-    for kind in ("png", "svg"):
-        assert (tmp_path / f"results/plots/accuracy_vs_flops.{kind}").stat().st_size > 1000
+    for figure in ("accuracy_vs_flops", "latency_vs_flops", "retained_tokens"):
+        for kind in ("png", "svg", "pdf"):
+            assert (tmp_path / f"results/plots/{figure}.{kind}").stat().st_size > 1000
     markdown = (tmp_path / "results/tables/results.md").read_text()
     assert "| sst2 | Top-k (static) | quarter |" in markdown
+    # the paper's tables: GLUE (no SQuAD task ran, so no SQuAD table) and latency
+    assert sorted(p.name for p in (tmp_path / "results/tables").glob("*.tex")) == ["glue.tex", "latency.tex"]
+    glue = (tmp_path / "results/tables/glue.md").read_text()
+    assert "| SST-2 (acc.)" in glue and "ToP README (dev)" in glue  # the shipped papers' numbers beside ours
+    assert len(pd.read_csv(tmp_path / "results/tables/latency.csv")) == 3
+    per_layer = pd.read_csv(tmp_path / "results/tables/layers.csv")
+    assert len(per_layer) == 3 * 2  # three runs, two layers
 
     run = tmp_path / "results/models/sst2/topk/half/seed3"
     assert json.loads((run / "pruning.json").read_text())["decisions"] == {"keep_ratios": [0.8, 0.5]}
@@ -72,6 +80,13 @@ def test_tiny_end_to_end_run(tmp_path):
 
     again = snakemake("--cores", "2", "--configfile", str(config), "--directory", str(tmp_path), "-n")
     assert "Nothing to be done" in again.stdout + again.stderr
+
+    report = snakemake("--configfile", str(config), "--directory", str(tmp_path), "--report", "report.html")
+    assert report.returncode == 0, report.stderr[-4000:]
+    html = (tmp_path / "report.html").read_text()
+    for caption in ("GLUE comparison", "Latency.", "Task metric vs FLOPs reduction", "Measured speedup vs FLOPs reduction",
+                    "Tokens kept per layer", "Every run"):
+        assert caption in html, caption
 
 
 @pytest.mark.slow
@@ -111,6 +126,8 @@ def test_every_method_runs_on_squad_end_to_end(tmp_path):
     assert flops["flops_reduction"] > 1.0 and flops["mean_input_length"] <= 48
     top = json.loads((tmp_path / "results/flops/squad/top/t30/seed3/flops.json").read_text())
     assert "target_error_pct" in top
+    assert sorted(p.name for p in (tmp_path / "results/tables").glob("*.md")) == ["latency.md", "results.md", "squad.md"]
+    assert "SQuAD v1.1 EM" in (tmp_path / "results/tables/squad.md").read_text()
 
 
 def test_lint_is_clean():
@@ -122,11 +139,20 @@ def test_paper_config_dry_run_plans_every_task_and_method():
     result = snakemake("-n", "--configfile", str(ROOT / "config/config.yaml"), "--quiet", "rules")
     assert result.returncode == 0, result.stderr[-4000:]
     config = yaml.safe_load((ROOT / "config/config.yaml").read_text())
-    assert config["tasks"] == ["cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte"]
+    assert config["tasks"] == ["cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "squad", "squad_v2"]
     counts = {line.split()[0]: int(line.split()[1]) for line in result.stdout.splitlines() if len(line.split()) == 2 and line.split()[1].isdigit()}
-    assert counts["teacher"] == 8 * len(config["seeds"])
-    runs = 8 * len(config["seeds"]) * sum(len(m["settings"]) for m in config["methods"].values())
+    assert counts["teacher"] == 10 * len(config["seeds"])
+    runs = 10 * len(config["seeds"]) * sum(len(m["settings"]) for m in config["methods"].values())
     assert counts["evaluate"] == runs and counts["latency"] == runs
+    assert counts["table"] == 3 and counts["figure"] == 3  # GLUE, SQuAD and latency tables; three figures
+
+
+def test_bad_paper_results_are_rejected_before_any_job(tmp_path):
+    paper = tmp_path / "paper.yaml"
+    paper.write_text("sources: {}\nresults:\n  - {source: nope, task: sst2, method: top, metric: accuracy, score: 90}\n")
+    result = snakemake("-n", "--configfile", str(tiny_config(tmp_path)), "--config", f"paper_results={paper}", "--directory", str(tmp_path))
+    assert result.returncode != 0
+    assert f"invalid paper results: {paper}: results[0]: unknown source 'nope'" in result.stdout + result.stderr
 
 
 def test_bad_config_is_rejected_before_any_job(tmp_path):
@@ -146,3 +172,10 @@ def test_configfile_on_the_command_line_replaces_the_paper_config(tmp_path):
     assert result.returncode == 0, result.stderr[-4000:]
     counts = {line.split()[0]: int(line.split()[1]) for line in result.stdout.splitlines() if len(line.split()) == 2 and line.split()[1].isdigit()}
     assert counts["teacher"] == 1 and counts["train"] == 2
+
+
+def test_seeds_on_the_command_line_multiply_the_runs(tmp_path):
+    result = snakemake("-n", "--configfile", str(tiny_config(tmp_path)), "--config", "seeds=[1,2]", "--quiet", "rules")
+    assert result.returncode == 0, result.stderr[-4000:]
+    counts = {line.split()[0]: int(line.split()[1]) for line in result.stdout.splitlines() if len(line.split()) == 2 and line.split()[1].isdigit()}
+    assert counts["teacher"] == 2 and counts["train"] == 4 and counts["latency"] == 6 and counts["collect"] == 1

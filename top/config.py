@@ -34,6 +34,17 @@ class ConfigError(ValueError):
     """A configuration problem, with the offending key in the message."""
 
 
+def seeds_from_command_line(cfg: dict[str, Any]) -> None:
+    """Turn digit strings in ``seeds`` into integers, in place.
+
+    ``--config 'seeds=[1,2,3]'`` reaches the workflow as ``['1', '2', '3']``: Snakemake parses
+    a list given on the command line with YAML's base loader, which keeps every item a string.
+    Anything else is left for the schema to reject."""
+    seeds = cfg.get("seeds")
+    if isinstance(seeds, list):
+        cfg["seeds"] = [int(s) if isinstance(s, str) and s.strip().lstrip("-").isdigit() else s for s in seeds]
+
+
 def _merge(*layers: Mapping[str, Any] | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for layer in layers:

@@ -1,31 +1,58 @@
-"""Results table and plots from the per-run JSON files.
+"""Results tables from the per-run JSON files, with the papers' numbers beside ours.
 
 :func:`collect` joins each run's ``metrics.json``, ``flops.json`` and ``latency.json`` into one
-CSV row; :func:`markdown_table` and :func:`accuracy_vs_flops` render it. Scores are shown on
-the 0-100 scale the papers use; the JSON files keep the ``evaluate`` library's scale, which
-``metric_scale`` records (1 for GLUE's metrics, 100 for SQuAD's).
+CSV row (``results.csv``) and its mean per-layer token counts into ``layers.csv``;
+:func:`summarise` averages the seeds of each (task, method, setting); :func:`write_table`
+renders one of the paper's tables (``glue``: Table 2's task x method grid with the GLUE average;
+``squad``; ``latency``) as CSV, Markdown and LaTeX. Scores are shown on the 0-100 scale the
+papers use; the JSON files keep the ``evaluate`` library's scale, which ``metric_scale``
+records (1 for GLUE's metrics, 100 for SQuAD's).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
-import matplotlib
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import FuncFormatter  # noqa: E402
-import pandas as pd  # noqa: E402
+from top.paper import comparable, empty_paper_results, load_paper_results
+from top.qa import is_qa_task
 
 log = logging.getLogger(__name__)
 
 KEYS = ["task", "method", "setting", "seed"]
+GROUP = ["task", "method", "setting"]
 METHOD_ORDER = ["dense", "topk", "ltp", "power_bert", "top"]
-METHOD_LABELS = {"dense": "Dense (teacher)", "topk": "Top-k (static)", "ltp": "LTP", "power_bert": "PoWER-BERT", "top": "ToP"}
+METHOD_LABELS = {
+    "dense": "Dense (teacher)",
+    "topk": "Top-k (static)",
+    "ltp": "LTP",
+    "power_bert": "PoWER-BERT",
+    "top": "ToP",
+}
+TASK_LABELS = {
+    "cola": "CoLA", "sst2": "SST-2", "mrpc": "MRPC", "stsb": "STS-B", "qqp": "QQP", "mnli": "MNLI",
+    "qnli": "QNLI", "rte": "RTE", "wnli": "WNLI", "squad": "SQuAD v1.1", "squad_v2": "SQuAD v2.0",
+}
+METRIC_LABELS = {
+    "accuracy": "acc.", "f1": "F1", "matthews_correlation": "MCC", "pearson": "Pearson",
+    "spearmanr": "Spearman", "exact_match": "EM",
+}
+TABLES = ("glue", "squad", "latency")
+
+
+def method_label(method: str) -> str:
+    """Display name of a method (paper-only methods: their config-style name, upper-cased)."""
+    return METHOD_LABELS.get(method, method.replace("_", "-").upper() if len(method) <= 4 else method.replace("_", " ").title())
+
+
+def method_rank(method: str) -> int:
+    return METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
 
 
 def _read(path: str | Path) -> dict:
@@ -33,7 +60,8 @@ def _read(path: str | Path) -> dict:
         return json.load(handle)
 
 
-def _atomic_text(path: str | Path, text: str) -> None:
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary name, so no reader sees half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -41,10 +69,22 @@ def _atomic_text(path: str | Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def collect(metric_files: Sequence[str], flops_files: Sequence[str], latency_files: Sequence[str], out_csv: str | Path) -> pd.DataFrame:
+# ---------------------------------------------------------------------------------------------
+# collect and summarise
+
+
+def collect(
+    metric_files: Sequence[str],
+    flops_files: Sequence[str],
+    latency_files: Sequence[str],
+    out_csv: str | Path,
+    out_layers_csv: str | Path | None = None,
+) -> pd.DataFrame:
     """One row per run with: the primary metric (x100) and every split's metrics, FLOPs and
-    reduction, latency medians and speedups."""
-    rows = {}
+    reduction, latency medians and speedups. ``out_layers_csv`` gets one row per run and layer:
+    the mean tokens entering and kept after it (over the dev examples), and the kept fraction of
+    the input length."""
+    rows: dict[tuple, dict] = {}
     for path in metric_files:
         m = _read(path)
         row = {k: m[k] for k in KEYS}
@@ -58,12 +98,16 @@ def collect(metric_files: Sequence[str], flops_files: Sequence[str], latency_fil
                 else:
                     row[f"{split}/{name}"] = factor * value
         rows[tuple(row[k] for k in KEYS)] = row
+    layers = []
     for path in flops_files:
         f = _read(path)
         rows[tuple(f[k] for k in KEYS)].update(
             flops=f["flops"], dense_flops=f["dense_flops"], flops_reduction=f["flops_reduction"], mean_input_length=f["mean_input_length"],
             target_flops_reduction=f.get("target_flops_reduction"), target_error_pct=f.get("target_error_pct"),
         )
+        for layer, (entering, kept) in enumerate(zip(f["mean_lengths_in"], f["mean_lengths_kept"])):
+            layers.append({**{k: f[k] for k in KEYS}, "layer": layer, "mean_tokens_in": entering, "mean_tokens_kept": kept,
+                           "kept_fraction": kept / f["mean_input_length"]})
     for path in latency_files:
         lat = _read(path)
         runners = lat["timings"]["runners"]
@@ -77,39 +121,324 @@ def collect(metric_files: Sequence[str], flops_files: Sequence[str], latency_fil
             threads=lat["environment"]["threads"],
         )
     frame = pd.DataFrame(list(rows.values()))
-    frame["order"] = frame["method"].map({m: i for i, m in enumerate(METHOD_ORDER)}).fillna(len(METHOD_ORDER))
-    frame = frame.sort_values(["task", "order", "flops_reduction", "setting", "seed"]).drop(columns="order")
-    _atomic_text(out_csv, frame.to_csv(index=False, float_format="%.6g"))
+    frame = frame.sort_values(["task", "flops_reduction", "setting", "seed"])
+    frame = frame.sort_values(["task", "method"], key=lambda col: col.map(method_rank) if col.name == "method" else col, kind="stable")
+    atomic_write_text(out_csv, frame.to_csv(index=False, float_format="%.6g"))
     log.info("wrote %d rows to %s", len(frame), out_csv)
+    if out_layers_csv is not None:
+        atomic_write_text(out_layers_csv, pd.DataFrame(layers).to_csv(index=False, float_format="%.6g"))
     return frame
 
 
+def summarise(frame: pd.DataFrame) -> pd.DataFrame:
+    """Mean over seeds of every numeric column per (task, method, setting), with ``<col>_std``
+    (sample standard deviation; NaN for one seed) and ``seeds`` (how many ran)."""
+    numeric = [c for c in frame.columns if c not in KEYS and pd.api.types.is_numeric_dtype(frame[c])]
+    grouped = frame.groupby(GROUP, sort=False)
+    mean = grouped[numeric].mean()
+    std = grouped[numeric].std(ddof=1).add_suffix("_std")
+    firsts = grouped[[c for c in ("metric", "cpu") if c in frame]].first()
+    summary = pd.concat([firsts, mean, std], axis=1)
+    summary.insert(0, "seeds", grouped.size())
+    return summary.reset_index()
+
+
+def metric_value(row: pd.Series, metric: str) -> tuple[float, float]:
+    """(mean, std over seeds) of ``metric`` for a summary row: its score when ``metric`` is the
+    run's primary metric, else the first dev split's ``<split>/<metric>``; NaN if absent."""
+    if metric == row["metric"]:
+        return row["score"], row.get("score_std", math.nan)
+    for column in row.index:
+        if column.endswith(f"/{metric}") and not column.endswith("_std"):
+            return row[column], row.get(f"{column}_std", math.nan)
+    return math.nan, math.nan
+
+
+# ---------------------------------------------------------------------------------------------
+# cell formatting (one function per output flavour)
+
+
+def _num(value: float, digits: int = 1) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def _pm(mean: float, std: float, tex: bool) -> str:
+    if math.isnan(mean):
+        return "–"
+    if std is None or math.isnan(std):
+        return _num(mean)
+    return f"{mean:.1f} $\\pm$ {std:.1f}" if tex else f"{mean:.1f} ± {std:.1f}"
+
+
+def _times(value: float, tex: bool, digits: int = 2) -> str:
+    if value is None or math.isnan(value):
+        return "–"
+    return f"{value:.{digits}f}$\\times$" if tex else f"{value:.{digits}f}x"
+
+
+def _delta(value: float, tex: bool) -> str:
+    if math.isnan(value):
+        return ""
+    sign = "+" if value >= 0 else "−"
+    text = f"{sign}{abs(value):.1f}"
+    return f"$\\Delta$ {text.replace('−', '-')}" if tex else f"Δ {text}"
+
+
+def _tex_escape(text: str) -> str:
+    for char, repl in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#")):
+        text = text.replace(char, repl)
+    return text
+
+
+def _cell(score: float, std: float, reduction: float, delta: float, tex: bool, comparable_flops: bool = True) -> str:
+    """``score ± std (R.Rx; Δ d)``: the score, its FLOPs reduction (``R.Rx†`` when counted on
+    another baseline than ours), and ours - paper."""
+    if math.isnan(score):
+        return "–"
+    flops = "" if math.isnan(reduction) else _times(reduction, tex, 1) + ("" if comparable_flops else ("$^\\dagger$" if tex else "†"))
+    inner = "; ".join(part for part in (flops, _delta(delta, tex)) if part)
+    return _pm(score, std, tex) + (f" ({inner})" if inner else "")
+
+
+# ---------------------------------------------------------------------------------------------
+# the three tables
+
+
+def _source_label(sources: dict, source_id: str) -> str:
+    """``label (split)``, e.g. ``ToP README (dev)``."""
+    return f"{sources[source_id]['label']} ({sources[source_id]['split']})"
+
+
+def _paper_rows(paper: pd.DataFrame, tasks: Sequence[str]) -> pd.DataFrame:
+    """The first paper row per (task, method, metric) among ``tasks`` (file order = priority)."""
+    paper = paper[paper["task"].isin(tasks)]
+    return paper.drop_duplicates(["task", "method", "metric"], keep="first")
+
+
+def _column_metrics(summary: pd.DataFrame, paper: pd.DataFrame, tasks: Sequence[str]) -> dict[str, str]:
+    """The metric shown for each task: the paper's (first row for the task), else ours."""
+    metrics = {}
+    for task in tasks:
+        reported = paper[(paper["task"] == task) & paper["score"].notna()]
+        ours = summary[summary["task"] == task]
+        metrics[task] = reported["metric"].iloc[0] if len(reported) else ours["metric"].iloc[0]
+    return metrics
+
+
+def _score_grid(summary: pd.DataFrame, paper: pd.DataFrame, sources: dict, tasks: Sequence[str], metrics: dict[str, str],
+                model: str | None) -> pd.DataFrame:
+    """Long table: one row per (method, setting or paper source, task) with our mean/std/FLOPs,
+    and for our rows the paper's number for the same task, method and metric, and the difference
+    where the two are comparable (:func:`top.paper.comparable`: same checkpoint, dev split)."""
+    paper = _paper_rows(paper, tasks)
+    rows = []
+    for _, r in summary[summary["task"].isin(tasks)].iterrows():  # (iterrows keeps "split/metric" names)
+        metric = metrics[r.task]
+        mean, std = metric_value(r, metric)
+        ref = paper[(paper["task"] == r.task) & (paper["method"] == r.method) & (paper["metric"] == metric)]
+        ref = ref.iloc[0] if len(ref) else None
+        rows.append({
+            "method": r.method, "setting": r.setting, "source": "ours", "task": r.task, "metric": metric, "seeds": r.seeds,
+            "score": mean, "score_std": std, "flops_reduction": r.flops_reduction, "flops_reduction_std": r.flops_reduction_std,
+            "paper_source": ref["source"] if ref is not None else "",
+            "paper_score": ref["score"] if ref is not None else math.nan,
+            "paper_flops_reduction": ref["flops_reduction"] if ref is not None else math.nan,
+            "flops_comparable": True,
+            "score_diff": mean - ref["score"] if ref is not None and comparable(model, ref["model"], ref["split"]) else math.nan,
+        })
+    for p in paper[paper["metric"] == paper["task"].map(metrics)].itertuples(index=False):
+        rows.append({
+            "method": p.method, "setting": "", "source": _source_label(sources, p.source), "task": p.task, "metric": p.metric,
+            "seeds": math.nan, "score": p.score, "score_std": math.nan, "flops_reduction": p.flops_reduction,
+            "flops_reduction_std": math.nan, "paper_source": p.source, "paper_score": math.nan, "paper_flops_reduction": math.nan,
+            "flops_comparable": p.flops_comparable, "score_diff": math.nan,
+        })
+    long = pd.DataFrame(rows)
+    if len(long):
+        long["_rank"] = long["method"].map(method_rank)
+        long["_paper"] = long["source"] != "ours"
+        long = long.sort_values(["_rank", "method", "_paper"], kind="stable").drop(columns=["_rank", "_paper"])
+    return long
+
+
+def _by_row(long: pd.DataFrame, tex: bool, cells: Callable[[pd.DataFrame], dict[str, str]]) -> pd.DataFrame:
+    """One line per (method, setting or paper source) of ``long``: its labels, then
+    ``cells(rows of that line)``."""
+    out = [{"Method": method_label(method), "Setting": setting, "Source": source, **cells(group)}
+           for (method, setting, source), group in long.groupby(["method", "setting", "source"], sort=False)]
+    frame = pd.DataFrame(out)
+    if tex:
+        for column in ("Method", "Setting", "Source"):
+            frame[column] = frame[column].map(_tex_escape)
+    return frame
+
+
+def _wide(long: pd.DataFrame, tasks: Sequence[str], metrics: dict[str, str], tex: bool) -> pd.DataFrame:
+    """Method x task grid of score cells, and the average over the tasks."""
+    header = [f"{TASK_LABELS.get(t, t)} ({METRIC_LABELS.get(metrics[t], metrics[t])})" for t in tasks]
+
+    def cells(group: pd.DataFrame) -> dict[str, str]:
+        by_task = group.set_index("task")
+        line = {}
+        for task, name in zip(tasks, header):
+            r = by_task.loc[task] if task in by_task.index else None
+            line[name] = "–" if r is None else _cell(r["score"], r["score_std"], r["flops_reduction"], r["score_diff"], tex,
+                                                      r["flops_comparable"])
+        scores = by_task["score"].reindex(tasks)
+        present = scores.notna().sum()
+        line["Avg."] = _num(scores.mean() if present else math.nan) + (f" ({present}/{len(tasks)})" if 0 < present < len(tasks) else "")
+        return line
+
+    return _by_row(long, tex, cells)
+
+
+def _latency_long(summary: pd.DataFrame, paper: pd.DataFrame, sources: dict) -> pd.DataFrame:
+    """One row per (task, method, setting) with FLOPs reduction, measured speedups and the
+    paper's reported speedup for the same task and method where it has one."""
+    reported = paper[paper["latency_speedup"].notna()].drop_duplicates(["task", "method"], keep="first")
+    rows = []
+    for r in summary.itertuples(index=False):
+        ref = reported[(reported["task"] == r.task) & (reported["method"] == r.method)]
+        ref = ref.iloc[0] if len(ref) else None
+        rows.append({
+            "task": r.task, "method": r.method, "setting": r.setting, "seeds": r.seeds,
+            "flops_reduction": r.flops_reduction, "speedup": r.speedup, "speedup_std": r.speedup_std,
+            "speedup_at_pruned_lengths": r.speedup_at_pruned_lengths, "latency_ms": r.latency_ms,
+            "latency_iqr_ms": r.latency_iqr_ms, "dense_latency_ms": r.dense_latency_ms,
+            "paper_source": _source_label(sources, ref["source"]) if ref is not None else "",
+            "paper_speedup": ref["latency_speedup"] if ref is not None else math.nan,
+            "paper_flops_reduction": ref["flops_reduction"] if ref is not None else math.nan,
+        })
+    return pd.DataFrame(rows)
+
+
+def _latency_wide(long: pd.DataFrame, tex: bool) -> pd.DataFrame:
+    out = []
+    for r in long.itertuples(index=False):
+        speedup = _times(r.speedup, tex) + ("" if math.isnan(r.speedup_std) else (f" $\\pm$ {r.speedup_std:.2f}" if tex else f" ± {r.speedup_std:.2f}"))
+        paper = "–"
+        if not math.isnan(r.paper_speedup):
+            at = "" if math.isnan(r.paper_flops_reduction) else f" at {_times(r.paper_flops_reduction, tex, 1)} FLOPs reduction"
+            paper = f"{_times(r.paper_speedup, tex)}{at}, {r.paper_source}"
+        out.append({
+            "Task": TASK_LABELS.get(r.task, r.task), "Method": method_label(r.method), "Setting": r.setting,
+            "FLOPs reduction (ideal speedup)": _times(r.flops_reduction, tex), "Measured speedup": speedup,
+            "Speedup at pruned lengths": _times(r.speedup_at_pruned_lengths, tex),
+            "Latency ms (IQR)": f"{_num(r.latency_ms, 2)} ({_num(r.latency_iqr_ms, 2)})", "Dense ms": _num(r.dense_latency_ms, 2),
+            "Paper speedup": paper,
+        })
+    frame = pd.DataFrame(out)
+    if tex and len(frame):
+        for column in ("Method", "Setting", "Paper speedup"):
+            frame[column] = frame[column].map(lambda s: _tex_escape(s) if "$" not in s else s.replace("_", r"\_"))
+    return frame
+
+
+def _model_note(paper: pd.DataFrame, model: str | None) -> str:
+    """Which checkpoint ours and the shown paper rows are, and when Δ is given."""
+    papers = "; ".join(sorted(set(paper["model"]))) or "none"
+    return (f"Ours: {model or 'the configured model'}, dev split(s). Paper rows: {papers}; the split in brackets. "
+            f"Δ is given only where the paper's checkpoint is ours and its split is dev.")
+
+
+def _score_note(table: str) -> str:
+    if table == "squad":
+        return ("Cells: dev EM and F1 (x100; mean ± std over seeds where several ran) with Δ = ours − the paper's number for "
+                "the same task, method and metric; FLOPs reduction: dense / pruned FLOPs at real lengths.")
+    return ("Cells: dev score (x100; mean ± std over seeds where several ran) with (FLOPs reduction; Δ = ours − the "
+            "paper's number for the same task, method and metric). Avg.: mean over the table's tasks (a count when some are "
+            "missing). †: the source divides by another dense baseline than ours (e.g. a fixed padded length; "
+            "config/paper_results.yaml), so that reduction is not comparable with ours.")
+
+
+def build_tables(results_csv: str | Path, paper_yaml: str | Path | None, table: str, model: str | None = None) -> dict[str, pd.DataFrame | str]:
+    """Build ``table`` (``glue``, ``squad`` or ``latency``) from ``results.csv``.
+
+    Returns ``{"long": DataFrame (the CSV), "md": str, "tex": str}``. Raises ``ValueError`` if
+    the results hold no run the table covers.
+    """
+    if table not in TABLES:
+        raise ValueError(f"unknown table {table!r}; expected one of {TABLES}")
+    summary = summarise(pd.read_csv(results_csv))
+    paper, sources = load_paper_results(paper_yaml) if paper_yaml else (empty_paper_results(), {})
+    if table == "latency":
+        long = _latency_long(summary, paper, sources)
+        if not len(long):
+            raise ValueError(f"{results_csv}: no runs for the latency table")
+        wide_md, wide_tex = _latency_wide(long, tex=False), _latency_wide(long, tex=True)
+        note_md = (f"Latency: batch 1, median per example, {int(summary['threads'].iloc[0])} pinned thread(s) on "
+                   f"{summary['cpu'].iloc[0]}; speedups are ratios of medians measured interleaved with the dense model in "
+                   f"the same process; 'at pruned lengths' is a dense model fed the pruned per-layer lengths (the speedup "
+                   f"without pruning overhead). Paper speedups come from other hardware.")
+        shown = paper[paper["latency_speedup"].notna() & paper["task"].isin(summary["task"])]
+    else:
+        wanted = [t for t in TASK_LABELS if is_qa_task(t) == (table == "squad")]
+        tasks = [t for t in wanted if t in set(summary["task"])]
+        if not tasks:
+            raise ValueError(f"{results_csv}: no {table} tasks among the runs ({sorted(set(summary['task']))})")
+        metrics = _column_metrics(summary, paper, tasks)
+        long = _score_grid(summary, paper, sources, tasks, metrics, model)
+        if table == "squad":  # both official figures: EM beside F1
+            other = {t: ("exact_match" if m == "f1" else "f1") for t, m in metrics.items()}
+            extra = _score_grid(summary, paper, sources, tasks, other, model)
+            long = pd.concat([long, extra], ignore_index=True)
+            long = long.sort_values(["method", "source", "setting", "task", "metric"], key=lambda c: c.map(method_rank) if c.name == "method" else c, kind="stable")
+            wide_md = _squad_wide(long, tasks, tex=False)
+            wide_tex = _squad_wide(long, tasks, tex=True)
+        else:
+            wide_md = _wide(long, tasks, metrics, tex=False)
+            wide_tex = _wide(long, tasks, metrics, tex=True)
+        note_md = _score_note(table)
+        shown = paper[paper["task"].isin(tasks)]
+    note = f"{note_md} {_model_note(shown, model)}"
+    md = wide_md.to_markdown(index=False, disable_numparse=True) + "\n\n" + note + "\n"
+    tex = wide_tex.to_latex(index=False, escape=False) + "% " + note.replace("\n", " ") + "\n"
+    return {"long": long, "md": md, "tex": tex}
+
+
+def _squad_wide(long: pd.DataFrame, tasks: Sequence[str], tex: bool) -> pd.DataFrame:
+    """Per task an EM and an F1 column (with Δ) and the FLOPs reduction."""
+
+    def cells(group: pd.DataFrame) -> dict[str, str]:
+        line = {}
+        for task in tasks:
+            label = TASK_LABELS[task]
+            for metric, name in (("exact_match", "EM"), ("f1", "F1")):
+                r = group[(group["task"] == task) & (group["metric"] == metric)]
+                line[f"{label} {name}"] = "–" if not len(r) else _cell(r["score"].iloc[0], r["score_std"].iloc[0], math.nan,
+                                                                         r["score_diff"].iloc[0], tex)
+            reductions = group.loc[group["task"] == task, "flops_reduction"]
+            line[f"{label} FLOPs red."] = _times(reductions.iloc[0], tex, 1) if len(reductions) else "–"
+        return line
+
+    return _by_row(long, tex, cells)
+
+
+def write_table(results_csv: str | Path, paper_yaml: str | Path | None, table: str, out_csv: str | Path, out_md: str | Path,
+                out_tex: str | Path, model: str | None = None) -> None:
+    """Build ``table`` and write its CSV (long form), Markdown and LaTeX renderings atomically."""
+    built = build_tables(results_csv, paper_yaml, table, model)
+    atomic_write_text(out_csv, built["long"].to_csv(index=False, float_format="%.6g"))
+    atomic_write_text(out_md, built["md"])
+    atomic_write_text(out_tex, built["tex"])
+    log.info("wrote the %s table: %s, %s, %s", table, out_csv, out_md, out_tex)
+
+
 def markdown_table(results_csv: str | Path, out_md: str | Path) -> str:
-    """Task x method/setting table: score, FLOPs reduction, measured and ideal speedups
-    (mean over seeds where several ran)."""
-    frame = pd.read_csv(results_csv)
-    grouped = frame.groupby(["task", "method", "setting", "metric"], sort=False)
-    summary = grouped.agg(
-        seeds=("seed", "count"),
-        score=("score", "mean"),
-        score_std=("score", "std"),
-        flops_reduction=("flops_reduction", "mean"),
-        speedup=("speedup", "mean"),
-        speedup_at_pruned_lengths=("speedup_at_pruned_lengths", "mean"),
-        latency_ms=("latency_ms", "mean"),
-        dense_latency_ms=("dense_latency_ms", "mean"),
-    ).reset_index()
+    """Every run's row (mean over seeds where several ran): score, FLOPs reduction, measured and
+    ideal speedups, latencies."""
+    summary = summarise(pd.read_csv(results_csv))
     lines = [
         "| task | method | setting | metric | score | FLOPs reduction | latency speedup | speedup at pruned lengths | latency (ms) | dense latency (ms) | seeds |",
         "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in summary.itertuples():
-        score = f"{r.score:.2f}" + (f" ± {r.score_std:.2f}" if r.seeds > 1 else "")
         lines.append(
-            f"| {r.task} | {METHOD_LABELS.get(r.method, r.method)} | {r.setting} | {r.metric} | {score} | "
+            f"| {r.task} | {method_label(r.method)} | {r.setting} | {r.metric} | {_pm(r.score, r.score_std, False) if r.seeds > 1 else f'{r.score:.2f}'} | "
             f"{r.flops_reduction:.2f}x | {r.speedup:.2f}x | {r.speedup_at_pruned_lengths:.2f}x | "
             f"{r.latency_ms:.2f} | {r.dense_latency_ms:.2f} | {r.seeds} |"
         )
+    frame = pd.read_csv(results_csv)
     cpu = frame["cpu"].iloc[0] if "cpu" in frame and len(frame) else "unknown CPU"
     threads = int(frame["threads"].iloc[0]) if "threads" in frame and len(frame) else 0
     lines += [
@@ -119,34 +448,5 @@ def markdown_table(results_csv: str | Path, out_md: str | Path) -> str:
         f"ratios of medians measured interleaved with the dense model in the same process.",
     ]
     text = "\n".join(lines) + "\n"
-    _atomic_text(out_md, text)
+    atomic_write_text(out_md, text)
     return text
-
-
-def accuracy_vs_flops(results_csv: str | Path, out_paths: Sequence[str | Path]) -> None:
-    """One panel per task: score vs FLOPs reduction for every method (mean over seeds)."""
-    frame = pd.read_csv(results_csv)
-    points = frame.groupby(["task", "method", "setting", "metric"], sort=False)[["score", "flops_reduction"]].mean().reset_index()
-    tasks = list(dict.fromkeys(points["task"]))
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4), squeeze=False)
-    markers = dict(zip(METHOD_ORDER, "o^sDv"))
-    for ax, task in zip(axes[0], tasks):
-        sub = points[points["task"] == task]
-        for method in sorted(sub["method"].unique(), key=lambda m: METHOD_ORDER.index(m) if m in METHOD_ORDER else 99):
-            pts = sub[sub["method"] == method].sort_values("flops_reduction")
-            ax.plot(pts["flops_reduction"], pts["score"], marker=markers.get(method, "x"), linestyle="-" if len(pts) > 1 else "none", label=METHOD_LABELS.get(method, method))
-        ax.set_xscale("log", base=2)
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}x"))
-        ax.set_xlabel("FLOPs reduction (dense / pruned, log scale)")
-        ax.set_ylabel(f"{sub['metric'].iloc[0]} (dev, x100)")
-        ax.set_title(task.upper())
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    for path in out_paths:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-        fig.savefig(tmp, dpi=150)
-        os.replace(tmp, path)
-    plt.close(fig)

@@ -36,9 +36,9 @@ rule flops:
 rule latency:
     """Pinned-thread batch-1 CPU latency, interleaved with the dense teacher.
 
-    The job claims every core Snakemake may use, so nothing runs beside it (it pins itself to
-    `latency.cores` with `latency.threads` threads); the `latency` resource lets a cluster
-    profile send it to an exclusive CPU node."""
+    It pins itself to `latency.cores` with `latency.threads` threads, and declares those
+    threads. Nothing may run beside it: the profiles see to that (profiles/default: it takes
+    every `bench_slot`, each other job one; profiles/slurm: a node of its own, --exclusive)."""
     input:
         dense=f"{RESULTS}/teachers/{{task}}/seed{{seed}}",
         model=model_dir,
@@ -46,9 +46,7 @@ rule latency:
         f"{RESULTS}/latency/{RUN}/latency.json",
     log:
         f"logs/latency/{RUN}.log",
-    threads: workflow.cores
-    resources:
-        latency=1,
+    threads: config["latency"]["threads"]
     params:
         info=run_info,
     conda:

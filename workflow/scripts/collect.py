@@ -1,7 +1,8 @@
-"""Rule `collect`: one CSV row per run."""
+"""Rule `collect`: one CSV row per run, and one per run and layer."""
 
 from top.logs import log_to_file
 from top.report import collect
 
 log_to_file(snakemake.log[0])
-collect(snakemake.input.metrics, snakemake.input.flops, snakemake.input.latency, snakemake.output[0])
+inp = snakemake.input
+collect(inp.metrics, inp.flops, inp.latency, snakemake.output.results, snakemake.output.layers)

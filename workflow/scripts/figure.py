@@ -1,0 +1,8 @@
+"""Rule `figure`: one of the paper's figures as PNG, SVG and PDF."""
+
+from top.logs import log_to_file
+from top.plots import draw_figure
+
+log_to_file(snakemake.log[0])
+inp, out = snakemake.input, snakemake.output
+draw_figure(snakemake.wildcards.figure, inp.results, inp.layers, inp.paper, snakemake.config["model"], [out.png, out.svg, out.pdf])
