@@ -341,6 +341,12 @@ def _model_note(paper: pd.DataFrame, model: str | None) -> str:
             f"Δ is given only where the paper's checkpoint is ours and its split is dev.")
 
 
+def _latency_note(summary: pd.DataFrame) -> str:
+    """How latency was measured, for the notes under tables."""
+    return (f"Latency: batch 1, median per example, {int(summary['threads'].iloc[0])} pinned thread(s) on {summary['cpu'].iloc[0]}; "
+            f"speedups are ratios of medians measured interleaved with the dense model in the same process.")
+
+
 def _score_note(table: str) -> str:
     if table == "squad":
         return ("Cells: dev EM and F1 (x100; mean ± std over seeds where several ran) with Δ = ours − the paper's number for "
@@ -366,10 +372,8 @@ def build_tables(results_csv: str | Path, paper_yaml: str | Path | None, table: 
         if not len(long):
             raise ValueError(f"{results_csv}: no runs for the latency table")
         wide_md, wide_tex = _latency_wide(long, tex=False), _latency_wide(long, tex=True)
-        note_md = (f"Latency: batch 1, median per example, {int(summary['threads'].iloc[0])} pinned thread(s) on "
-                   f"{summary['cpu'].iloc[0]}; speedups are ratios of medians measured interleaved with the dense model in "
-                   f"the same process; 'at pruned lengths' is a dense model fed the pruned per-layer lengths (the speedup "
-                   f"without pruning overhead). Paper speedups come from other hardware.")
+        note_md = (f"{_latency_note(summary)} 'At pruned lengths' is a dense model fed the pruned per-layer lengths (the "
+                   f"speedup without pruning overhead). Paper speedups come from other hardware.")
         shown = paper[paper["latency_speedup"].notna() & paper["task"].isin(summary["task"])]
     else:
         wanted = [t for t in TASK_LABELS if is_qa_task(t) == (table == "squad")]
@@ -438,15 +442,7 @@ def markdown_table(results_csv: str | Path, out_md: str | Path) -> str:
             f"{r.flops_reduction:.2f}x | {r.speedup:.2f}x | {r.speedup_at_pruned_lengths:.2f}x | "
             f"{r.latency_ms:.2f} | {r.dense_latency_ms:.2f} | {r.seeds} |"
         )
-    frame = pd.read_csv(results_csv)
-    cpu = frame["cpu"].iloc[0] if "cpu" in frame and len(frame) else "unknown CPU"
-    threads = int(frame["threads"].iloc[0]) if "threads" in frame and len(frame) else 0
-    lines += [
-        "",
-        f"Score: primary dev metric x100. FLOPs reduction: dense / pruned FLOPs at real lengths. "
-        f"Latency: batch 1, median per example, {threads} pinned thread(s) on {cpu}; speedups are "
-        f"ratios of medians measured interleaved with the dense model in the same process.",
-    ]
+    lines += ["", f"Score: primary dev metric x100. FLOPs reduction: dense / pruned FLOPs at real lengths. {_latency_note(summary)}"]
     text = "\n".join(lines) + "\n"
     atomic_write_text(out_md, text)
     return text
