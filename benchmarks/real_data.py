@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pandas as pd
 import yaml
+
+from top.files import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("benchmark")
@@ -75,10 +76,8 @@ def main() -> None:
     frame = summarise(results_dir)
     table = markdown(frame)
     print(table)
-    (results_dir / "summary.md").write_text(table)
-    tmp = results_dir / "summary.json.tmp"
-    tmp.write_text(frame.to_json(orient="records", indent=2))
-    os.replace(tmp, results_dir / "summary.json")
+    atomic_write_text(results_dir / "summary.md", table)
+    atomic_write_text(results_dir / "summary.json", frame.to_json(orient="records", indent=2))
     log.info("wrote %s and %s", results_dir / "summary.json", results_dir / "summary.md")
 
 

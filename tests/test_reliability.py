@@ -117,3 +117,20 @@ def test_sigkill_half_way_then_rerun_equals_an_uninterrupted_run(setup):
     exported = [json.loads((run / "pruning.json").read_text()) for run in (straight, killed)]
     assert exported[0]["decisions"] == exported[1]["decisions"]
     assert exported[0]["history"] == exported[1]["history"]
+
+
+def test_atomic_path_renames_on_success_and_leaves_nothing_on_failure(tmp_path):
+    from top.files import atomic_path, atomic_write_text
+
+    target = tmp_path / "out" / "figure.png"
+    with atomic_path(target) as tmp:
+        assert tmp.name == "figure.tmp.png" and not target.exists()  # the suffix stays: writers pick formats from it
+        tmp.write_text("new")
+    assert target.read_text() == "new"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("interrupted")
+    assert target.read_text() == "new" and sorted(p.name for p in target.parent.iterdir()) == ["figure.png"]
+    atomic_write_text(tmp_path / "a.md", "text")
+    assert (tmp_path / "a.md").read_text() == "text"

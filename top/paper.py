@@ -22,10 +22,10 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from top.metrics import GLUE_METRICS
+from top.tasks import task_names
 
 COLUMNS = ["source", "task", "method", "metric", "score", "flops_reduction", "latency_speedup", "note"]
-TASKS = sorted(GLUE_METRICS) + ["squad", "squad_v2"]
+TASKS = task_names()
 METRICS = {"accuracy", "f1", "matthews_correlation", "pearson", "spearmanr", "exact_match"}
 _SOURCE_KEYS = {"label", "citation", "url", "where", "model", "split"}
 _FROM_SOURCE = ["model", "split", "flops_comparable"]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -21,6 +20,7 @@ import torch
 from top.config import resolve_run, teacher_settings
 from top.encoder import PrunableModel
 from top.evaluate import predict
+from top.files import atomic_path, atomic_write_text
 from top.flops import flops_summary
 from top.models import PRUNING_FILE, head_kind, load_pretrained, load_run, save_run
 from top.pruning.base import KeepDecision, LayerContext, Stage, TokenSelector
@@ -34,11 +34,7 @@ log = logging.getLogger(__name__)
 
 def write_json(path: str | Path, payload: Any) -> None:
     """Write JSON atomically (temporary name, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True))
 
 
 class _FinetuneOnly(Dense):
@@ -137,11 +133,8 @@ def evaluate_run(cfg: Mapping[str, Any], task: str, model_dir: str | Path, metri
 
 
 def _write_npz(path: str | Path, **arrays: np.ndarray) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        np.savez(tmp, **arrays)
 
 
 def count_flops(model_dir: str | Path, lengths_path: str | Path, out_path: str | Path, run_info: Mapping[str, Any]) -> dict[str, Any]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from pathlib import Path
 from typing import Sequence
 
@@ -27,6 +26,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import FuncFormatter, PercentFormatter  # noqa: E402
 
+from top.files import atomic_path  # noqa: E402
 from top.paper import load_paper_results, same_model  # noqa: E402
 from top.report import GROUP, METRIC_LABELS, TASK_LABELS, method_label, method_rank, summarise  # noqa: E402
 
@@ -58,11 +58,8 @@ def _ratio_axis(axis) -> None:
 
 def _save(fig, out_paths: Sequence[str | Path]) -> None:
     for path in out_paths:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-        fig.savefig(tmp, dpi=150, bbox_inches="tight")
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=150, bbox_inches="tight")
     plt.close(fig)
     log.info("wrote %s", ", ".join(str(p) for p in out_paths))
 

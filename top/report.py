@@ -14,12 +14,12 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from pathlib import Path
 from typing import Callable, Sequence
 
 import pandas as pd
 
+from top.files import atomic_write_text
 from top.paper import comparable, empty_paper_results, load_paper_results
 from top.qa import is_qa_task
 
@@ -58,15 +58,6 @@ def method_rank(method: str) -> int:
 def _read(path: str | Path) -> dict:
     with open(path) as handle:
         return json.load(handle)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary name, so no reader sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------------

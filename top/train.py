@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from top.encoder import EncoderOutput, PrunableModel
+from top.files import atomic_path
 from top.pruning.base import PruningMethod, StepContext
 
 log = logging.getLogger(__name__)
@@ -100,9 +100,8 @@ def task_loss(logits: torch.Tensor, labels: torch.Tensor, attention_mask: torch.
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def _rng_state() -> dict[str, Any]:
