@@ -5,7 +5,7 @@ GLUE_DIR ?= ../shared/data/glue
 CORES ?= 2
 BIN = $(VENV)/bin
 
-.PHONY: setup demo test paper-dry-run clean-demo
+.PHONY: setup demo test lint paper-dry-run clean-demo
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 paper-dry-run: setup
 	$(BIN)/snakemake -n --configfile config/config.yaml

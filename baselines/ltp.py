@@ -57,8 +57,9 @@ Other departures from the reference, on purpose:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -70,8 +71,8 @@ from top.pruning.base import (
     Stage,
     StepContext,
     TokenSelector,
-    reject_unknown_settings,
     attention_token_scores,
+    reject_unknown_settings,
 )
 
 #: The length the reference pads every GLUE input to; only used to convert its numbers.
@@ -114,7 +115,7 @@ class LTPSettings:
     hard_epochs: float = 5.0
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any] | None) -> "LTPSettings":
+    def from_dict(cls, values: Mapping[str, Any] | None) -> LTPSettings:
         """Build from a settings dict; unknown keys and bad values raise ``ValueError``."""
         values = dict(values or {})
         reject_unknown_settings("ltp", values, cls)
@@ -229,10 +230,7 @@ class LTP(PruningMethod):
 
     def selectors(self, stage: str) -> dict[int, TokenSelector]:
         if stage == "soft":
-            return {
-                layer: SoftThresholdSelector(layer, self.store, self.resolved.temperature)
-                for layer in range(1, self.dims.num_layers)
-            }
+            return {layer: SoftThresholdSelector(layer, self.store, self.resolved.temperature) for layer in range(1, self.dims.num_layers)}
         if stage == "hard":
             return _hard_selectors(self.store, self.dims.num_layers)
         raise ValueError(f"ltp has stages 'soft' and 'hard', not {stage!r}")
@@ -276,9 +274,7 @@ class LTP(PruningMethod):
             "num_layers": self.dims.num_layers,
             "score": "attention received, averaged over heads, summed over alive queries (uniform share = 1)",
             "keep_rule": "score > threshold, [CLS] always kept, layer 0 never prunes",
-            "reference_equivalent_thresholds": [
-                None if t is None else t / REFERENCE_PADDED_LENGTH for t in self.thresholds()
-            ],
+            "reference_equivalent_thresholds": [None if t is None else t / REFERENCE_PADDED_LENGTH for t in self.thresholds()],
             "settings": asdict(self.resolved),
         }
 

@@ -58,8 +58,9 @@ included, at least 1). Scaling keeps the schedule non-increasing.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -71,8 +72,8 @@ from top.pruning.base import (
     Stage,
     StepContext,
     TokenSelector,
-    reject_unknown_settings,
     keep_top_k,
+    reject_unknown_settings,
 )
 
 RULES = ("mass", "count")
@@ -115,7 +116,7 @@ class PoWERBERTSettings:
     retention_length: int | None = None
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any] | None) -> "PoWERBERTSettings":
+    def from_dict(cls, values: Mapping[str, Any] | None) -> PoWERBERTSettings:
         """Build from a settings dict; unknown keys and bad values raise ``ValueError``."""
         values = dict(values or {})
         reject_unknown_settings("power_bert", values, cls)
@@ -195,10 +196,7 @@ def _ranks(scores: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
 
 def _check_heads(ctx: LayerContext, heads: int) -> None:
     if ctx.attention_probs.shape[1] != heads:
-        raise ValueError(
-            f"power_bert: layer {ctx.layer} has {ctx.attention_probs.shape[1]} attention heads, "
-            f"the model config says {heads}"
-        )
+        raise ValueError(f"power_bert: layer {ctx.layer} has {ctx.attention_probs.shape[1]} attention heads, the model config says {heads}")
 
 
 class _RetentionStore(nn.Module):
@@ -235,8 +233,7 @@ class SoftExtractSelector(TokenSelector):
         capacity = self.store.weights.shape[1] + 1
         if longest > capacity:
             raise ValueError(
-                f"power_bert: an input has {longest} tokens but the search has rank weights for "
-                f"{capacity}; raise the 'max_length' setting"
+                f"power_bert: an input has {longest} tokens but the search has rank weights for {capacity}; raise the 'max_length' setting"
             )
         if self.layer == 0:
             # Project once per forward, before any layer uses the weights (an in-place change
@@ -256,8 +253,7 @@ class SoftExtractSelector(TokenSelector):
 class ExtractSelector(TokenSelector):
     """Retrain stage and inference: keeps [CLS] and the ``k - 1`` best other alive tokens."""
 
-    def __init__(self, layer: int, store: _RetentionStore | None, heads: int, retention_length: int | None,
-                 count: int | None = None):
+    def __init__(self, layer: int, store: _RetentionStore | None, heads: int, retention_length: int | None, count: int | None = None):
         super().__init__()
         self.layer = layer
         self.store = store
@@ -347,10 +343,7 @@ class PoWERBERT(PruningMethod):
             return {layer: SoftExtractSelector(layer, self.store, self.dims.heads) for layer in layers}
         if stage == "retrain":
             # Counts are read at forward time, so a resumed run picks up the restored buffer.
-            return {
-                layer: ExtractSelector(layer, self.store, self.dims.heads, self.resolved.retention_length)
-                for layer in layers
-            }
+            return {layer: ExtractSelector(layer, self.store, self.dims.heads, self.resolved.retention_length) for layer in layers}
         raise ValueError(f"power_bert has stages 'search' and 'retrain', not {stage!r}")
 
     def extra_loss(self, stage: str, step: StepContext) -> tuple[torch.Tensor | None, dict[str, float]]:
@@ -375,9 +368,7 @@ class PoWERBERT(PruningMethod):
         if int(self.store.max_seen) < 1:
             raise RuntimeError("power_bert: the search stage saw no input; cannot derive a retention configuration")
         self.store.project_()
-        counts = derive_retention(
-            self.store.weights, int(self.store.max_seen) - 1, self.resolved.retention_rule, self.resolved.count_threshold
-        )
+        counts = derive_retention(self.store.weights, int(self.store.max_seen) - 1, self.resolved.retention_rule, self.resolved.count_threshold)
         self.set_retention(counts)
 
     # -- export / inference ---------------------------------------------------------------------
@@ -407,7 +398,4 @@ class PoWERBERT(PruningMethod):
         counts = validate_retention(exported["retention"], model_config.num_hidden_layers)
         length = exported.get("retention_length")
         heads = model_config.num_attention_heads
-        return {
-            layer: ExtractSelector(layer, None, heads, None if length is None else int(length), count=k)
-            for layer, k in enumerate(counts)
-        }
+        return {layer: ExtractSelector(layer, None, heads, None if length is None else int(length), count=k) for layer, k in enumerate(counts)}

@@ -1,4 +1,4 @@
-"""Real-data benchmark (issues 3 and 4): every method on all-MiniLM-L6-v2, SST-2 and MRPC.
+"""Real-data benchmark: every method on all-MiniLM-L6-v2, SST-2 and MRPC.
 
 Runs the workflow on ``config/benchmark.yaml`` (the same rules, teacher, FLOPs formula and
 latency protocol as every other run), then prints and saves a summary: per task and method
@@ -31,8 +31,19 @@ log = logging.getLogger("benchmark")
 
 
 def run_workflow(config: Path, glue_dir: Path, squad_dir: Path, cores: int) -> None:
-    command = [sys.executable, "-m", "snakemake", "--cores", str(cores), "--configfile", str(config),
-               "--config", f"glue_dir={glue_dir}", f"squad_dir={squad_dir}", "--rerun-incomplete"]
+    command = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--cores",
+        str(cores),
+        "--configfile",
+        str(config),
+        "--config",
+        f"glue_dir={glue_dir}",
+        f"squad_dir={squad_dir}",
+        "--rerun-incomplete",
+    ]
     log.info("running %s", " ".join(command))
     subprocess.run(command, cwd=ROOT, check=True)
 
@@ -64,8 +75,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--glue-dir", type=Path, default=ROOT.parent / "shared/data/glue")
     parser.add_argument("--squad-dir", type=Path, default=ROOT.parent / "shared/data/squad")
-    parser.add_argument("--config", type=Path, default=ROOT / "config/benchmark.yaml",
-                        help="config/benchmark.yaml (GLUE, issues 3-4) or config/squad_benchmark.yaml (issue 5)")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=ROOT / "config/benchmark.yaml",
+        help="config/benchmark.yaml (GLUE) or config/squad_benchmark.yaml (SQuAD)",
+    )
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--skip-run", action="store_true", help="only summarise existing results")
     args = parser.parse_args()

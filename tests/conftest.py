@@ -81,8 +81,8 @@ def toy_rows(n: int = 24, seed: int = 0) -> list[dict]:
 
 
 def collate_pad0(rows: list[dict]) -> dict[str, torch.Tensor]:
-    """:func:`top.data.collate` with padding id 0 (the tiny models' [PAD])."""
-    from top.data import collate
+    """:func:`top.tasks.glue.collate` with padding id 0 (the tiny models' [PAD])."""
+    from top.tasks.glue import collate
 
     return collate(rows, pad_token_id=0)
 

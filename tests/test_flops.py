@@ -9,7 +9,7 @@ from transformers import BertForQuestionAnswering, BertForSequenceClassification
 
 from tests.conftest import random_batch, tiny_config
 from top.encoder import PrunableModel
-from top.flops import counted_flops, example_flops, flops_summary
+from top.measure.flops import counted_flops, example_flops, flops_summary
 from top.pruning.topk import TopKSelector
 
 

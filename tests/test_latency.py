@@ -1,4 +1,4 @@
-"""Tests for top.pinning and top.latency (DESIGN.md, "Latency protocol").
+"""Tests for top.measure.pinning and top.measure.latency (docs/design.md, "Latency protocol").
 
 No test asserts on absolute timings: the only timing-based check compares two runners whose
 work differs by 100x. Everything else uses call records or a fake clock.
@@ -18,8 +18,8 @@ import pytest
 import torch
 
 from top import latency
-from top.latency import environment_info, measure_interleaved
-from top.pinning import parse_cores, pin_process
+from top.measure.latency import environment_info, measure_interleaved
+from top.measure.pinning import parse_cores, pin_process
 
 FIRST_CORE = min(os.sched_getaffinity(0))
 
@@ -71,8 +71,8 @@ def test_pinning_module_does_not_import_torch():
     result = run_python(
         """
         import sys
-        import top.pinning
-        assert "torch" not in sys.modules, "importing top.pinning imported torch"
+        import top.measure.pinning
+        assert "torch" not in sys.modules, "importing top.measure.pinning imported torch"
         """
     )
     assert_succeeded(result)
@@ -82,13 +82,13 @@ def test_pin_then_import_torch_passes_check():
     result = run_python(
         f"""
         import os
-        from top.pinning import pin_process
+        from top.measure.pinning import pin_process
         pin_process([{FIRST_CORE}], threads=1)
         assert os.environ["OMP_NUM_THREADS"] == "1"
         assert os.environ["MKL_NUM_THREADS"] == "1"
         assert os.sched_getaffinity(0) == {{{FIRST_CORE}}}
         import torch
-        from top.latency import check_pinning
+        from top.measure.latency import check_pinning
         check_pinning([{FIRST_CORE}], threads=1)
         assert torch.get_num_threads() == 1
         """
@@ -101,7 +101,7 @@ def test_pin_after_torch_import_raises_in_subprocess():
         f"""
         import os
         import torch
-        from top.pinning import pin_process
+        from top.measure.pinning import pin_process
         affinity = os.sched_getaffinity(0)
         try:
             pin_process([{FIRST_CORE}], threads=1)
@@ -121,10 +121,10 @@ def test_check_pinning_detects_mismatches():
     result = run_python(
         f"""
         import os
-        from top.pinning import pin_process
+        from top.measure.pinning import pin_process
         pin_process([{FIRST_CORE}], threads=1)
         import torch
-        from top.latency import PinningError, check_pinning
+        from top.measure.latency import PinningError, check_pinning
 
         try:
             check_pinning({other_cores}, threads=1)

@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from top.paper import PaperResultsError, comparable, load_paper_results, same_model
-from top.plots import FIGURES, draw_figure, pareto_front
-from top.report import build_tables, collect, metric_value, summarise, write_table
+from top.report.paper import PaperResultsError, comparable, load_paper_results, same_model
+from top.report.plots import FIGURES, draw_figure, pareto_front
+from top.report.tables import build_tables, collect, metric_value, summarise, write_table
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "bert-base-uncased"

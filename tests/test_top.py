@@ -16,19 +16,14 @@ import torch
 from transformers import BertConfig, BertForQuestionAnswering, BertForSequenceClassification
 
 from top.encoder import PrunableModel
-from top.flops import example_flops
+from top.measure.flops import example_flops
 from top.pruning.base import LayerContext, StepContext
 from top.pruning.l0 import HardConcreteGate, log_alpha_for_droprate
 from top.pruning.ranking import ranking_distillation_loss
 from top.pruning.registry import build_method
-from top.pruning.top import (
-    ToP,
-    ToPInferenceSelector,
-    bin_keep_values,
-    bin_occupancy,
-    logit_distillation_loss,
-    rank_bins,
-)
+from top.pruning.top import ToP
+from top.pruning.top.gates import bin_keep_values, bin_occupancy, rank_bins
+from top.pruning.top.method import ToPInferenceSelector, logit_distillation_loss
 
 VOCAB = 60
 BIG = 50.0  # |log_alpha| that makes a gate's P(z > 0) 1 - 1e-6 or 1e-6 (the clamp)
@@ -352,7 +347,7 @@ def test_lagrangian_gradient_ascent_grows_the_multipliers_below_target():
     mask = make_batch([20, 12])["attention_mask"]
     expected, dense = method.expected_flops(mask)
     sparsity = method.sparsity(expected, dense)
-    target = method.target_sparsity(method.warmup_progress(0, 100))
+    target = method.scheduled_target(method.warmup_progress(0, 100))
     assert target == pytest.approx(0.6)
     assert float(sparsity.detach()) < target  # the model starts (almost) dense: FLOPs exceed the target
     lagrangian = method.lagrangian(sparsity, target)
@@ -373,10 +368,10 @@ def test_lagrangian_gradient_ascent_grows_the_multipliers_below_target():
 
 def test_warmup_schedule_ramps_the_target():
     method = ToP(tiny_config(), {"target_sparsity": 0.4, "epochs": 10, "lagrangian_warmup_epochs": 5, "start_sparsity": 0.1})
-    assert method.target_sparsity(method.warmup_progress(0, 200)) == pytest.approx(0.1)
-    assert method.target_sparsity(method.warmup_progress(50, 200)) == pytest.approx(0.25)
-    assert method.target_sparsity(method.warmup_progress(100, 200)) == pytest.approx(0.4)
-    assert method.target_sparsity(method.warmup_progress(180, 200)) == pytest.approx(0.4)
+    assert method.scheduled_target(method.warmup_progress(0, 200)) == pytest.approx(0.1)
+    assert method.scheduled_target(method.warmup_progress(50, 200)) == pytest.approx(0.25)
+    assert method.scheduled_target(method.warmup_progress(100, 200)) == pytest.approx(0.4)
+    assert method.scheduled_target(method.warmup_progress(180, 200)) == pytest.approx(0.4)
 
 
 # ------------------------------------------------------------------------------ decisions, export
@@ -457,7 +452,7 @@ def toy_dataset(n: int, seed: int = 0) -> list[dict]:
 
 
 def test_short_training_moves_sparsity_to_target_and_export_reproduces_eval():
-    from top.data import collate
+    from top.tasks.glue import collate
     from top.train import TrainSettings, run_stages
 
     model = tiny_model(layers=4, seed=0)

@@ -10,7 +10,7 @@ import torch
 from transformers import BertForSequenceClassification
 
 from tests.conftest import tiny_config
-from top.data import collate
+from top.tasks.glue import collate
 from top.encoder import PrunableModel
 from top.pruning.base import Stage
 from top.pruning.dense import Dense

@@ -14,24 +14,87 @@ A method's block may hold a ``train`` sub-block (e.g. a method's own batch size 
 rate); it overrides the run's shared ``train`` settings at the method's priority.
 
 The resolved dictionary is written as JSON beside every run's outputs.
+
+Where the configuration crosses into the task layer it becomes a typed object,
+:class:`TaskConfig` (where the data comes from, and the SQuAD settings :class:`QASettings`), so
+a :class:`~top.tasks.base.Task` never sees the whole workflow dictionary.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
-from pathlib import Path
-from typing import Any, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 from top.pruning.registry import METHODS
-from top.qa import is_qa_task
-from top.tasks import task_names
+from top.tasks import is_qa_task, task_names
 
 TEACHER_METHOD = "dense"
 
 
 class ConfigError(ValueError):
     """A configuration problem, with the offending key in the message."""
+
+
+@dataclass(frozen=True)
+class QASettings:
+    """The ``qa`` block: SQuAD features and post-processing (defaults and ranges:
+    ``workflow/schemas/config.schema.yaml``).
+
+    Attributes:
+        max_length: tokens per feature, special tokens included.
+        doc_stride: context tokens shared by two consecutive windows.
+        max_query_length: question tokens kept (special tokens excluded).
+        n_best_size: start and end candidates searched per feature.
+        max_answer_length: the longest answer span, in tokens.
+        null_threshold: ``squad_v2``: predict no answer when the null score minus the best
+            span's score exceeds it.
+        protect_question: never drop [CLS], the question or the separators, whatever the
+            method decides.
+    """
+
+    max_length: int
+    doc_stride: int
+    max_query_length: int
+    n_best_size: int
+    max_answer_length: int
+    null_threshold: float
+    protect_question: bool
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """What a :class:`~top.tasks.base.Task` needs from the configuration.
+
+    Attributes:
+        data_source: ``local`` (the folders below) or ``hub``.
+        glue_dir: the GLUE download's folder (``local``, GLUE tasks).
+        squad_dir: the folder of the official SQuAD JSON files (``local``, SQuAD tasks).
+        qa: SQuAD features and post-processing.
+    """
+
+    data_source: str
+    glue_dir: str | None
+    squad_dir: str | None
+    qa: QASettings
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> TaskConfig:
+        """The task settings of a workflow configuration that the schema has filled in."""
+        qa_fields = [field.name for field in dataclasses.fields(QASettings)]
+        missing = [key for key in qa_fields if key not in (cfg.get("qa") or {})]
+        if missing:
+            raise ConfigError(f"qa: missing {', '.join(missing)} (the schema's defaults fill them in)")
+        qa = {key: cfg["qa"][key] for key in qa_fields}
+        return cls(
+            data_source=cfg["data_source"],
+            glue_dir=cfg.get("glue_dir") or None,
+            squad_dir=cfg.get("squad_dir") or None,
+            qa=QASettings(**qa),
+        )
 
 
 def seeds_from_command_line(cfg: dict[str, Any]) -> None:
@@ -71,10 +134,7 @@ def resolve_run(cfg: Mapping[str, Any], task: str, method: str, setting: str, se
     if method not in methods:
         raise ConfigError(f"methods.{method}: not configured; configured methods: {', '.join(methods)}")
     if setting not in methods[method]["settings"]:
-        raise ConfigError(
-            f"methods.{method}.settings.{setting}: no such setting; "
-            f"settings: {', '.join(methods[method]['settings'])}"
-        )
+        raise ConfigError(f"methods.{method}.settings.{setting}: no such setting; settings: {', '.join(methods[method]['settings'])}")
     block = _task_block(cfg, task)
     method_settings = _merge(
         methods[method].get("common"),
@@ -128,7 +188,7 @@ def validate_config(cfg: Mapping[str, Any], *, check_paths: bool = True) -> None
     if check_paths:
         if cfg["data_source"] == "local":
             needs = {"squad_dir" if is_qa_task(task) else "glue_dir" for task in cfg["tasks"]}
-            examples = {"glue_dir": "../shared/data/glue", "squad_dir": "../shared/data/squad"}
+            examples = {"glue_dir": "/path/to/glue_data", "squad_dir": "/path/to/squad"}
             for key in sorted(needs):
                 folder = cfg.get(key)
                 if not folder:
@@ -181,8 +241,3 @@ def _check_method_settings(cfg: Mapping[str, Any]) -> None:
                     build_method(method, model_config, resolved["method_settings"])
                 except (KeyError, TypeError, ValueError) as error:
                     raise ConfigError(f"methods.{method}.settings.{setting} (task {task}): {error}") from None
-
-
-def run_dir(cfg: Mapping[str, Any], kind: str, task: str, method: str, setting: str, seed: int) -> Path:
-    """``results/{kind}/{task}/{method}/{setting}/seed{seed}`` (DESIGN.md, "Outputs and naming")."""
-    return Path(cfg["results_dir"]) / kind / task / method / setting / f"seed{seed}"

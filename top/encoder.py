@@ -4,7 +4,7 @@
 classification or question-answering head and runs its layers itself, so that a
 :class:`~top.pruning.base.TokenSelector` can drop tokens after each layer's self-attention.
 
-Per layer ``l`` (DESIGN.md, "FLOPs convention"):
+Per layer ``l`` (docs/design.md, "FLOPs convention"):
 
 1. self-attention over the ``n_l`` tokens entering the layer (eager attention, probabilities
    kept for scoring);
@@ -25,8 +25,9 @@ does for span extraction), so a QA head sees all positions.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal, Mapping
+from typing import Literal
 
 import torch
 from torch import nn
@@ -173,7 +174,7 @@ class PrunableModel(nn.Module):
                 classification models turn it off (the head only reads slot 0, [CLS]); then
                 ``hidden`` is the final layer's ``[B, n_last, d]`` and ``kept`` is empty.
             protect_mask: ``[B, L]``, 1 for tokens that are never dropped whatever the selectors
-                decide (e.g. a SQuAD question, :func:`top.qa.prepare_train_features`); [CLS]
+                decide (e.g. a SQuAD question, :func:`top.tasks.squad.prepare_train_features`); [CLS]
                 is always protected. In ``mask`` mode their soft value is 1.
         """
         if mode not in ("mask", "gather"):
@@ -212,9 +213,7 @@ class PrunableModel(nn.Module):
                 hidden = hidden[rows, order]
                 positions = positions.gather(1, order)
                 if protected is not None:
-                    protected = protected.gather(1, order) & (
-                        torch.arange(order.shape[1], device=x.device)[None, :] < n_kept[-1][:, None]
-                    )
+                    protected = protected.gather(1, order) & (torch.arange(order.shape[1], device=x.device)[None, :] < n_kept[-1][:, None])
                 keep = torch.arange(order.shape[1], device=x.device)[None, :] < n_kept[-1][:, None]
             x = layer.output(layer.intermediate(hidden), hidden)
             if mode == "mask" and decision is not None and decision.soft is not None:

@@ -1,13 +1,13 @@
 """Prediction and evaluation in gather mode (tokens really removed), with per-example lengths.
 
 Everything a results row needs comes from one pass over the dev set: predictions (for the
-task metric) and each example's real per-layer token counts (for FLOPs, :mod:`top.flops`).
+task metric) and each example's real per-layer token counts (for FLOPs, :mod:`top.measure.flops`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -34,7 +34,6 @@ class Predictions:
     labels: np.ndarray | None
     lengths_in: np.ndarray
     lengths_kept: np.ndarray
-
 
 
 @torch.inference_mode()

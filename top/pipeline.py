@@ -11,22 +11,23 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
 
-from top.config import resolve_run, teacher_settings
+from top.config import TaskConfig, resolve_run, teacher_settings
 from top.encoder import PrunableModel
 from top.evaluate import predict
 from top.files import atomic_path, atomic_write_text
-from top.flops import flops_summary
-from top.models import PRUNING_FILE, head_kind, load_pretrained, load_run, save_run
+from top.measure.flops import flops_summary, head_kind
+from top.models import PRUNING_FILE, load_pretrained, load_run, save_run
 from top.pruning.base import KeepDecision, LayerContext, Stage, TokenSelector
 from top.pruning.dense import Dense
 from top.pruning.registry import build_method, method_class
-from top.tasks import Task, get_task
+from top.tasks.base import Task, get_task
 from top.train import MODEL_INPUTS, TrainSettings, resolve_device, run_stages, set_seed
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,11 @@ log = logging.getLogger(__name__)
 def write_json(path: str | Path, payload: Any) -> None:
     """Write JSON atomically (temporary name, then rename)."""
     atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True))
+
+
+def _task(cfg: Mapping[str, Any], name: str) -> Task:
+    """The task ``name``, with the task settings of the workflow configuration ``cfg``."""
+    return get_task(TaskConfig.from_config(cfg), name)
 
 
 class _FinetuneOnly(Dense):
@@ -53,13 +59,15 @@ def finetune_teacher(cfg: Mapping[str, Any], task: str, seed: int, out_dir: str 
     ``dense`` reference row."""
     settings = teacher_settings(cfg, task)
     set_seed(seed)
-    spec = get_task(cfg, task)
+    spec = _task(cfg, task)
     model, tokenizer = load_pretrained(cfg["model"], num_labels=spec.num_labels, head=spec.head)
     train = spec.train_features(tokenizer, settings.get("train_limit"), seed)
     train_settings = TrainSettings.from_dict({**settings, "seed": seed, "device": cfg["device"], "progress": True})
     method = _FinetuneOnly(model.config, settings["epochs"])
     out_dir = Path(out_dir)
-    history = run_stages(model, method, train, train_settings, collate=spec.collate(tokenizer), checkpoint_dir=out_dir.with_name(out_dir.name + ".ckpt"))
+    history = run_stages(
+        model, method, train, train_settings, collate=spec.collate(tokenizer), checkpoint_dir=out_dir.with_name(out_dir.name + ".ckpt")
+    )
     resolved = {"task": task, "seed": seed, "model": cfg["model"], "teacher": settings, "train_examples": len(train)}
     save_run(model, tokenizer, out_dir, "dense", {}, extra={"config": resolved, "history": history})
     _drop_checkpoint(out_dir)
@@ -82,13 +90,18 @@ def train_method(cfg: Mapping[str, Any], task: str, method_name: str, setting: s
     history: list[dict[str, float]] = []
     if stages:
         teacher, _, _ = load_run(teacher_dir)
-        spec = get_task(cfg, task)
+        spec = _task(cfg, task)
         train = spec.train_features(tokenizer, run["train"].get("train_limit"), seed)
         method.prepare(_token_counts(cfg, spec, tokenizer, train), spec.head)
         settings = TrainSettings.from_dict({**run["train"], "seed": seed, "device": cfg["device"], "progress": True})
         out_dir = Path(out_dir)
         history = run_stages(
-            student, method, train, settings, collate=spec.collate(tokenizer), teacher=teacher,
+            student,
+            method,
+            train,
+            settings,
+            collate=spec.collate(tokenizer),
+            teacher=teacher,
             checkpoint_dir=out_dir.with_name(out_dir.name + ".ckpt"),
         )
     decisions = method.export()
@@ -106,14 +119,16 @@ def _token_counts(cfg: Mapping[str, Any], spec: Task, tokenizer, train) -> dict[
     }
 
 
-def evaluate_run(cfg: Mapping[str, Any], task: str, model_dir: str | Path, metrics_path: str | Path, lengths_path: str | Path, run_info: Mapping[str, Any]) -> dict[str, Any]:
+def evaluate_run(
+    cfg: Mapping[str, Any], task: str, model_dir: str | Path, metrics_path: str | Path, lengths_path: str | Path, run_info: Mapping[str, Any]
+) -> dict[str, Any]:
     """Evaluate a saved run on every dev split in gather mode (tokens really removed).
 
     Writes ``metrics_path`` (task metrics per split, the primary score) and ``lengths_path``
     (``.npz`` with per-example ``lengths_in``/``lengths_kept`` of the first dev split, for FLOPs).
     """
     model, tokenizer, record = load_run(model_dir)
-    spec = get_task(cfg, task)
+    spec = _task(cfg, task)
     device = resolve_device(cfg["device"])
     eval_cfg = cfg["eval"]
     result: dict[str, Any] = {**run_info, "primary_metric": spec.primary_metric, "metric_scale": spec.metric_scale, "splits": {}}
@@ -138,7 +153,7 @@ def _write_npz(path: str | Path, **arrays: np.ndarray) -> None:
 
 
 def count_flops(model_dir: str | Path, lengths_path: str | Path, out_path: str | Path, run_info: Mapping[str, Any]) -> dict[str, Any]:
-    """FLOPs of a run over the dev set from its per-example lengths (:mod:`top.flops`)."""
+    """FLOPs of a run over the dev set from its per-example lengths (:mod:`top.measure.flops`)."""
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
@@ -174,7 +189,7 @@ class _FixedLengths(TokenSelector):
 def latency_sample(cfg: Mapping[str, Any], task: str, tokenizer) -> list[dict[str, torch.Tensor]]:
     """The fixed sample of dev examples every method is timed on, as batch-1 model inputs."""
     lat = cfg["latency"]
-    spec = get_task(cfg, task)
+    spec = _task(cfg, task)
     dataset = spec.dev_features(spec.dev_splits[0], tokenizer, None)
     count = min(lat["n_examples"], len(dataset))
     rng = np.random.default_rng(lat["sample_seed"])
@@ -183,17 +198,19 @@ def latency_sample(cfg: Mapping[str, Any], task: str, tokenizer) -> list[dict[st
     return [{k: v for k, v in collate([dataset[i]]).items() if k in MODEL_INPUTS} for i in indices]
 
 
-def measure_latency(cfg: Mapping[str, Any], task: str, dense_dir: str | Path, model_dir: str | Path, out_path: str | Path, run_info: Mapping[str, Any]) -> dict[str, Any]:
+def measure_latency(
+    cfg: Mapping[str, Any], task: str, dense_dir: str | Path, model_dir: str | Path, out_path: str | Path, run_info: Mapping[str, Any]
+) -> dict[str, Any]:
     """Batch-1 CPU latency of a run against the dense teacher, interleaved in one process
-    (DESIGN.md, "Latency protocol"). The process must already be pinned
-    (:func:`top.pinning.pin_process`); :func:`top.latency.check_pinning` refuses otherwise.
+    (docs/design.md, "Latency protocol"). The process must already be pinned
+    (:func:`top.measure.pinning.pin_process`); :func:`top.measure.latency.check_pinning` refuses otherwise.
 
     Three runners: ``dense`` (teacher, all tokens), ``pruned`` (the run, gather mode) and
     ``dense_at_pruned_lengths`` (the teacher fed each example's per-layer lengths from the
     pruned run, keeping the first tokens: no scoring, so pruning overhead is the gap to it).
     """
-    from top.latency import check_pinning, environment_info, measure_interleaved
-    from top.pinning import parse_cores
+    from top.measure.latency import check_pinning, environment_info, measure_interleaved
+    from top.measure.pinning import parse_cores
 
     lat = cfg["latency"]
     cores, threads = parse_cores(str(lat["cores"])), int(lat["threads"])
@@ -206,14 +223,16 @@ def measure_latency(cfg: Mapping[str, Any], task: str, dense_dir: str | Path, mo
 
     with torch.inference_mode():
         kept = [pruned(**x, mode="gather", record=False).lengths_kept[0].tolist() for x in sample]
-    shortened = [PrunableModel(dense.hf, {l: _FixedLengths(k) for l, k in enumerate(lengths)}) for lengths in kept]
+    shortened = [PrunableModel(dense.hf, {layer: _FixedLengths(k) for layer, k in enumerate(lengths)}) for lengths in kept]
     items = list(range(len(sample)))
     runners = {
         "dense": lambda i: dense(**sample[i], mode="gather", record=False),
         "pruned": lambda i: pruned(**sample[i], mode="gather", record=False),
         "dense_at_pruned_lengths": lambda i: shortened[i](**sample[i], mode="gather", record=False),
     }
-    timings = measure_interleaved(runners, items, warmup=lat["warmup"], repeats=lat["repeats"], reference="dense", seed=lat["sample_seed"], progress=True)
+    timings = measure_interleaved(
+        runners, items, warmup=lat["warmup"], repeats=lat["repeats"], reference="dense", seed=lat["sample_seed"], progress=True
+    )
     runners_out = timings["runners"]
     result = {
         **run_info,

@@ -17,9 +17,10 @@ from __future__ import annotations
 import logging
 import math
 import random
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,7 +52,7 @@ class TrainSettings:
     progress: bool = False
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "TrainSettings":
+    def from_dict(cls, values: dict[str, Any]) -> TrainSettings:
         known = {k: v for k, v in values.items() if k in cls.__dataclass_fields__}
         return cls(**known)
 
@@ -164,9 +165,9 @@ def run_stages(
         method: the pruning method; its selectors are installed stage by stage and the last
             stage's selectors stay installed.
         train_data: a sequence of encoded examples (``datasets.Dataset`` from
-            :func:`top.data.encode`).
+            :func:`top.tasks.glue.encode`).
         settings: optimisation settings.
-        collate: turns a list of examples into a padded batch (``top.data.collate``).
+        collate: turns a list of examples into a padded batch (``top.tasks.glue.collate``).
         teacher: the frozen fine-tuned teacher, needed when the method asks for teacher
             signals.
         checkpoint_dir: where to keep the per-epoch checkpoint; None disables resuming.

@@ -7,7 +7,7 @@ selectors, its extra training loss, its parameter groups and the export of its l
 decisions to plain JSON, from which :meth:`PruningMethod.inference_selectors` rebuilds
 deterministic selectors for evaluation and latency.
 
-Conventions (DESIGN.md, "One interface for all methods"):
+Conventions (docs/design.md, "One interface for all methods"):
 
 * ``B`` is the batch, ``n`` the number of token slots entering the layer (in gather mode the
   padded width of the already-shrunk sequence), ``H`` heads.
@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
+
+from top.measure.flops import ModelDims
 
 
 @dataclass
@@ -122,25 +125,6 @@ class TokenSelector(nn.Module, abc.ABC):
     @abc.abstractmethod
     def forward(self, ctx: LayerContext) -> KeepDecision | None:
         """Return the decision for this layer, or None to keep every alive token."""
-
-
-@dataclass
-class ModelDims:
-    """The dimensions a method needs, read from a Hugging Face config (never hard-coded)."""
-
-    num_layers: int
-    hidden: int
-    intermediate: int
-    heads: int
-
-    @classmethod
-    def from_config(cls, config) -> "ModelDims":
-        return cls(
-            num_layers=config.num_hidden_layers,
-            hidden=config.hidden_size,
-            intermediate=config.intermediate_size,
-            heads=config.num_attention_heads,
-        )
 
 
 @dataclass

@@ -20,7 +20,7 @@ Everything is created on the parameter's device and dtype: nothing here assumes 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

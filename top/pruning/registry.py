@@ -1,6 +1,6 @@
 """Method registry: method names -> ``"module:Class"`` strings, imported lazily.
 
-``top`` never imports ``baselines`` directly (DESIGN.md, "Layers"); the registry names them as
+``top`` never imports ``baselines`` directly (docs/design.md, "Layers"); the registry names them as
 strings and imports a method only when it is asked for.
 """
 

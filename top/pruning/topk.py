@@ -10,7 +10,8 @@ in place (``finetune_epochs``), which lets it adapt to the missing tokens.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -35,8 +36,7 @@ def validate_schedule(keep_ratios: Sequence[float], num_layers: int) -> list[flo
             raise ValueError(f"keep_ratios[{layer}] = {ratio} is outside (0, 1]")
         if layer and ratio > ratios[layer - 1]:
             raise ValueError(
-                f"keep_ratios must not increase with depth: keep_ratios[{layer}] = {ratio} > "
-                f"keep_ratios[{layer - 1}] = {ratios[layer - 1]}"
+                f"keep_ratios must not increase with depth: keep_ratios[{layer}] = {ratio} > keep_ratios[{layer - 1}] = {ratios[layer - 1]}"
             )
     return ratios
 

@@ -1,7 +1,7 @@
 """Rule `figure`: one of the paper's figures as PNG, SVG and PDF."""
 
 from top.logs import log_to_file
-from top.plots import draw_figure
+from top.report.plots import draw_figure
 
 log_to_file(snakemake.log[0])
 inp, out = snakemake.input, snakemake.output

@@ -1,6 +1,6 @@
 """Rule `latency`: pin the process BEFORE torch is imported, then time dense vs pruned."""
 
-from top.pinning import parse_cores, pin_process
+from top.measure.pinning import parse_cores, pin_process
 
 lat = snakemake.config["latency"]
 pin_process(parse_cores(str(lat["cores"])), int(lat["threads"]))

@@ -1,7 +1,7 @@
 """Rule `table`: one of the paper's tables as CSV, Markdown and LaTeX."""
 
 from top.logs import log_to_file
-from top.report import write_table
+from top.report.tables import write_table
 
 log_to_file(snakemake.log[0])
 out = snakemake.output

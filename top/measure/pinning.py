@@ -1,19 +1,19 @@
 """Pin the measuring process to fixed cores and thread counts before torch starts.
 
-DESIGN.md, "Latency protocol": threads are fixed and pinned. The CPU affinity and
+docs/design.md, "Latency protocol": threads are fixed and pinned. The CPU affinity and
 ``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` must be set *before* torch is imported, because
 torch sizes its intra-op thread pool from them when it starts. This module therefore never
 imports torch (directly or through ``top``'s other modules), so a latency script can call
 :func:`pin_process` as its first action::
 
-    from top.pinning import parse_cores, pin_process
+    from top.measure.pinning import parse_cores, pin_process
     cores = parse_cores("0-3")
     pin_process(cores, threads=4)
     import torch  # now starts with the pinned pool
-    from top.latency import check_pinning
+    from top.measure.latency import check_pinning
     check_pinning(cores, threads=4)  # refuses to go on if anything differs
 
-:func:`top.latency.check_pinning` is the matching check after torch is imported.
+:func:`top.measure.latency.check_pinning` is the matching check after torch is imported.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 logger = logging.getLogger(__name__)
 
@@ -75,8 +75,8 @@ def pin_process(cores: Sequence[int], threads: int) -> None:
     """Pin this process to ``cores`` and fix the torch thread pools to ``threads``.
 
     Sets ``OMP_NUM_THREADS`` and ``MKL_NUM_THREADS`` to ``threads`` in ``os.environ`` and
-    the CPU affinity of this process to ``cores`` (DESIGN.md, "Latency protocol"). Must run
-    before torch is imported; call :func:`top.latency.check_pinning` after importing it.
+    the CPU affinity of this process to ``cores`` (docs/design.md, "Latency protocol"). Must run
+    before torch is imported; call :func:`top.measure.latency.check_pinning` after importing it.
 
     Arguments are validated before anything is changed, so a failed call leaves the process
     as it was.
@@ -96,17 +96,11 @@ def pin_process(cores: Sequence[int], threads: int) -> None:
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise ValueError(f"threads must be an integer >= 1, got {threads!r}")
     if threads > len(core_set):
-        raise ValueError(
-            f"threads={threads} exceeds the {len(core_set)} pinned core(s) "
-            f"{sorted(core_set)}; threads would compete for cores"
-        )
+        raise ValueError(f"threads={threads} exceeds the {len(core_set)} pinned core(s) {sorted(core_set)}; threads would compete for cores")
     available = os.sched_getaffinity(0)
     unavailable = sorted(core_set - available)
     if unavailable:
-        raise ValueError(
-            f"cores {unavailable} are not available to this process "
-            f"(its affinity is {sorted(available)})"
-        )
+        raise ValueError(f"cores {unavailable} are not available to this process (its affinity is {sorted(available)})")
     if "torch" in sys.modules:
         raise RuntimeError(
             "pin_process must be called before torch is imported: torch is already in "

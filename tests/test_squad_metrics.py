@@ -1,10 +1,10 @@
-"""Tests of the SQuAD metrics in ``top.qa_metrics`` on hand-computed cases."""
+"""Tests of the SQuAD metrics in ``top.tasks.squad_metrics`` on hand-computed cases."""
 
 from __future__ import annotations
 
 import pytest
 
-from top.qa_metrics import (
+from top.tasks.squad_metrics import (
     compute_squad_metrics,
     exact_match_score,
     f1_score,

@@ -1,6 +1,6 @@
 """Latency measurement: pinning checks, environment record and interleaved timing.
 
-Implements DESIGN.md, "Latency protocol".
+Implements docs/design.md, "Latency protocol".
 
 Why ``time.perf_counter_ns`` and interleaving rather than ``torch.utils.benchmark.Timer``:
 ``Timer`` times one statement in isolation, repeating it back to back. On a shared machine
@@ -20,7 +20,7 @@ reduction. To make pruning overhead visible, callers should add a runner that fe
 model the already-shortened per-layer lengths; its speedup is the ceiling that the pruned
 model's selection and gathering overhead is measured against.
 
-Pinning follows a two-step protocol: :func:`top.pinning.pin_process` (before torch is
+Pinning follows a two-step protocol: :func:`top.measure.pinning.pin_process` (before torch is
 imported) sets the affinity and the thread environment, and :func:`check_pinning` (after)
 fixes ``torch.set_num_threads`` and refuses to go on if anything differs.
 """
@@ -35,8 +35,9 @@ import platform
 import random
 import socket
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -56,7 +57,7 @@ def check_pinning(cores: Sequence[int], threads: int) -> None:
 
     Calls ``torch.set_num_threads(threads)``, then checks that ``os.sched_getaffinity(0)``
     equals ``set(cores)``, ``torch.get_num_threads()`` equals ``threads`` and
-    ``os.environ["OMP_NUM_THREADS"]`` equals ``str(threads)`` (DESIGN.md, "Latency
+    ``os.environ["OMP_NUM_THREADS"]`` equals ``str(threads)`` (docs/design.md, "Latency
     protocol": refuse to report if the affinity differs).
 
     Args:
@@ -71,9 +72,7 @@ def check_pinning(cores: Sequence[int], threads: int) -> None:
     affinity = os.sched_getaffinity(0)
     problems = []
     if affinity != expected_cores:
-        problems.append(
-            f"CPU affinity is {sorted(affinity)}, expected {sorted(expected_cores)}"
-        )
+        problems.append(f"CPU affinity is {sorted(affinity)}, expected {sorted(expected_cores)}")
     torch_threads = torch.get_num_threads()
     if torch_threads != threads:
         problems.append(f"torch.get_num_threads() is {torch_threads}, expected {threads}")
@@ -84,13 +83,13 @@ def check_pinning(cores: Sequence[int], threads: int) -> None:
         raise PinningError(
             "process is not pinned as requested, so no latency will be reported: "
             + "; ".join(problems)
-            + " (call top.pinning.pin_process before importing torch, or launch under taskset)"
+            + " (call top.measure.pinning.pin_process before importing torch, or launch under taskset)"
         )
     logger.info("pinning verified: cores %s, %d thread(s)", sorted(expected_cores), threads)
 
 
 def environment_info(cores: Sequence[int], threads: int) -> dict[str, Any]:
-    """What to record with every latency result (DESIGN.md, "Latency protocol").
+    """What to record with every latency result (docs/design.md, "Latency protocol").
 
     Args:
         cores: the pinned core ids.
@@ -137,7 +136,7 @@ def measure_interleaved(
     seed: int = 0,
     progress: bool | None = None,
 ) -> dict[str, Any]:
-    """Time several runners interleaved on the same inputs (DESIGN.md, "Latency protocol").
+    """Time several runners interleaved on the same inputs (docs/design.md, "Latency protocol").
 
     Under ``torch.inference_mode()``:
 
@@ -178,7 +177,10 @@ def measure_interleaved(
     times_ns = {name: np.zeros((repeats, len(inputs)), dtype=np.int64) for name in names}
     logger.info(
         "measuring %d runner(s) on %d input(s): %d warm-up pass(es), %d round(s)",
-        len(names), len(inputs), warmup, repeats,
+        len(names),
+        len(inputs),
+        warmup,
+        repeats,
     )
 
     with torch.inference_mode():
@@ -192,7 +194,9 @@ def measure_interleaved(
         gc.disable()
         try:
             rounds = tqdm(
-                range(repeats), desc="latency rounds", unit="round",
+                range(repeats),
+                desc="latency rounds",
+                unit="round",
                 disable=None if progress is None else not progress,
             )
             for round_index in rounds:
@@ -211,13 +215,14 @@ def measure_interleaved(
     stats = {name: _summarise(times_ns[name]) for name in names}
     reference_median = stats[reference]["median_ms"]
     for name, runner_stats in stats.items():
-        runner_stats["speedup"] = _speedup(
-            reference_median, runner_stats["median_ms"], name, reference
-        )
+        runner_stats["speedup"] = _speedup(reference_median, runner_stats["median_ms"], name, reference)
         logger.info(
             "%s: median %.3f ms (IQR %.3f ms, p95 %.3f ms), speedup %.2fx",
-            name, runner_stats["median_ms"], runner_stats["iqr_ms"],
-            runner_stats["p95_ms"], runner_stats["speedup"],
+            name,
+            runner_stats["median_ms"],
+            runner_stats["iqr_ms"],
+            runner_stats["p95_ms"],
+            runner_stats["speedup"],
         )
     return {
         "runners": stats,
@@ -274,8 +279,6 @@ def _speedup(reference_median_ms: float, median_ms: float, name: str, reference:
     if name == reference:
         return 1.0
     if median_ms <= 0:
-        logger.warning(
-            "runner %r has a median of 0 ns (below timer resolution); speedup is NaN", name
-        )
+        logger.warning("runner %r has a median of 0 ns (below timer resolution); speedup is NaN", name)
         return float("nan")
     return reference_median_ms / median_ms

@@ -1,4 +1,4 @@
-"""Tests of the GLUE task registry, loaders, tokenisation and batching in ``top.data``."""
+"""Tests of the GLUE task registry, loaders, tokenisation and batching in ``top.tasks.glue``."""
 
 from __future__ import annotations
 
@@ -11,16 +11,16 @@ import pytest
 import torch
 from transformers import BertTokenizerFast
 
-from top.data import (
+from top.tasks.glue import (
     HUB_DATASET,
-    TASKS,
-    DataError,
+    SPECS,
     collate,
     encode,
-    get_task,
+    get_spec,
     load_split,
 )
-from top.metrics import GLUE_METRICS
+from top.tasks.glue_metrics import GLUE_METRICS
+from top.tasks.sources import DataError
 
 # The real GLUE files sit beside the project (../shared/data/glue from its root); GLUE_DIR
 # points the tests at another copy of the same layout.
@@ -85,8 +85,8 @@ def mnli_row(i: int, premise: str, hypothesis: str, labels: list[str]) -> list[s
 
 
 def test_registry_names_match_metric_registry_and_glue_dirs() -> None:
-    assert set(TASKS) == set(GLUE_METRICS)
-    assert {name: spec.glue_dir for name, spec in TASKS.items()} == {
+    assert set(SPECS) == set(GLUE_METRICS)
+    assert {name: spec.glue_dir for name, spec in SPECS.items()} == {
         "cola": "CoLA",
         "sst2": "SST-2",
         "mrpc": "MRPC",
@@ -97,24 +97,24 @@ def test_registry_names_match_metric_registry_and_glue_dirs() -> None:
         "rte": "RTE",
         "wnli": "WNLI",
     }
-    assert all(spec.max_length == 128 for spec in TASKS.values())
+    assert all(spec.max_length == 128 for spec in SPECS.values())
 
 
 def test_task_spec_label_properties() -> None:
-    assert get_task("stsb").is_regression and get_task("stsb").num_labels == 1
-    assert get_task("stsb").label_names is None
-    assert get_task("mnli").num_labels == 3 and not get_task("mnli").is_regression
-    assert get_task("mnli").label_names == ("entailment", "neutral", "contradiction")
-    assert get_task("qnli").label_names == ("entailment", "not_entailment")
-    assert get_task("cola").num_labels == 2
-    assert get_task("mnli").dev_splits == ("validation_matched", "validation_mismatched")
-    assert get_task("rte").dev_splits == ("validation",)
-    assert get_task("qqp").text_columns == ("question1", "question2")
+    assert get_spec("stsb").is_regression and get_spec("stsb").num_labels == 1
+    assert get_spec("stsb").label_names is None
+    assert get_spec("mnli").num_labels == 3 and not get_spec("mnli").is_regression
+    assert get_spec("mnli").label_names == ("entailment", "neutral", "contradiction")
+    assert get_spec("qnli").label_names == ("entailment", "not_entailment")
+    assert get_spec("cola").num_labels == 2
+    assert get_spec("mnli").dev_splits == ("validation_matched", "validation_mismatched")
+    assert get_spec("rte").dev_splits == ("validation",)
+    assert get_spec("qqp").text_columns == ("question1", "question2")
 
 
 def test_get_task_unknown_name_lists_allowed() -> None:
     with pytest.raises(ValueError, match="unknown GLUE task 'sst-2'.*'cola'.*'wnli'"):
-        get_task("sst-2")
+        get_spec("sst-2")
 
 
 def test_unknown_split_and_source_are_rejected(tmp_path: Path) -> None:
@@ -132,7 +132,7 @@ def test_unknown_split_and_source_are_rejected(tmp_path: Path) -> None:
 @needs_glue
 @pytest.mark.parametrize(("task", "split", "rows"), REAL_SPLITS)
 def test_real_split_loads_with_official_row_count(task: str, split: str, rows: int) -> None:
-    spec = get_task(task)
+    spec = get_spec(task)
     dataset = load_split(task, split, data_dir=GLUE_DIR)
     assert len(dataset) == rows
     assert dataset.column_names == [*spec.text_columns, "label", "idx"]
@@ -407,7 +407,7 @@ def test_hub_source_returns_the_local_schema(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     dataset = load_split("rte", "validation", source="hub")
     assert calls == [(HUB_DATASET, "rte", "validation")]
-    assert dataset.features == get_task("rte").features()
+    assert dataset.features == get_spec("rte").features()
     assert dataset[0] == {"sentence1": "A.", "sentence2": "B.", "label": 1, "idx": 0}
 
 
@@ -430,7 +430,7 @@ def ids(*words: str) -> list[int]:
 
 
 def test_encode_pairs_and_collate_right_pads(tokenizer: BertTokenizerFast) -> None:
-    spec = get_task("rte")
+    spec = get_spec("rte")
     dataset = datasets.Dataset.from_dict(
         {
             "sentence1": ["the cat sat .", "a dog"],
@@ -462,7 +462,7 @@ def test_encode_pairs_and_collate_right_pads(tokenizer: BertTokenizerFast) -> No
 
 
 def test_encode_truncates_to_max_length(tokenizer: BertTokenizerFast) -> None:
-    spec = get_task("sst2")
+    spec = get_spec("sst2")
     dataset = datasets.Dataset.from_dict(
         {"sentence": ["the cat sat . the dog ran ."], "label": [1], "idx": [0]},
         features=spec.features(),
@@ -473,7 +473,7 @@ def test_encode_truncates_to_max_length(tokenizer: BertTokenizerFast) -> None:
 
 
 def test_regression_labels_collate_to_float(tokenizer: BertTokenizerFast) -> None:
-    spec = get_task("stsb")
+    spec = get_spec("stsb")
     dataset = datasets.Dataset.from_dict(
         {
             "sentence1": ["the cat", "a"],

@@ -1,4 +1,4 @@
-"""Tests of the GLUE metrics in ``top.metrics`` on hand-computed cases."""
+"""Tests of the GLUE metrics in ``top.tasks.glue_metrics`` on hand-computed cases."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 
-from top.metrics import GLUE_METRICS, compute_glue_metrics, primary_metric
+from top.tasks.glue_metrics import GLUE_METRICS, compute_glue_metrics, primary_metric
 
 
 def test_metric_keys_use_evaluate_names() -> None:

@@ -98,9 +98,7 @@ def compute_glue_metrics(
     preds = _as_vector(predictions, "predictions")
     refs = _as_vector(references, "references")
     if preds.shape != refs.shape:
-        raise ValueError(
-            f"predictions and references differ in length: {len(preds)} != {len(refs)}"
-        )
+        raise ValueError(f"predictions and references differ in length: {len(preds)} != {len(refs)}")
     if len(preds) == 0:
         raise ValueError("cannot compute metrics on empty predictions and references")
 
@@ -114,10 +112,7 @@ def compute_glue_metrics(
 
     for array, name in ((preds, "predictions"), (refs, "references")):
         if array.dtype.kind not in "iub":
-            raise ValueError(
-                f"{name} for task {task!r} must be integer class ids, got dtype {array.dtype}"
-                " (take the argmax of the logits first)"
-            )
+            raise ValueError(f"{name} for task {task!r} must be integer class ids, got dtype {array.dtype} (take the argmax of the logits first)")
 
     results = {key: float(_CLASSIFICATION_SCORERS[key](refs, preds)) for key in GLUE_METRICS[task]}
     logger.debug("GLUE metrics for %s on %d examples: %s", task, len(preds), results)

@@ -89,22 +89,15 @@ def _format_ids(ids: Sequence[str]) -> str:
     return shown + more
 
 
-def _check_ids(
-    reference_ids: Sequence[str], given: Mapping[str, object], what: str
-) -> None:
+def _check_ids(reference_ids: Sequence[str], given: Mapping[str, object], what: str) -> None:
     """Raise ``ValueError`` if ``given`` lacks a reference id or has ids beyond them."""
     missing = [qid for qid in reference_ids if qid not in given]
     if missing:
-        raise ValueError(
-            f"{what} missing for {len(missing)} of {len(reference_ids)} questions: "
-            f"{_format_ids(missing)}"
-        )
+        raise ValueError(f"{what} missing for {len(missing)} of {len(reference_ids)} questions: {_format_ids(missing)}")
     known = set(reference_ids)
     extra = [qid for qid in given if qid not in known]
     if extra:
-        raise ValueError(
-            f"{what} given for {len(extra)} ids not in the references: {_format_ids(extra)}"
-        )
+        raise ValueError(f"{what} given for {len(extra)} ids not in the references: {_format_ids(extra)}")
 
 
 def _gold_answers(reference: Mapping, version_2: bool) -> tuple[str, list[str], bool]:
@@ -118,23 +111,15 @@ def _gold_answers(reference: Mapping, version_2: bool) -> tuple[str, list[str], 
         qid = reference["id"]
         texts = list(reference["answers"]["text"])
     except (KeyError, TypeError) as exc:
-        raise ValueError(
-            f"each reference needs 'id' and 'answers': {{'text': [...]}}, got {reference!r}"
-        ) from exc
+        raise ValueError(f"each reference needs 'id' and 'answers': {{'text': [...]}}, got {reference!r}") from exc
     if any(not isinstance(t, str) for t in texts):
         raise ValueError(f"answers of question {qid!r} must be strings, got {texts!r}")
     has_answer = bool(texts)
     if "is_impossible" in reference and bool(reference["is_impossible"]) == has_answer:
-        raise ValueError(
-            f"question {qid!r} has is_impossible={reference['is_impossible']!r} but "
-            f"{len(texts)} gold answers"
-        )
+        raise ValueError(f"question {qid!r} has is_impossible={reference['is_impossible']!r} but {len(texts)} gold answers")
     if not version_2:
         if not has_answer:
-            raise ValueError(
-                f"question {qid!r} has no gold answer; SQuAD v1.1 needs at least one"
-                " (use version_2=True for unanswerable questions)"
-            )
+            raise ValueError(f"question {qid!r} has no gold answer; SQuAD v1.1 needs at least one (use version_2=True for unanswerable questions)")
         return qid, texts, has_answer
     golds = [t for t in texts if normalize_answer(t)]
     return qid, golds or [""], has_answer
@@ -224,13 +209,8 @@ def compute_squad_metrics(
     if bad:
         raise ValueError(f"predictions must be strings; not for ids {_format_ids(bad)}")
 
-    exact = {
-        qid: max(exact_match_score(predictions[qid], gold) for gold in golds[qid]) for qid in ids
-    }
-    f1 = {
-        qid: max(f1_score(predictions[qid], gold, version_2=version_2) for gold in golds[qid])
-        for qid in ids
-    }
+    exact = {qid: max(exact_match_score(predictions[qid], gold) for gold in golds[qid]) for qid in ids}
+    f1 = {qid: max(f1_score(predictions[qid], gold, version_2=version_2) for gold in golds[qid]) for qid in ids}
 
     def mean_percent(scores: dict[str, float], subset: list[str]) -> float:
         return 100.0 * sum(scores[qid] for qid in subset) / len(subset)
@@ -261,11 +241,7 @@ def compute_squad_metrics(
         not_finite = [qid for qid in ids if not math.isfinite(float(null_scores[qid]))]
         if not_finite:
             raise ValueError(f"null scores must be finite; not for ids {_format_ids(not_finite)}")
-        result["best_exact"], result["best_exact_thresh"] = _best_threshold(
-            exact, null_scores, predictions, has_answer
-        )
-        result["best_f1"], result["best_f1_thresh"] = _best_threshold(
-            f1, null_scores, predictions, has_answer
-        )
+        result["best_exact"], result["best_exact_thresh"] = _best_threshold(exact, null_scores, predictions, has_answer)
+        result["best_f1"], result["best_f1_thresh"] = _best_threshold(f1, null_scores, predictions, has_answer)
     logger.debug("SQuAD metrics over %d questions: %s", len(ids), result)
     return result

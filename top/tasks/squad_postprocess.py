@@ -69,14 +69,9 @@ def _offsets_array(offset_mapping: Sequence, feature_index: int) -> np.ndarray:
     try:
         offsets = np.asarray(rows, dtype=np.int64).reshape(len(rows), -1)
     except (TypeError, ValueError) as exc:
-        raise ValueError(
-            f"feature {feature_index}: offset_mapping must be [start_char, end_char] pairs"
-        ) from exc
+        raise ValueError(f"feature {feature_index}: offset_mapping must be [start_char, end_char] pairs") from exc
     if offsets.shape[1] != 2:
-        raise ValueError(
-            f"feature {feature_index}: offset_mapping must be [start_char, end_char] pairs,"
-            f" got rows of {offsets.shape[1]} values"
-        )
+        raise ValueError(f"feature {feature_index}: offset_mapping must be [start_char, end_char] pairs, got rows of {offsets.shape[1]} values")
     return offsets
 
 
@@ -159,13 +154,9 @@ def postprocess_qa_predictions(
     starts = _as_logits(start_logits, "start_logits")
     ends = _as_logits(end_logits, "end_logits")
     if starts.shape != ends.shape:
-        raise ValueError(
-            f"start_logits and end_logits differ in shape: {starts.shape} != {ends.shape}"
-        )
+        raise ValueError(f"start_logits and end_logits differ in shape: {starts.shape} != {ends.shape}")
     if starts.shape[0] != len(features):
-        raise ValueError(
-            f"logits have {starts.shape[0]} rows but there are {len(features)} features"
-        )
+        raise ValueError(f"logits have {starts.shape[0]} rows but there are {len(features)} features")
     seq_len = starts.shape[1]
 
     contexts: dict[str, str] = {}
@@ -188,9 +179,7 @@ def postprocess_qa_predictions(
         except (KeyError, TypeError) as exc:
             raise ValueError(f"feature {index} needs 'example_id' and 'offset_mapping'") from exc
         if example_id not in features_of:
-            raise ValueError(
-                f"feature {index} belongs to example {example_id!r}, which is not in examples"
-            )
+            raise ValueError(f"feature {index} belongs to example {example_id!r}, which is not in examples")
         features_of[example_id].append(index)
     without = [example_id for example_id, indices in features_of.items() if not indices]
     if without:
@@ -204,9 +193,7 @@ def postprocess_qa_predictions(
             offsets = _offsets_array(features[index]["offset_mapping"], index)
             length = len(offsets)
             if length == 0 or length > seq_len:
-                raise ValueError(
-                    f"feature {index} has {length} tokens; expected 1 to {seq_len} (logit width)"
-                )
+                raise ValueError(f"feature {index} has {length} tokens; expected 1 to {seq_len} (logit width)")
             if offsets.max() > len(context):
                 raise ValueError(
                     f"feature {index}: offset_mapping reaches character {offsets.max()} but"
@@ -214,9 +201,7 @@ def postprocess_qa_predictions(
                 )
             start, end = starts[index, :length], ends[index, :length]
             null_score = min(null_score, start[0] + end[0])
-            feature_scores, start_tokens, end_tokens = _feature_candidates(
-                start, end, offsets, n_best_size, max_answer_length
-            )
+            feature_scores, start_tokens, end_tokens = _feature_candidates(start, end, offsets, n_best_size, max_answer_length)
             scores.append(feature_scores)
             start_chars.append(offsets[start_tokens, 0])
             end_chars.append(offsets[end_tokens, 1])

@@ -124,5 +124,6 @@ def comparable(configured: str | None, reported_model: str, reported_split: str)
 
 def empty_paper_results() -> pd.DataFrame:
     """A results frame with no rows (tables without paper numbers)."""
-    return pd.DataFrame(columns=COLUMNS + _FROM_SOURCE).astype({"score": float, "flops_reduction": float, "latency_speedup": float,
-                                                               "flops_comparable": bool})
+    return pd.DataFrame(columns=COLUMNS + _FROM_SOURCE).astype(
+        {"score": float, "flops_reduction": float, "latency_speedup": float, "flops_comparable": bool}
+    )

@@ -1,11 +1,11 @@
-"""Tests of ``top.qa_postprocess`` on hand-built features and logits."""
+"""Tests of ``top.tasks.squad_postprocess`` on hand-built features and logits."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from top.qa_postprocess import (
+from top.tasks.squad_postprocess import (
     NO_CANDIDATE_SCORE_DIFF,
     QAPredictions,
     postprocess_qa_predictions,

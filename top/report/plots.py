@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import matplotlib
 
@@ -27,8 +27,8 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import FuncFormatter, PercentFormatter  # noqa: E402
 
 from top.files import atomic_path  # noqa: E402
-from top.paper import load_paper_results, same_model  # noqa: E402
-from top.report import GROUP, METRIC_LABELS, TASK_LABELS, method_label, method_rank, summarise  # noqa: E402
+from top.report.paper import load_paper_results, same_model  # noqa: E402
+from top.report.tables import GROUP, METRIC_LABELS, TASK_LABELS, method_label, method_rank, summarise  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def _panels(tasks: Sequence[str], width: float = 4.6, height: float = 3.8):
     ncols = min(4, len(tasks))
     nrows = math.ceil(len(tasks) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False)
-    for ax in axes.flat[len(tasks):]:
+    for ax in axes.flat[len(tasks) :]:
         ax.set_visible(False)
     return fig, list(axes.flat[: len(tasks)])
 
@@ -75,8 +75,7 @@ def _figure_legend(fig, axes) -> None:
     order = sorted(handles, key=lambda label: any(word in label for word in guides))
     handles = {label: handles[label] for label in order}
     fig.tight_layout()
-    fig.legend(handles.values(), handles.keys(), loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(4, len(handles)), fontsize=9,
-               frameon=False)
+    fig.legend(handles.values(), handles.keys(), loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(4, len(handles)), fontsize=9, frameon=False)
 
 
 def _ordered(methods) -> list[str]:
@@ -95,8 +94,9 @@ def pareto_front(reduction: Sequence[float], score: Sequence[float]) -> list[int
     return sorted(front, key=lambda i: reduction[i])
 
 
-def accuracy_vs_flops(results_csv: str | Path, out_paths: Sequence[str | Path], paper_yaml: str | Path | None = None,
-                      model: str | None = None) -> None:
+def accuracy_vs_flops(
+    results_csv: str | Path, out_paths: Sequence[str | Path], paper_yaml: str | Path | None = None, model: str | None = None
+) -> None:
     """Task metric (dev, x100) vs FLOPs reduction (log scale), one panel per task."""
     summary = summarise(pd.read_csv(results_csv))
     paper = None
@@ -113,11 +113,20 @@ def accuracy_vs_flops(results_csv: str | Path, out_paths: Sequence[str | Path], 
         for method in _ordered(sub["method"]):
             pts = sub[sub["method"] == method].sort_values("flops_reduction")
             style = _style(method, extra)
-            ax.errorbar(pts["flops_reduction"], pts["score"], yerr=pts["score_std"].fillna(0), capsize=2, markersize=7,
-                        linestyle="-" if len(pts) > 1 else "none", label=method_label(method), **style)
+            ax.errorbar(
+                pts["flops_reduction"],
+                pts["score"],
+                yerr=pts["score_std"].fillna(0),
+                capsize=2,
+                markersize=7,
+                linestyle="-" if len(pts) > 1 else "none",
+                label=method_label(method),
+                **style,
+            )
         front = pareto_front(list(sub["flops_reduction"]), list(sub["score"]))
-        ax.plot(sub["flops_reduction"].iloc[front], sub["score"].iloc[front], color="gold", linewidth=6, alpha=0.35, zorder=0,
-                label="Pareto front (ours)")
+        ax.plot(
+            sub["flops_reduction"].iloc[front], sub["score"].iloc[front], color="gold", linewidth=6, alpha=0.35, zorder=0, label="Pareto front (ours)"
+        )
         if paper is not None:
             reported = paper[(paper["task"] == task) & (paper["metric"] == metric)]
             for method in _ordered(reported["method"]):
@@ -125,11 +134,23 @@ def accuracy_vs_flops(results_csv: str | Path, out_paths: Sequence[str | Path], 
                 style = _style(method, extra)
                 placed = pts[pts["flops_comparable"].astype(bool)]
                 if len(placed):
-                    ax.scatter(placed["flops_reduction"], placed["score"], facecolors="none", edgecolors=style["color"],
-                               marker=style["marker"], s=60, label=f"{method_label(method)} (paper)")
+                    ax.scatter(
+                        placed["flops_reduction"],
+                        placed["score"],
+                        facecolors="none",
+                        edgecolors=style["color"],
+                        marker=style["marker"],
+                        s=60,
+                        label=f"{method_label(method)} (paper)",
+                    )
                 for score in pts.loc[~pts["flops_comparable"].astype(bool), "score"]:  # no x to place it at: a level
-                    ax.axhline(score, color=style["color"], linestyle=":", linewidth=1.2,
-                               label=f"{method_label(method)} (paper score; its FLOPs on another baseline)")
+                    ax.axhline(
+                        score,
+                        color=style["color"],
+                        linestyle=":",
+                        linewidth=1.2,
+                        label=f"{method_label(method)} (paper score; its FLOPs on another baseline)",
+                    )
         ax.set_xscale("log", base=2)
         _ratio_axis(ax.xaxis)
         ax.set_xlabel("FLOPs reduction (dense / pruned, log scale)")
@@ -154,10 +175,19 @@ def latency_vs_flops(results_csv: str | Path, out_paths: Sequence[str | Path]) -
         for method in _ordered(sub["method"]):
             pts = sub[sub["method"] == method]
             style = _style(method, extra)
-            ax.errorbar(pts["flops_reduction"], pts["speedup"], yerr=pts["speedup_std"].fillna(0), linestyle="none", capsize=2,
-                        markersize=7, label=method_label(method), **style)
-            ax.scatter(pts["flops_reduction"], pts["speedup_at_pruned_lengths"], facecolors="none", edgecolors=style["color"],
-                       marker=style["marker"], s=50)
+            ax.errorbar(
+                pts["flops_reduction"],
+                pts["speedup"],
+                yerr=pts["speedup_std"].fillna(0),
+                linestyle="none",
+                capsize=2,
+                markersize=7,
+                label=method_label(method),
+                **style,
+            )
+            ax.scatter(
+                pts["flops_reduction"], pts["speedup_at_pruned_lengths"], facecolors="none", edgecolors=style["color"], marker=style["marker"], s=50
+            )
         top = max(sub["flops_reduction"].max(), sub["speedup"].max(), sub["speedup_at_pruned_lengths"].max()) * 1.15
         bottom = min(sub["speedup"].min(), sub["speedup_at_pruned_lengths"].min(), 1.0) / 1.15
         ax.plot([bottom, top], [bottom, top], "k--", linewidth=1, label="ideal: speedup = FLOPs reduction")
@@ -201,8 +231,9 @@ def retained_tokens(layers_csv: str | Path, results_csv: str | Path, out_paths: 
             for setting in sorted(set(sub.loc[sub["method"] == method, "setting"]), key=lambda s: reduction[(method, s)]):
                 pts = sub[(sub["method"] == method) & (sub["setting"] == setting)]
                 label = method_label(method) if method == "dense" else f"{method_label(method)} {setting}"
-                ax.plot(pts["layer"] + 1, pts["kept_fraction"], linestyle=linestyle[(method, setting)], label=label, markersize=5,
-                        **_style(method, extra))
+                ax.plot(
+                    pts["layer"] + 1, pts["kept_fraction"], linestyle=linestyle[(method, setting)], label=label, markersize=5, **_style(method, extra)
+                )
         ax.set_xlabel("layer (tokens kept after it)")
         ax.set_ylabel("tokens kept (share of input length)")
         ax.yaxis.set_major_formatter(PercentFormatter(1.0))
@@ -217,8 +248,9 @@ def retained_tokens(layers_csv: str | Path, results_csv: str | Path, out_paths: 
 FIGURES = ("accuracy_vs_flops", "latency_vs_flops", "retained_tokens")
 
 
-def draw_figure(figure: str, results_csv: str | Path, layers_csv: str | Path, paper_yaml: str | Path | None, model: str | None,
-                out_paths: Sequence[str | Path]) -> None:
+def draw_figure(
+    figure: str, results_csv: str | Path, layers_csv: str | Path, paper_yaml: str | Path | None, model: str | None, out_paths: Sequence[str | Path]
+) -> None:
     """Draw one of :data:`FIGURES` (what the workflow's ``figure`` rule calls)."""
     if figure == "accuracy_vs_flops":
         accuracy_vs_flops(results_csv, out_paths, paper_yaml, model)

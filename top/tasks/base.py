@@ -1,8 +1,9 @@
 """What the workflow's steps need from a task, for GLUE and SQuAD alike.
 
-A :class:`Task` hides whether a task is sentence(-pair) classification (:mod:`top.data`,
-:mod:`top.metrics`) or span extraction (:mod:`top.qa`, :mod:`top.qa_postprocess`,
-:mod:`top.qa_metrics`), so :mod:`top.pipeline` runs every method on both through the same
+A :class:`Task` hides whether a task is sentence(-pair) classification (:mod:`top.tasks.glue`,
+:mod:`top.tasks.glue_metrics`) or span extraction (:mod:`top.tasks.squad`,
+:mod:`top.tasks.squad_features`, :mod:`top.tasks.squad_postprocess`,
+:mod:`top.tasks.squad_metrics`), so :mod:`top.pipeline` runs every method on both through the same
 code: training features with ``labels``, dev features, a collate function, and scoring of the
 model's outputs on a dev split. Batches carry ``labels`` in the form
 :func:`top.train.task_loss` expects: class ids or scores ``[B]``, or ``[B, 2]`` start/end token
@@ -13,16 +14,17 @@ from __future__ import annotations
 
 import abc
 import functools
-from typing import Any, Callable, Mapping
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
 
-from top import data as glue
-from top import qa
-from top.metrics import compute_glue_metrics, primary_metric
-from top.qa_metrics import compute_squad_metrics, primary_qa_metric
-from top.qa_postprocess import postprocess_qa_predictions
+from top.config import TaskConfig
+from top.tasks import glue, is_qa_task, squad, squad_features
+from top.tasks.glue_metrics import compute_glue_metrics, primary_metric
+from top.tasks.squad_metrics import compute_squad_metrics, primary_qa_metric
+from top.tasks.squad_postprocess import postprocess_qa_predictions
 
 
 class Task(abc.ABC):
@@ -44,7 +46,7 @@ class Task(abc.ABC):
     primary_metric: str
     metric_scale: float = 1.0
 
-    def __init__(self, cfg: Mapping[str, Any], name: str):
+    def __init__(self, cfg: TaskConfig, name: str):
         self.cfg = cfg
         self.name = name
 
@@ -68,19 +70,19 @@ class Task(abc.ABC):
 
 
 class GlueTask(Task):
-    """A GLUE task (:mod:`top.data`, :mod:`top.metrics`)."""
+    """A GLUE task (:mod:`top.tasks.glue`, :mod:`top.tasks.glue_metrics`)."""
 
     head = "classification"
 
-    def __init__(self, cfg: Mapping[str, Any], name: str):
+    def __init__(self, cfg: TaskConfig, name: str):
         super().__init__(cfg, name)
-        self.spec = glue.get_task(name)
+        self.spec = glue.get_spec(name)
         self.num_labels = self.spec.num_labels
         self.dev_splits = self.spec.dev_splits
         self.primary_metric = primary_metric(name)
 
     def _encoded(self, split: str, tokenizer, limit: int | None, seed: int):
-        rows = glue.load_split(self.name, split, source=self.cfg["data_source"], data_dir=self.cfg.get("glue_dir"), limit=limit, seed=seed)
+        rows = glue.load_split(self.name, split, source=self.cfg.data_source, data_dir=self.cfg.glue_dir, limit=limit, seed=seed)
         return glue.encode(rows, tokenizer, self.spec)
 
     def train_features(self, tokenizer, limit, seed):
@@ -98,60 +100,66 @@ class GlueTask(Task):
 
 
 class QATask(Task):
-    """SQuAD v1.1 or v2.0 (:mod:`top.qa`); settings from the configuration's ``qa`` block:
-    ``max_length``, ``doc_stride``, ``max_query_length`` (features), ``n_best_size``,
-    ``max_answer_length``, ``null_threshold`` (post-processing) and ``protect_question``
-    (keep [CLS], the question and the separators in every layer, whatever the method
-    decides)."""
+    """SQuAD v1.1 or v2.0 (:mod:`top.tasks.squad`, :mod:`top.tasks.squad_features`), with the
+    feature and post-processing settings of :class:`top.config.QASettings`."""
 
     head = "qa"
     num_labels = None
     metric_scale = 100.0
 
-    def __init__(self, cfg: Mapping[str, Any], name: str):
+    def __init__(self, cfg: TaskConfig, name: str):
         super().__init__(cfg, name)
-        self.spec = qa.get_qa_task(name)
-        self.settings = dict(cfg["qa"])
+        self.spec = squad.get_spec(name)
+        self.settings = cfg.qa
         self.dev_splits = self.spec.dev_splits
         self.primary_metric = primary_qa_metric(self.spec.version_2)
+        self._dev_cache: dict[tuple[str, int | None], Any] = {}
 
     def _rows(self, split: str, limit: int | None, seed: int):
-        return qa.load_qa_split(self.name, split, source=self.cfg["data_source"], data_dir=self.cfg.get("squad_dir"), limit=limit, seed=seed)
+        return squad.load_qa_split(self.name, split, source=self.cfg.data_source, data_dir=self.cfg.squad_dir, limit=limit, seed=seed)
 
     def _window(self) -> dict[str, int]:
-        return {key: int(self.settings[key]) for key in ("max_length", "doc_stride", "max_query_length")}
+        s = self.settings
+        return {"max_length": s.max_length, "doc_stride": s.doc_stride, "max_query_length": s.max_query_length}
 
     def train_features(self, tokenizer, limit, seed):
-        return qa.prepare_train_features(self._rows("train", limit, seed), tokenizer, **self._window())
+        return squad_features.prepare_train_features(self._rows("train", limit, seed), tokenizer, **self._window())
 
-    @functools.lru_cache(maxsize=4)
     def _dev_rows(self, split: str, limit: int | None):
-        return self._rows(split, limit, 0)
+        """The dev questions, read once per split and limit: scoring needs the rows that
+        :meth:`dev_features` was built from."""
+        key = (split, limit)
+        if key not in self._dev_cache:
+            self._dev_cache[key] = self._rows(split, limit, 0)
+        return self._dev_cache[key]
 
     def dev_features(self, split, tokenizer, limit):
-        return qa.prepare_eval_features(self._dev_rows(split, limit), tokenizer, **self._window())
+        return squad_features.prepare_eval_features(self._dev_rows(split, limit), tokenizer, **self._window())
 
     def collate(self, tokenizer):
-        return functools.partial(_collate_qa, pad_token_id=tokenizer.pad_token_id, protect=bool(self.settings["protect_question"]))
+        return functools.partial(_collate_qa, pad_token_id=tokenizer.pad_token_id, protect=self.settings.protect_question)
 
     def score(self, split, features, logits, labels, limit):
         rows = self._dev_rows(split, limit)
         windows = features.select_columns(["example_id", "offset_mapping"]).to_list()
         result = postprocess_qa_predictions(
-            rows, windows, logits[..., 0], logits[..., 1],
-            n_best_size=int(self.settings["n_best_size"]),
-            max_answer_length=int(self.settings["max_answer_length"]),
+            rows,
+            windows,
+            logits[..., 0],
+            logits[..., 1],
+            n_best_size=self.settings.n_best_size,
+            max_answer_length=self.settings.max_answer_length,
             version_2=self.spec.version_2,
-            null_threshold=float(self.settings["null_threshold"]),
+            null_threshold=self.settings.null_threshold,
         )
         null_scores = result.null_scores if self.spec.version_2 else None
         return compute_squad_metrics(result.predictions, rows, version_2=self.spec.version_2, null_scores=null_scores)
 
 
 def _collate_qa(features: list[dict], pad_token_id: int, protect: bool) -> dict[str, torch.Tensor]:
-    """:func:`top.qa.collate_qa`, with ``labels`` ``[B, 2]`` (start, end) for training features
+    """:func:`top.tasks.squad_features.collate_qa`, with ``labels`` ``[B, 2]`` (start, end) for training features
     and ``protect_mask`` only when the question is protected."""
-    batch = qa.collate_qa(features, pad_token_id)
+    batch = squad_features.collate_qa(features, pad_token_id)
     if not protect:
         batch.pop("protect_mask", None)
     if "start_positions" in batch:
@@ -159,13 +167,8 @@ def _collate_qa(features: list[dict], pad_token_id: int, protect: bool) -> dict[
     return batch
 
 
-def get_task(cfg: Mapping[str, Any], name: str) -> Task:
-    """The :class:`Task` named ``name`` under the workflow configuration ``cfg``."""
-    if qa.is_qa_task(name):
+def get_task(cfg: TaskConfig, name: str) -> Task:
+    """The :class:`Task` named ``name``, reading its data as ``cfg`` says."""
+    if is_qa_task(name):
         return QATask(cfg, name)
     return GlueTask(cfg, name)
-
-
-def task_names() -> list[str]:
-    """Every task the harness runs: GLUE's, then SQuAD's."""
-    return [*glue.TASKS, *qa.QA_TASKS]

@@ -1,4 +1,4 @@
-"""Analytic FLOPs of a token-pruned BERT-family encoder (DESIGN.md, "FLOPs convention").
+"""Analytic FLOPs of a token-pruned BERT-family encoder (docs/design.md, "FLOPs convention").
 
 FLOPs = 2 x multiply-accumulates (MACs), per example, at the example's real (unpadded) length,
 as LTP and ToP count them. Per layer ``l`` with ``n`` tokens entering and ``m`` surviving the
@@ -20,12 +20,37 @@ same formula with fractional, differentiable token counts.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from top.pruning.base import ModelDims
+
+@dataclass
+class ModelDims:
+    """The dimensions a method needs, read from a Hugging Face config (never hard-coded)."""
+
+    num_layers: int
+    hidden: int
+    intermediate: int
+    heads: int
+
+    @classmethod
+    def from_config(cls, config) -> ModelDims:
+        return cls(
+            num_layers=config.num_hidden_layers,
+            hidden=config.hidden_size,
+            intermediate=config.intermediate_size,
+            heads=config.num_attention_heads,
+        )
+
+
+def head_kind(config) -> str:
+    """``"qa"`` for a saved question-answering model, else ``"classification"`` (from the
+    config's ``architectures``)."""
+    architectures = getattr(config, "architectures", None) or []
+    return "qa" if architectures and "QuestionAnswering" in architectures[0] else "classification"
 
 
 def attention_macs(n: Any, dims: ModelDims) -> Any:

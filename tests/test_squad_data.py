@@ -1,4 +1,4 @@
-"""Tests of SQuAD loading, feature creation and batching in ``top.qa``."""
+"""Tests of SQuAD loading (``top.tasks.squad``), feature creation and batching (``top.tasks.squad_features``)."""
 
 from __future__ import annotations
 
@@ -14,18 +14,15 @@ import pytest
 import torch
 from transformers import BertTokenizerFast
 
-from top.data import DataError, _subset
-from top.qa import (
+from top.tasks import is_qa_task
+from top.tasks.sources import DataError, _subset
+from top.tasks.squad import (
     EXAMPLE_FEATURES,
-    NO_OFFSET,
-    QA_TASKS,
-    collate_qa,
-    get_qa_task,
-    is_qa_task,
+    SPECS,
+    get_spec,
     load_qa_split,
-    prepare_eval_features,
-    prepare_train_features,
 )
+from top.tasks.squad_features import NO_OFFSET, collate_qa, prepare_eval_features, prepare_train_features
 
 # The real SQuAD files sit beside the project (../shared/data/squad from its root); SQUAD_DIR
 # points the tests at another copy of the same files.
@@ -137,8 +134,8 @@ def token_span(context: str, offsets, start: int, end: int) -> str:
 
 
 def test_registry() -> None:
-    assert sorted(QA_TASKS) == ["squad", "squad_v2"]
-    squad, squad_v2 = get_qa_task("squad"), get_qa_task("squad_v2")
+    assert sorted(SPECS) == ["squad", "squad_v2"]
+    squad, squad_v2 = get_spec("squad"), get_spec("squad_v2")
     assert not squad.version_2 and squad_v2.version_2
     assert squad.hub_dataset == "rajpurkar/squad" and squad_v2.hub_dataset == "rajpurkar/squad_v2"
     assert squad.local_file("train") == "train-v1.1.json"
@@ -148,7 +145,7 @@ def test_registry() -> None:
     assert squad.primary_metric == "f1" and squad.splits == ("train", "validation")
     assert is_qa_task("squad_v2") and not is_qa_task("sst2")
     with pytest.raises(ValueError, match=r"unknown QA task 'sst2'.*'squad'"):
-        get_qa_task("sst2")
+        get_spec("sst2")
     with pytest.raises(ValueError, match="no split 'test'"):
         squad.local_file("test")
     with pytest.raises(AttributeError):
@@ -293,12 +290,12 @@ def test_reanchoring(tmp_path: Path, caplog) -> None:
         ],
     }
     path = write_json(tmp_path, "dev-v1.1.json", document)
-    with caplog.at_level(logging.WARNING, logger="top.qa"):
+    with caplog.at_level(logging.WARNING, logger="top.tasks.squad"):
         dataset = load_qa_split("squad", "validation", data_dir=tmp_path)
     starts = {row["id"]: row["answers"]["answer_start"] for row in dataset}
     assert starts["r1"] == [second] and starts["r2"] == [first, first]
     assert starts["r3"] == [context.index("the park")]
-    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and r.name == "top.qa"]
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and r.name == "top.tasks.squad"]
     assert len(warnings) == 1
     assert str(path) in warnings[0].getMessage() and "2 of 8 answers" in warnings[0].getMessage()
 

@@ -1,6 +1,6 @@
 """GLUE task registry, loading, tokenisation and batching.
 
-Every task is described by a :class:`TaskSpec`, kept as data in :data:`TASKS`: its text
+Every task is described by a :class:`GlueSpec`, kept as data in :data:`SPECS`: its text
 columns, label names, maximum sequence length, dev splits and how each split is stored in a
 local copy of the GLUE download (``DATA_DIR/TASKDIR/{train,dev,test}.tsv``; MNLI has
 ``dev_matched.tsv``, ``dev_mismatched.tsv``, ``test_matched.tsv`` and ``test_mismatched.tsv``).
@@ -24,7 +24,7 @@ import csv
 import logging
 import math
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,9 @@ from typing import Any
 import datasets
 import numpy as np
 import torch
-from torch.nn.utils.rnn import pad_sequence
+
+from top.tasks import GLUE_TASKS
+from top.tasks.sources import DataError, SplitFiles, find_local_file, load_from_source, pad_token_lists
 
 logger = logging.getLogger(__name__)
 
@@ -46,10 +48,6 @@ MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 """Token-level keys that :func:`encode` adds and :func:`collate` pads."""
 
 
-class DataError(ValueError):
-    """A GLUE data file or directory is missing or does not have the expected format."""
-
-
 @dataclass(frozen=True)
 class LocalFile:
     """How one split of a task is stored in the GLUE download layout.
@@ -57,7 +55,7 @@ class LocalFile:
     Attributes:
         filename: file name inside the task's directory, e.g. ``dev.tsv``.
         text_fields: the file's columns holding the task's text fields, in the order of
-            :attr:`TaskSpec.text_columns`.
+            :attr:`GlueSpec.text_columns`.
         label_field: the file's label column, or ``None`` for unlabelled (test) files.
         columns: for files without a header row, the names given to their columns (the
             number of names is the number of columns every row must have); ``None`` when the
@@ -75,32 +73,8 @@ class LocalFile:
         return self.columns is None
 
 
-class SplitFiles:
-    """Split lookup shared by the task registries: ``local_files`` holds ``(split, entry)``
-    pairs, where ``entry`` says how the split is stored locally."""
-
-    name: str
-    local_files: tuple[tuple[str, Any], ...]
-
-    @property
-    def splits(self) -> tuple[str, ...]:
-        """All split names of the task."""
-        return tuple(split for split, _ in self.local_files)
-
-    def local_file(self, split: str) -> Any:
-        """Return the local storage entry of ``split``.
-
-        Raises:
-            ValueError: if the task has no such split.
-        """
-        for name, entry in self.local_files:
-            if name == split:
-                return entry
-        raise ValueError(f"task {self.name!r} has no split {split!r}; expected one of {self.splits}")
-
-
 @dataclass(frozen=True)
-class TaskSpec(SplitFiles):
+class GlueSpec(SplitFiles):
     """Everything the harness needs to know about one GLUE task.
 
     Attributes:
@@ -127,10 +101,7 @@ class TaskSpec(SplitFiles):
         """Check that the registry entry is internally consistent."""
         for split, local in self.local_files:
             if len(local.text_fields) != len(self.text_columns):
-                raise ValueError(
-                    f"{self.name}/{split}: {len(local.text_fields)} text fields for "
-                    f"{len(self.text_columns)} text columns"
-                )
+                raise ValueError(f"{self.name}/{split}: {len(local.text_fields)} text fields for {len(self.text_columns)} text columns")
         unknown = set(self.dev_splits) - set(self.splits)
         if unknown:
             raise ValueError(f"{self.name}: dev splits {sorted(unknown)} have no local file")
@@ -176,7 +147,7 @@ _BINARY = ("0", "1")
 _ENTAILMENT = ("entailment", "not_entailment")
 
 _TASK_LIST = (
-    TaskSpec(
+    GlueSpec(
         name="cola",
         glue_dir="CoLA",
         text_columns=("sentence",),
@@ -188,35 +159,35 @@ _TASK_LIST = (
             ("test", LocalFile("test.tsv", ("sentence",))),
         ),
     ),
-    TaskSpec(
+    GlueSpec(
         name="sst2",
         glue_dir="SST-2",
         text_columns=("sentence",),
         label_names=_BINARY,
         local_files=_standard_files(("sentence",), "label"),
     ),
-    TaskSpec(
+    GlueSpec(
         name="mrpc",
         glue_dir="MRPC",
         text_columns=_PAIR,
         label_names=_BINARY,
         local_files=_standard_files(("#1 String", "#2 String"), "Quality"),
     ),
-    TaskSpec(
+    GlueSpec(
         name="stsb",
         glue_dir="STS-B",
         text_columns=_PAIR,
         label_names=None,
         local_files=_standard_files(_PAIR, "score"),
     ),
-    TaskSpec(
+    GlueSpec(
         name="qqp",
         glue_dir="QQP",
         text_columns=("question1", "question2"),
         label_names=_BINARY,
         local_files=_standard_files(("question1", "question2"), "is_duplicate"),
     ),
-    TaskSpec(
+    GlueSpec(
         name="mnli",
         glue_dir="MNLI",
         text_columns=("premise", "hypothesis"),
@@ -230,21 +201,21 @@ _TASK_LIST = (
         ),
         dev_splits=("validation_matched", "validation_mismatched"),
     ),
-    TaskSpec(
+    GlueSpec(
         name="qnli",
         glue_dir="QNLI",
         text_columns=("question", "sentence"),
         label_names=_ENTAILMENT,
         local_files=_standard_files(("question", "sentence"), "label"),
     ),
-    TaskSpec(
+    GlueSpec(
         name="rte",
         glue_dir="RTE",
         text_columns=_PAIR,
         label_names=_ENTAILMENT,
         local_files=_standard_files(_PAIR, "label"),
     ),
-    TaskSpec(
+    GlueSpec(
         name="wnli",
         glue_dir="WNLI",
         text_columns=_PAIR,
@@ -253,20 +224,22 @@ _TASK_LIST = (
     ),
 )
 
-TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in _TASK_LIST}
+SPECS: dict[str, GlueSpec] = {spec.name: spec for spec in _TASK_LIST}
 """The GLUE tasks by name."""
+if tuple(SPECS) != GLUE_TASKS:
+    raise ImportError(f"top.tasks.glue.SPECS {tuple(SPECS)} must list top.tasks.GLUE_TASKS {GLUE_TASKS}")
 
 
-def get_task(name: str) -> TaskSpec:
-    """Return the :class:`TaskSpec` of task ``name``.
+def get_spec(name: str) -> GlueSpec:
+    """Return the :class:`GlueSpec` of task ``name``.
 
     Raises:
         ValueError: naming the known tasks, if ``name`` is not one of them.
     """
     try:
-        return TASKS[name]
+        return SPECS[name]
     except KeyError:
-        raise ValueError(f"unknown GLUE task {name!r}; expected one of {sorted(TASKS)}") from None
+        raise ValueError(f"unknown GLUE task {name!r}; expected one of {sorted(SPECS)}") from None
 
 
 def _column_index(header: Sequence[str], field: str, path: Path) -> int:
@@ -277,7 +250,7 @@ def _column_index(header: Sequence[str], field: str, path: Path) -> int:
         raise DataError(f"{path}: header has no column {field!r}; found {list(header)}") from None
 
 
-def _parse_label(spec: TaskSpec, value: str, path: Path, line: int) -> int | float:
+def _parse_label(spec: GlueSpec, value: str, path: Path, line: int) -> int | float:
     """Convert one label cell to a class id (or a finite float for regression)."""
     if spec.label_names is None:
         try:
@@ -290,12 +263,10 @@ def _parse_label(spec: TaskSpec, value: str, path: Path, line: int) -> int | flo
     try:
         return spec.label_names.index(value)
     except ValueError:
-        raise DataError(
-            f"{path}, line {line}: unknown label {value!r}; allowed labels: {spec.label_names}"
-        ) from None
+        raise DataError(f"{path}, line {line}: unknown label {value!r}; allowed labels: {spec.label_names}") from None
 
 
-def _read_tsv(spec: TaskSpec, local: LocalFile, path: Path) -> dict[str, list[Any]]:
+def _read_tsv(spec: GlueSpec, local: LocalFile, path: Path) -> dict[str, list[Any]]:
     """Read one GLUE TSV into columns: the text columns, ``label`` and ``idx``."""
     text_columns: list[list[str]] = [[] for _ in spec.text_columns]
     labels: list[int | float] = []
@@ -315,10 +286,7 @@ def _read_tsv(spec: TaskSpec, local: LocalFile, path: Path) -> dict[str, list[An
             for row in reader:
                 line = reader.line_num
                 if len(row) != len(header):
-                    raise DataError(
-                        f"{path}, line {line}: expected {len(header)} tab-separated columns, "
-                        f"found {len(row)}"
-                    )
+                    raise DataError(f"{path}, line {line}: expected {len(header)} tab-separated columns, found {len(row)}")
                 for values, position in zip(text_columns, text_positions):
                     values.append(row[position])
                 if label_position is None:
@@ -337,35 +305,16 @@ def _read_tsv(spec: TaskSpec, local: LocalFile, path: Path) -> dict[str, list[An
     return columns
 
 
-def find_local_file(
-    data_dir: str | os.PathLike | None, relative: str, collection: str, task: str, split: str, layout: str
-) -> Path:
-    """``data_dir / relative``, or a :class:`DataError` naming what is missing and the
-    expected layout (``DATA_DIR/relative (layout)``)."""
-    expected = f"DATA_DIR/{relative} ({layout})"
-    if data_dir is None:
-        raise DataError(f"source='local' needs data_dir, the folder that holds {expected}")
-    root = Path(data_dir)
-    if not root.is_dir():
-        raise DataError(f"{collection} data directory {root} does not exist; expected {expected}")
-    path = root / relative
-    if not path.is_file():
-        raise DataError(f"{task} split {split!r}: file {path} not found; expected {expected}")
-    return path
-
-
-def _load_local(spec: TaskSpec, split: str, data_dir: str | os.PathLike | None) -> datasets.Dataset:
+def _load_local(spec: GlueSpec, split: str, data_dir: str | os.PathLike | None) -> datasets.Dataset:
     """Load ``split`` of ``spec`` from a local copy of the GLUE download."""
     local = spec.local_file(split)
-    path = find_local_file(
-        data_dir, f"{spec.glue_dir}/{local.filename}", "GLUE", spec.name, split, "the GLUE download script's layout"
-    )
+    path = find_local_file(data_dir, f"{spec.glue_dir}/{local.filename}", "GLUE", spec.name, split, "the GLUE download script's layout")
     columns = _read_tsv(spec, local, path)
     logger.info("Read %d rows of %s/%s from %s", len(columns["idx"]), spec.name, split, path)
     return datasets.Dataset.from_dict(columns, features=spec.features(), split=split)
 
 
-def _load_hub(spec: TaskSpec, split: str) -> datasets.Dataset:
+def _load_hub(spec: GlueSpec, split: str) -> datasets.Dataset:
     """Load ``split`` of ``spec`` from the hub's ``glue`` dataset, with the local columns."""
     spec.local_file(split)  # the same split names as locally; fails early on a typo
     dataset = datasets.load_dataset(HUB_DATASET, spec.name, split=split)
@@ -373,18 +322,6 @@ def _load_hub(spec: TaskSpec, split: str) -> datasets.Dataset:
     dataset = dataset.select_columns(list(features)).cast(features)
     logger.info("Loaded %d rows of %s/%s from %s", len(dataset), spec.name, split, HUB_DATASET)
     return dataset
-
-
-def _subset(dataset: datasets.Dataset, limit: int, seed: int) -> datasets.Dataset:
-    """A seeded random sample of ``limit`` rows, kept in their original order."""
-    if limit < 1:
-        raise ValueError(f"limit must be a positive number of rows, got {limit}")
-    if limit >= len(dataset):
-        logger.info("limit %d >= %d rows: keeping every row", limit, len(dataset))
-        return dataset
-    rng = np.random.default_rng(seed)
-    indices = np.sort(rng.choice(len(dataset), size=limit, replace=False))
-    return dataset.select(indices.tolist())
 
 
 def load_split(
@@ -418,38 +355,14 @@ def load_split(
         DataError: if the local directory or file is missing or a file is malformed.
         ValueError: for an unknown task, split or source, or a limit below 1.
     """
-    spec = get_task(task)
+    spec = get_spec(task)
     return load_from_source(source, lambda: _load_local(spec, split, data_dir), lambda: _load_hub(spec, split), limit, seed)
-
-
-def load_from_source(
-    source: str,
-    local: Callable[[], datasets.Dataset],
-    hub: Callable[[], datasets.Dataset],
-    limit: int | None,
-    seed: int,
-) -> datasets.Dataset:
-    """``local()`` or ``hub()`` as ``source`` says, then the seeded ``limit``-row sample
-    (:func:`_subset`) when ``limit`` is given.
-
-    Raises:
-        ValueError: for a source other than ``"local"`` or ``"hub"``.
-    """
-    if source == "local":
-        dataset = local()
-    elif source == "hub":
-        dataset = hub()
-    else:
-        raise ValueError(f"unknown source {source!r}; expected 'local' or 'hub'")
-    if limit is not None:
-        dataset = _subset(dataset, limit, seed)
-    return dataset
 
 
 def encode(
     dataset: datasets.Dataset,
     tokenizer: Any,
-    spec: TaskSpec,
+    spec: GlueSpec,
     max_length: int | None = None,
 ) -> datasets.Dataset:
     """Tokenise a dataset returned by :func:`load_split`.
@@ -479,30 +392,6 @@ def encode(
         return {**{key: encoded[key] for key in MODEL_INPUT_KEYS}, "labels": batch["label"]}
 
     return dataset.map(tokenize, batched=True, features=features, desc=f"Tokenising {spec.name}")
-
-
-def pad_token_lists(
-    features: Sequence[Mapping[str, Any]], keys: Sequence[str], pad_token_id: int, noun: str
-) -> dict[str, torch.Tensor]:
-    """Right-pad the token-level lists ``keys`` of every feature into int64 tensors ``[B, L]``:
-    ``input_ids`` with ``pad_token_id``, every other key with 0.
-
-    Raises:
-        ValueError: naming the ``noun`` (``example``, ``feature``) whose list for some key
-            differs in length from its ``input_ids``.
-    """
-    sequences = {key: [torch.as_tensor(f[key], dtype=torch.long) for f in features] for key in keys}
-    for position, ids in enumerate(sequences["input_ids"]):
-        for key in keys:
-            if sequences[key][position].shape != ids.shape:
-                raise ValueError(
-                    f"{noun} {position}: {key} has shape {tuple(sequences[key][position].shape)}"
-                    f" but input_ids has shape {tuple(ids.shape)}"
-                )
-    return {
-        key: pad_sequence(values, batch_first=True, padding_value=pad_token_id if key == "input_ids" else 0)
-        for key, values in sequences.items()
-    }
 
 
 def collate(features: Sequence[Mapping[str, Any]], pad_token_id: int) -> dict[str, torch.Tensor]:

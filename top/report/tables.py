@@ -14,14 +14,14 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import pandas as pd
 
 from top.files import atomic_write_text
-from top.paper import comparable, empty_paper_results, load_paper_results
-from top.qa import is_qa_task
+from top.report.paper import comparable, empty_paper_results, load_paper_results
+from top.tasks import is_qa_task
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +36,25 @@ METHOD_LABELS = {
     "top": "ToP",
 }
 TASK_LABELS = {
-    "cola": "CoLA", "sst2": "SST-2", "mrpc": "MRPC", "stsb": "STS-B", "qqp": "QQP", "mnli": "MNLI",
-    "qnli": "QNLI", "rte": "RTE", "wnli": "WNLI", "squad": "SQuAD v1.1", "squad_v2": "SQuAD v2.0",
+    "cola": "CoLA",
+    "sst2": "SST-2",
+    "mrpc": "MRPC",
+    "stsb": "STS-B",
+    "qqp": "QQP",
+    "mnli": "MNLI",
+    "qnli": "QNLI",
+    "rte": "RTE",
+    "wnli": "WNLI",
+    "squad": "SQuAD v1.1",
+    "squad_v2": "SQuAD v2.0",
 }
 METRIC_LABELS = {
-    "accuracy": "acc.", "f1": "F1", "matthews_correlation": "MCC", "pearson": "Pearson",
-    "spearmanr": "Spearman", "exact_match": "EM",
+    "accuracy": "acc.",
+    "f1": "F1",
+    "matthews_correlation": "MCC",
+    "pearson": "Pearson",
+    "spearmanr": "Spearman",
+    "exact_match": "EM",
 }
 TABLES = ("glue", "squad", "latency")
 
@@ -93,12 +106,23 @@ def collect(
     for path in flops_files:
         f = _read(path)
         rows[tuple(f[k] for k in KEYS)].update(
-            flops=f["flops"], dense_flops=f["dense_flops"], flops_reduction=f["flops_reduction"], mean_input_length=f["mean_input_length"],
-            target_flops_reduction=f.get("target_flops_reduction"), target_error_pct=f.get("target_error_pct"),
+            flops=f["flops"],
+            dense_flops=f["dense_flops"],
+            flops_reduction=f["flops_reduction"],
+            mean_input_length=f["mean_input_length"],
+            target_flops_reduction=f.get("target_flops_reduction"),
+            target_error_pct=f.get("target_error_pct"),
         )
         for layer, (entering, kept) in enumerate(zip(f["mean_lengths_in"], f["mean_lengths_kept"])):
-            layers.append({**{k: f[k] for k in KEYS}, "layer": layer, "mean_tokens_in": entering, "mean_tokens_kept": kept,
-                           "kept_fraction": kept / f["mean_input_length"]})
+            layers.append(
+                {
+                    **{k: f[k] for k in KEYS},
+                    "layer": layer,
+                    "mean_tokens_in": entering,
+                    "mean_tokens_kept": kept,
+                    "kept_fraction": kept / f["mean_input_length"],
+                }
+            )
     for path in latency_files:
         lat = _read(path)
         runners = lat["timings"]["runners"]
@@ -216,11 +240,12 @@ def _column_metrics(summary: pd.DataFrame, paper: pd.DataFrame, tasks: Sequence[
     return metrics
 
 
-def _score_grid(summary: pd.DataFrame, paper: pd.DataFrame, sources: dict, tasks: Sequence[str], metrics: dict[str, str],
-                model: str | None) -> pd.DataFrame:
+def _score_grid(
+    summary: pd.DataFrame, paper: pd.DataFrame, sources: dict, tasks: Sequence[str], metrics: dict[str, str], model: str | None
+) -> pd.DataFrame:
     """Long table: one row per (method, setting or paper source, task) with our mean/std/FLOPs,
     and for our rows the paper's number for the same task, method and metric, and the difference
-    where the two are comparable (:func:`top.paper.comparable`: same checkpoint, dev split)."""
+    where the two are comparable (:func:`top.report.paper.comparable`: same checkpoint, dev split)."""
     paper = _paper_rows(paper, tasks)
     rows = []
     for _, r in summary[summary["task"].isin(tasks)].iterrows():  # (iterrows keeps "split/metric" names)
@@ -228,22 +253,45 @@ def _score_grid(summary: pd.DataFrame, paper: pd.DataFrame, sources: dict, tasks
         mean, std = metric_value(r, metric)
         ref = paper[(paper["task"] == r.task) & (paper["method"] == r.method) & (paper["metric"] == metric)]
         ref = ref.iloc[0] if len(ref) else None
-        rows.append({
-            "method": r.method, "setting": r.setting, "source": "ours", "task": r.task, "metric": metric, "seeds": r.seeds,
-            "score": mean, "score_std": std, "flops_reduction": r.flops_reduction, "flops_reduction_std": r.flops_reduction_std,
-            "paper_source": ref["source"] if ref is not None else "",
-            "paper_score": ref["score"] if ref is not None else math.nan,
-            "paper_flops_reduction": ref["flops_reduction"] if ref is not None else math.nan,
-            "flops_comparable": True,
-            "score_diff": mean - ref["score"] if ref is not None and comparable(model, ref["model"], ref["split"]) else math.nan,
-        })
+        rows.append(
+            {
+                "method": r.method,
+                "setting": r.setting,
+                "source": "ours",
+                "task": r.task,
+                "metric": metric,
+                "seeds": r.seeds,
+                "score": mean,
+                "score_std": std,
+                "flops_reduction": r.flops_reduction,
+                "flops_reduction_std": r.flops_reduction_std,
+                "paper_source": ref["source"] if ref is not None else "",
+                "paper_score": ref["score"] if ref is not None else math.nan,
+                "paper_flops_reduction": ref["flops_reduction"] if ref is not None else math.nan,
+                "flops_comparable": True,
+                "score_diff": mean - ref["score"] if ref is not None and comparable(model, ref["model"], ref["split"]) else math.nan,
+            }
+        )
     for p in paper[paper["metric"] == paper["task"].map(metrics)].itertuples(index=False):
-        rows.append({
-            "method": p.method, "setting": "", "source": _source_label(sources, p.source), "task": p.task, "metric": p.metric,
-            "seeds": math.nan, "score": p.score, "score_std": math.nan, "flops_reduction": p.flops_reduction,
-            "flops_reduction_std": math.nan, "paper_source": p.source, "paper_score": math.nan, "paper_flops_reduction": math.nan,
-            "flops_comparable": p.flops_comparable, "score_diff": math.nan,
-        })
+        rows.append(
+            {
+                "method": p.method,
+                "setting": "",
+                "source": _source_label(sources, p.source),
+                "task": p.task,
+                "metric": p.metric,
+                "seeds": math.nan,
+                "score": p.score,
+                "score_std": math.nan,
+                "flops_reduction": p.flops_reduction,
+                "flops_reduction_std": math.nan,
+                "paper_source": p.source,
+                "paper_score": math.nan,
+                "paper_flops_reduction": math.nan,
+                "flops_comparable": p.flops_comparable,
+                "score_diff": math.nan,
+            }
+        )
     long = pd.DataFrame(rows)
     if len(long):
         long["_rank"] = long["method"].map(method_rank)
@@ -255,8 +303,10 @@ def _score_grid(summary: pd.DataFrame, paper: pd.DataFrame, sources: dict, tasks
 def _by_row(long: pd.DataFrame, tex: bool, cells: Callable[[pd.DataFrame], dict[str, str]]) -> pd.DataFrame:
     """One line per (method, setting or paper source) of ``long``: its labels, then
     ``cells(rows of that line)``."""
-    out = [{"Method": method_label(method), "Setting": setting, "Source": source, **cells(group)}
-           for (method, setting, source), group in long.groupby(["method", "setting", "source"], sort=False)]
+    out = [
+        {"Method": method_label(method), "Setting": setting, "Source": source, **cells(group)}
+        for (method, setting, source), group in long.groupby(["method", "setting", "source"], sort=False)
+    ]
     frame = pd.DataFrame(out)
     if tex:
         for column in ("Method", "Setting", "Source"):
@@ -273,8 +323,7 @@ def _wide(long: pd.DataFrame, tasks: Sequence[str], metrics: dict[str, str], tex
         line = {}
         for task, name in zip(tasks, header):
             r = by_task.loc[task] if task in by_task.index else None
-            line[name] = "–" if r is None else _cell(r["score"], r["score_std"], r["flops_reduction"], r["score_diff"], tex,
-                                                      r["flops_comparable"])
+            line[name] = "–" if r is None else _cell(r["score"], r["score_std"], r["flops_reduction"], r["score_diff"], tex, r["flops_comparable"])
         scores = by_task["score"].reindex(tasks)
         present = scores.notna().sum()
         line["Avg."] = _num(scores.mean() if present else math.nan) + (f" ({present}/{len(tasks)})" if 0 < present < len(tasks) else "")
@@ -291,33 +340,50 @@ def _latency_long(summary: pd.DataFrame, paper: pd.DataFrame, sources: dict) -> 
     for r in summary.itertuples(index=False):
         ref = reported[(reported["task"] == r.task) & (reported["method"] == r.method)]
         ref = ref.iloc[0] if len(ref) else None
-        rows.append({
-            "task": r.task, "method": r.method, "setting": r.setting, "seeds": r.seeds,
-            "flops_reduction": r.flops_reduction, "speedup": r.speedup, "speedup_std": r.speedup_std,
-            "speedup_at_pruned_lengths": r.speedup_at_pruned_lengths, "latency_ms": r.latency_ms,
-            "latency_iqr_ms": r.latency_iqr_ms, "dense_latency_ms": r.dense_latency_ms,
-            "paper_source": _source_label(sources, ref["source"]) if ref is not None else "",
-            "paper_speedup": ref["latency_speedup"] if ref is not None else math.nan,
-            "paper_flops_reduction": ref["flops_reduction"] if ref is not None else math.nan,
-        })
+        rows.append(
+            {
+                "task": r.task,
+                "method": r.method,
+                "setting": r.setting,
+                "seeds": r.seeds,
+                "flops_reduction": r.flops_reduction,
+                "speedup": r.speedup,
+                "speedup_std": r.speedup_std,
+                "speedup_at_pruned_lengths": r.speedup_at_pruned_lengths,
+                "latency_ms": r.latency_ms,
+                "latency_iqr_ms": r.latency_iqr_ms,
+                "dense_latency_ms": r.dense_latency_ms,
+                "paper_source": _source_label(sources, ref["source"]) if ref is not None else "",
+                "paper_speedup": ref["latency_speedup"] if ref is not None else math.nan,
+                "paper_flops_reduction": ref["flops_reduction"] if ref is not None else math.nan,
+            }
+        )
     return pd.DataFrame(rows)
 
 
 def _latency_wide(long: pd.DataFrame, tex: bool) -> pd.DataFrame:
     out = []
     for r in long.itertuples(index=False):
-        speedup = _times(r.speedup, tex) + ("" if math.isnan(r.speedup_std) else (f" $\\pm$ {r.speedup_std:.2f}" if tex else f" ± {r.speedup_std:.2f}"))
+        speedup = _times(r.speedup, tex) + (
+            "" if math.isnan(r.speedup_std) else (f" $\\pm$ {r.speedup_std:.2f}" if tex else f" ± {r.speedup_std:.2f}")
+        )
         paper = "–"
         if not math.isnan(r.paper_speedup):
             at = "" if math.isnan(r.paper_flops_reduction) else f" at {_times(r.paper_flops_reduction, tex, 1)} FLOPs reduction"
             paper = f"{_times(r.paper_speedup, tex)}{at}, {r.paper_source}"
-        out.append({
-            "Task": TASK_LABELS.get(r.task, r.task), "Method": method_label(r.method), "Setting": r.setting,
-            "FLOPs reduction (ideal speedup)": _times(r.flops_reduction, tex), "Measured speedup": speedup,
-            "Speedup at pruned lengths": _times(r.speedup_at_pruned_lengths, tex),
-            "Latency ms (IQR)": f"{_num(r.latency_ms, 2)} ({_num(r.latency_iqr_ms, 2)})", "Dense ms": _num(r.dense_latency_ms, 2),
-            "Paper speedup": paper,
-        })
+        out.append(
+            {
+                "Task": TASK_LABELS.get(r.task, r.task),
+                "Method": method_label(r.method),
+                "Setting": r.setting,
+                "FLOPs reduction (ideal speedup)": _times(r.flops_reduction, tex),
+                "Measured speedup": speedup,
+                "Speedup at pruned lengths": _times(r.speedup_at_pruned_lengths, tex),
+                "Latency ms (IQR)": f"{_num(r.latency_ms, 2)} ({_num(r.latency_iqr_ms, 2)})",
+                "Dense ms": _num(r.dense_latency_ms, 2),
+                "Paper speedup": paper,
+            }
+        )
     frame = pd.DataFrame(out)
     if tex and len(frame):
         for column in ("Method", "Setting", "Paper speedup"):
@@ -328,24 +394,32 @@ def _latency_wide(long: pd.DataFrame, tex: bool) -> pd.DataFrame:
 def _model_note(paper: pd.DataFrame, model: str | None) -> str:
     """Which checkpoint ours and the shown paper rows are, and when Δ is given."""
     papers = "; ".join(sorted(set(paper["model"]))) or "none"
-    return (f"Ours: {model or 'the configured model'}, dev split(s). Paper rows: {papers}; the split in brackets. "
-            f"Δ is given only where the paper's checkpoint is ours and its split is dev.")
+    return (
+        f"Ours: {model or 'the configured model'}, dev split(s). Paper rows: {papers}; the split in brackets. "
+        f"Δ is given only where the paper's checkpoint is ours and its split is dev."
+    )
 
 
 def _latency_note(summary: pd.DataFrame) -> str:
     """How latency was measured, for the notes under tables."""
-    return (f"Latency: batch 1, median per example, {int(summary['threads'].iloc[0])} pinned thread(s) on {summary['cpu'].iloc[0]}; "
-            f"speedups are ratios of medians measured interleaved with the dense model in the same process.")
+    return (
+        f"Latency: batch 1, median per example, {int(summary['threads'].iloc[0])} pinned thread(s) on {summary['cpu'].iloc[0]}; "
+        f"speedups are ratios of medians measured interleaved with the dense model in the same process."
+    )
 
 
 def _score_note(table: str) -> str:
     if table == "squad":
-        return ("Cells: dev EM and F1 (x100; mean ± std over seeds where several ran) with Δ = ours − the paper's number for "
-                "the same task, method and metric; FLOPs reduction: dense / pruned FLOPs at real lengths.")
-    return ("Cells: dev score (x100; mean ± std over seeds where several ran) with (FLOPs reduction; Δ = ours − the "
-            "paper's number for the same task, method and metric). Avg.: mean over the table's tasks (a count when some are "
-            "missing). †: the source divides by another dense baseline than ours (e.g. a fixed padded length; "
-            "config/paper_results.yaml), so that reduction is not comparable with ours.")
+        return (
+            "Cells: dev EM and F1 (x100; mean ± std over seeds where several ran) with Δ = ours − the paper's number for "
+            "the same task, method and metric; FLOPs reduction: dense / pruned FLOPs at real lengths."
+        )
+    return (
+        "Cells: dev score (x100; mean ± std over seeds where several ran) with (FLOPs reduction; Δ = ours − the "
+        "paper's number for the same task, method and metric). Avg.: mean over the table's tasks (a count when some are "
+        "missing). †: the source divides by another dense baseline than ours (e.g. a fixed padded length; "
+        "config/paper_results.yaml), so that reduction is not comparable with ours."
+    )
 
 
 def build_tables(results_csv: str | Path, paper_yaml: str | Path | None, table: str, model: str | None = None) -> dict[str, pd.DataFrame | str]:
@@ -363,8 +437,10 @@ def build_tables(results_csv: str | Path, paper_yaml: str | Path | None, table: 
         if not len(long):
             raise ValueError(f"{results_csv}: no runs for the latency table")
         wide_md, wide_tex = _latency_wide(long, tex=False), _latency_wide(long, tex=True)
-        note_md = (f"{_latency_note(summary)} 'At pruned lengths' is a dense model fed the pruned per-layer lengths (the "
-                   f"speedup without pruning overhead). Paper speedups come from other hardware.")
+        note_md = (
+            f"{_latency_note(summary)} 'At pruned lengths' is a dense model fed the pruned per-layer lengths (the "
+            f"speedup without pruning overhead). Paper speedups come from other hardware."
+        )
         shown = paper[paper["latency_speedup"].notna() & paper["task"].isin(summary["task"])]
     else:
         wanted = [t for t in TASK_LABELS if is_qa_task(t) == (table == "squad")]
@@ -377,7 +453,9 @@ def build_tables(results_csv: str | Path, paper_yaml: str | Path | None, table: 
             other = {t: ("exact_match" if m == "f1" else "f1") for t, m in metrics.items()}
             extra = _score_grid(summary, paper, sources, tasks, other, model)
             long = pd.concat([long, extra], ignore_index=True)
-            long = long.sort_values(["method", "source", "setting", "task", "metric"], key=lambda c: c.map(method_rank) if c.name == "method" else c, kind="stable")
+            long = long.sort_values(
+                ["method", "source", "setting", "task", "metric"], key=lambda c: c.map(method_rank) if c.name == "method" else c, kind="stable"
+            )
             wide_md = _squad_wide(long, tasks, tex=False)
             wide_tex = _squad_wide(long, tasks, tex=True)
         else:
@@ -400,8 +478,9 @@ def _squad_wide(long: pd.DataFrame, tasks: Sequence[str], tex: bool) -> pd.DataF
             label = TASK_LABELS[task]
             for metric, name in (("exact_match", "EM"), ("f1", "F1")):
                 r = group[(group["task"] == task) & (group["metric"] == metric)]
-                line[f"{label} {name}"] = "–" if not len(r) else _cell(r["score"].iloc[0], r["score_std"].iloc[0], math.nan,
-                                                                         r["score_diff"].iloc[0], tex)
+                line[f"{label} {name}"] = (
+                    "–" if not len(r) else _cell(r["score"].iloc[0], r["score_std"].iloc[0], math.nan, r["score_diff"].iloc[0], tex)
+                )
             reductions = group.loc[group["task"] == task, "flops_reduction"]
             line[f"{label} FLOPs red."] = _times(reductions.iloc[0], tex, 1) if len(reductions) else "–"
         return line
@@ -409,8 +488,15 @@ def _squad_wide(long: pd.DataFrame, tasks: Sequence[str], tex: bool) -> pd.DataF
     return _by_row(long, tex, cells)
 
 
-def write_table(results_csv: str | Path, paper_yaml: str | Path | None, table: str, out_csv: str | Path, out_md: str | Path,
-                out_tex: str | Path, model: str | None = None) -> None:
+def write_table(
+    results_csv: str | Path,
+    paper_yaml: str | Path | None,
+    table: str,
+    out_csv: str | Path,
+    out_md: str | Path,
+    out_tex: str | Path,
+    model: str | None = None,
+) -> None:
     """Build ``table`` and write its CSV (long form), Markdown and LaTeX renderings atomically."""
     built = build_tables(results_csv, paper_yaml, table, model)
     atomic_write_text(out_csv, built["long"].to_csv(index=False, float_format="%.6g"))
