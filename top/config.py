@@ -16,17 +16,15 @@ rate); it overrides the run's shared ``train`` settings at the method's priority
 The resolved dictionary is written as JSON beside every run's outputs.
 
 Where the configuration crosses into the task layer it becomes a typed object,
-:class:`TaskConfig` (where the data comes from, and the SQuAD settings :class:`QASettings`), so
-a :class:`~top.tasks.base.Task` never sees the whole workflow dictionary.
+:class:`top.tasks.settings.TaskConfig` (where the data comes from, and the SQuAD settings), so a
+:class:`~top.tasks.base.Task` never sees the whole workflow dictionary.
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import os
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from top.pruning.registry import METHODS
@@ -37,64 +35,6 @@ TEACHER_METHOD = "dense"
 
 class ConfigError(ValueError):
     """A configuration problem, with the offending key in the message."""
-
-
-@dataclass(frozen=True)
-class QASettings:
-    """The ``qa`` block: SQuAD features and post-processing (defaults and ranges:
-    ``workflow/schemas/config.schema.yaml``).
-
-    Attributes:
-        max_length: tokens per feature, special tokens included.
-        doc_stride: context tokens shared by two consecutive windows.
-        max_query_length: question tokens kept (special tokens excluded).
-        n_best_size: start and end candidates searched per feature.
-        max_answer_length: the longest answer span, in tokens.
-        null_threshold: ``squad_v2``: predict no answer when the null score minus the best
-            span's score exceeds it.
-        protect_question: never drop [CLS], the question or the separators, whatever the
-            method decides.
-    """
-
-    max_length: int
-    doc_stride: int
-    max_query_length: int
-    n_best_size: int
-    max_answer_length: int
-    null_threshold: float
-    protect_question: bool
-
-
-@dataclass(frozen=True)
-class TaskConfig:
-    """What a :class:`~top.tasks.base.Task` needs from the configuration.
-
-    Attributes:
-        data_source: ``local`` (the folders below) or ``hub``.
-        glue_dir: the GLUE download's folder (``local``, GLUE tasks).
-        squad_dir: the folder of the official SQuAD JSON files (``local``, SQuAD tasks).
-        qa: SQuAD features and post-processing.
-    """
-
-    data_source: str
-    glue_dir: str | None
-    squad_dir: str | None
-    qa: QASettings
-
-    @classmethod
-    def from_config(cls, cfg: Mapping[str, Any]) -> TaskConfig:
-        """The task settings of a workflow configuration that the schema has filled in."""
-        qa_fields = [field.name for field in dataclasses.fields(QASettings)]
-        missing = [key for key in qa_fields if key not in (cfg.get("qa") or {})]
-        if missing:
-            raise ConfigError(f"qa: missing {', '.join(missing)} (the schema's defaults fill them in)")
-        qa = {key: cfg["qa"][key] for key in qa_fields}
-        return cls(
-            data_source=cfg["data_source"],
-            glue_dir=cfg.get("glue_dir") or None,
-            squad_dir=cfg.get("squad_dir") or None,
-            qa=QASettings(**qa),
-        )
 
 
 def seeds_from_command_line(cfg: dict[str, Any]) -> None:

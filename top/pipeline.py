@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from top.config import TaskConfig, resolve_run, teacher_settings
+from top.config import resolve_run, teacher_settings
 from top.encoder import PrunableModel
 from top.evaluate import predict
 from top.files import atomic_path, atomic_write_text
@@ -28,6 +28,7 @@ from top.pruning.base import KeepDecision, LayerContext, Stage, TokenSelector
 from top.pruning.dense import Dense
 from top.pruning.registry import build_method, method_class
 from top.tasks.base import Task, get_task
+from top.tasks.settings import TaskConfig
 from top.train import MODEL_INPUTS, TrainSettings, resolve_device, run_stages, set_seed
 
 log = logging.getLogger(__name__)

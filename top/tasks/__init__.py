@@ -8,6 +8,7 @@ module                     what it holds
 ========================== ==================================================================
 :mod:`top.tasks.base`      :class:`~top.tasks.base.Task`: the one interface the pipeline uses,
                            for GLUE and SQuAD alike, and :func:`~top.tasks.base.get_task`
+:mod:`top.tasks.settings`  :class:`~top.tasks.settings.TaskConfig`, what a task reads of the configuration
 :mod:`top.tasks.sources`   local files or the hub, seeded subsets, :class:`~top.tasks.sources.DataError`
 :mod:`top.tasks.glue`      the GLUE registry (columns, labels, lengths), TSV reading, encoding
 :mod:`top.tasks.glue_metrics`  GLUE metrics, as the ``evaluate`` library names them

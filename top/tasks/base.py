@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from top.config import TaskConfig
 from top.tasks import glue, is_qa_task, squad, squad_features
 from top.tasks.glue_metrics import compute_glue_metrics, primary_metric
+from top.tasks.settings import TaskConfig
 from top.tasks.squad_metrics import compute_squad_metrics, primary_qa_metric
 from top.tasks.squad_postprocess import postprocess_qa_predictions
 
@@ -101,7 +101,7 @@ class GlueTask(Task):
 
 class QATask(Task):
     """SQuAD v1.1 or v2.0 (:mod:`top.tasks.squad`, :mod:`top.tasks.squad_features`), with the
-    feature and post-processing settings of :class:`top.config.QASettings`."""
+    feature and post-processing settings of :class:`top.tasks.settings.QASettings`."""
 
     head = "qa"
     num_labels = None
