@@ -70,15 +70,14 @@ def snakemake(*args: str, cwd: Path = ROOT, driver: str | None = None, timeout: 
 
 @pytest.fixture(scope="module")
 def cluster_config(tmp_path_factory) -> tuple[Path, Path]:
-    """The tiny end-to-end configuration (local model and data), sized like a cluster run:
-    1 GPU, 3 GB and 30 minutes per training job, 3 training and 2 evaluation threads."""
+    """The tiny end-to-end configuration (local model and data); threads and resources come
+    from the profile."""
     folder = tmp_path_factory.mktemp("profiles")
-    path = tiny_config(folder)
-    config = yaml.safe_load(path.read_text())
-    config["threads"] = {"train": 3, "eval": 2}
-    config["resources"] = {"gpu": 1, "mem_mb": 3000, "runtime": 30}
-    path.write_text(yaml.safe_dump(config))
-    return path, folder
+    return tiny_config(folder), folder
+
+
+def slurm_profile() -> dict:
+    return yaml.safe_load((ROOT / "profiles/slurm/config.yaml").read_text())
 
 
 def sbatch_calls(result: subprocess.CompletedProcess) -> dict[str, list[list[str]]]:
@@ -118,13 +117,17 @@ def test_slurm_profile_sends_training_to_gpus_and_latency_to_an_exclusive_cpu_no
     assert {rule: len(jobs) for rule, jobs in calls.items() if rule in ("teacher", "train", "evaluate", "latency")} == {
         "teacher": 1, "train": 2, "evaluate": 3, "latency": 3}
 
+    profile = slurm_profile()
+    assert profile["set-threads"] == {"teacher": 8, "train": 8, "evaluate": 4}
+    for rule in ("teacher", "train"):
+        assert profile["set-resources"][rule] == {"slurm_partition": "gpu", "gpu": 1, "mem_mb": 32000, "runtime": 720}
     for argv in calls["teacher"] + calls["train"]:
         assert argv[0] == "sbatch"
         assert option(argv, "-p") == "gpu"
-        assert option(argv, "--gpus") == "1"
-        assert option(argv, "--cpus-per-task") == "3"     # threads.train
-        assert option(argv, "--mem") == "3000"            # resources.mem_mb of the configuration
-        assert option(argv, "-t") == "30"                 # resources.runtime
+        assert option(argv, "--gpus") == "1"  # set-resources of the profile
+        assert option(argv, "--cpus-per-task") == "8"  # set-threads of the profile
+        assert option(argv, "--mem") == "32000"
+        assert option(argv, "-t") == "720"
         assert "--exclusive" not in argv
 
     for argv in calls["latency"]:
@@ -135,7 +138,7 @@ def test_slurm_profile_sends_training_to_gpus_and_latency_to_an_exclusive_cpu_no
         assert option(argv, "-t") == "240"
 
     for argv in calls["evaluate"]:
-        assert option(argv, "-p") == "cpu" and option(argv, "--cpus-per-task") == "2"
+        assert option(argv, "-p") == "cpu" and option(argv, "--cpus-per-task") == "4"  # set-threads
         assert option(argv, "--mem") == "8000" and option(argv, "-t") == "120"
         assert option(argv, "--gpus") is None and "--exclusive" not in argv
     rest = [argv for rule, jobs in calls.items() if rule not in ("teacher", "train", "evaluate", "latency") for argv in jobs]
@@ -206,13 +209,40 @@ def test_default_profile_is_loaded_by_itself_and_gives_latency_every_bench_slot(
     assert all(job["bench_slot"] == "4" for job in smaller["latency"])
 
 
+def job_threads(result: subprocess.CompletedProcess) -> dict[str, set[int]]:
+    """rule -> the thread counts of its jobs, from a dry run's job listing (1 is not listed)."""
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    threads: dict[str, set[int]] = {}
+    rule = None
+    for line in result.stdout.splitlines():
+        if line.startswith(("rule ", "localrule ")) and line.endswith(":"):
+            rule = line.split()[1][:-1]
+            threads.setdefault(rule, set())
+        elif rule and line.strip().startswith("threads: "):
+            threads[rule].add(int(line.split()[1]))
+    return {rule: counts or {1} for rule, counts in threads.items()}
+
+
+def test_default_profile_sets_threads_capped_at_cores(cluster_config):
+    config, workdir = cluster_config
+    plan = job_threads(snakemake("-n", "--cores", "8", "--configfile", str(config), "--directory", str(workdir)))
+    assert {rule: plan[rule] for rule in ("teacher", "train", "evaluate", "latency", "flops")} == {
+        "teacher": {8},
+        "train": {8},
+        "evaluate": {4},
+        "latency": {1},
+        "flops": {1},
+    }
+    small = job_threads(snakemake("-n", "--cores", "2", "--configfile", str(config), "--directory", str(workdir)))
+    assert small["teacher"] == small["train"] == small["evaluate"] == {2} and small["latency"] == {1}
+
 
 SLEEPERS = '''
 rule all:
-    input: expand("done/train{i}", i=range(4)), expand("done/latency{i}", i=range(2))
+    input: expand("done/other{i}", i=range(4)), expand("done/latency{i}", i=range(2))
 
-rule train:
-    output: "done/train{i}"
+rule other:
+    output: "done/other{i}"
     threads: 1
     shell: "date +%s.%N > {output}; sleep 1; date +%s.%N >> {output}"
 
@@ -226,6 +256,9 @@ rule latency:
 def run_sleepers(folder: Path, *profile_args: str) -> dict[str, tuple[float, float]]:
     folder.mkdir()
     (folder / "Snakefile").write_text(SLEEPERS)
+    # profiles/default names config/config.yaml (relative to the working directory)
+    (folder / "config").mkdir()
+    (folder / "config/config.yaml").write_text("{}\n")
     command = [sys.executable, "-m", "snakemake", "--cores", "4", *profile_args]
     result = subprocess.run(command, cwd=folder, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -246,15 +279,16 @@ def overlapping(times: dict[str, tuple[float, float]]) -> set[tuple[str, str]]:
 
 
 def test_default_profile_runs_nothing_beside_a_latency_job(tmp_path):
-    # Four 1-thread training jobs and two 1-thread latency jobs on 4 cores.
+    # Four other 1-thread jobs and two 1-thread latency jobs on 4 cores (the other rule is not
+    # named train: the profile's set-threads would give it 8 threads, capped at the 4 cores).
     guarded = run_sleepers(tmp_path / "profile", "--workflow-profile", DEFAULT)
     assert len(guarded) == 6
     assert overlapping(guarded) == set()
-    # ...while the training jobs still ran side by side,
+    # ...while the other jobs still ran side by side,
     assert any(
         start_a < end_b and start_b < end_a
-        for a, (start_a, end_a) in guarded.items() if a.startswith("train")
-        for b, (start_b, end_b) in guarded.items() if b.startswith("train") and b != a
+        for a, (start_a, end_a) in guarded.items() if a.startswith("other")
+        for b, (start_b, end_b) in guarded.items() if b.startswith("other") and b != a
     )
     # and without the profile, Snakemake does put jobs beside a latency job.
     unguarded = run_sleepers(tmp_path / "none", "--workflow-profile", "none")

@@ -29,7 +29,6 @@ def tiny_config(tmp_path: Path) -> Path:
         "tasks": ["sst2"],
         "seeds": [3],
         "device": "cpu",
-        "threads": {"train": 1, "eval": 1},
         "teacher": {"epochs": 2, "batch_size": 8, "learning_rate": 1e-3},
         "train": {"batch_size": 8, "learning_rate": 1e-3},
         "latency": {"n_examples": 4, "warmup": 1, "repeats": 2},
@@ -98,7 +97,6 @@ def test_every_method_runs_on_squad_end_to_end(tmp_path):
         "tasks": ["squad"],
         "seeds": [3],
         "device": "cpu",
-        "threads": {"train": 1, "eval": 1},
         "qa": {"max_length": 48, "doc_stride": 16, "max_query_length": 8},
         "teacher": {"epochs": 2, "batch_size": 8, "learning_rate": 1e-3},
         "train": {"batch_size": 8, "learning_rate": 1e-3},
@@ -172,6 +170,37 @@ def test_configfile_on_the_command_line_replaces_the_paper_config(tmp_path):
     assert result.returncode == 0, result.stderr[-4000:]
     counts = {line.split()[0]: int(line.split()[1]) for line in result.stdout.splitlines() if len(line.split()) == 2 and line.split()[1].isdigit()}
     assert counts["teacher"] == 1 and counts["train"] == 2
+
+
+def test_paper_config_is_the_default_and_needs_the_workflow_profile():
+    # profiles/default (loaded by itself) names config/config.yaml; without a workflow profile
+    # nothing does, and the run stops with a one-line hint.
+    default = snakemake("-n", "--quiet", "rules")
+    assert default.returncode == 0, default.stderr[-4000:]
+    assert "config/config.yaml" in default.stdout + default.stderr
+    counts = {line.split()[0]: int(line.split()[1]) for line in default.stdout.splitlines() if len(line.split()) == 2 and line.split()[1].isdigit()}
+    assert counts["teacher"] == 10 and counts["table"] == 3
+
+    bare = snakemake("-n", "--workflow-profile", "none")
+    assert bare.returncode != 0
+    assert "no configuration: pass --configfile config/config.yaml" in bare.stdout + bare.stderr
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "option"),
+    [
+        ("threads", {"train": 2, "eval": 2}, "set-threads"),
+        ("resources", {"mem_mb": 4000, "runtime": 30, "gpu": 0}, "set-resources"),
+    ],
+)
+def test_threads_and_resources_in_a_config_point_at_the_profiles(tmp_path, key, value, option):
+    config = yaml.safe_load(tiny_config(tmp_path).read_text())
+    config[key] = value
+    old = tmp_path / "old.yaml"
+    old.write_text(yaml.safe_dump(config))
+    result = snakemake("-n", "--configfile", str(old), "--directory", str(tmp_path))
+    assert result.returncode != 0
+    assert f"configuration key '{key}' is no longer read: remove it and set '{option}' in the profile" in result.stdout + result.stderr
 
 
 def test_seeds_on_the_command_line_multiply_the_runs(tmp_path):

@@ -1,13 +1,80 @@
-def run_files(kind, filename):
-    """The per-run output ``filename`` of every configured run."""
-    return [f"{RESULTS}/{kind}/{t}/{m}/{s}/seed{seed}/{filename}" for t, m, s, seed in RUNS]
+"""Configuration, paths and helpers shared by every rule (included first by the Snakefile)."""
+
+from pathlib import Path
+
+from snakemake.utils import validate
+
+from top.config import ConfigError, runs, seeds_from_command_line, validate_config
+from top.report.paper import PaperResultsError, load_paper_results
+from top.tasks import is_qa_task
+
+
+# ---- Configuration ---------------------------------------------------------------------
+# There is no `configfile:` directive: the paper configuration is named by the profiles
+# (`configfile: config/config.yaml` in profiles/default/config.yaml, which Snakemake loads by
+# itself, and in profiles/slurm/config.yaml). A --configfile on the command line replaces a
+# profile's value, so another configuration REPLACES the paper's instead of being merged into
+# it (a `configfile:` directive here would merge the two, mixing the paper's tasks and methods
+# into every other run). Without a profile (--workflow-profile none) nothing names a
+# configuration, and the run stops here.
+if not config.keys() & {"model", "tasks", "methods"}:
+    raise WorkflowError(
+        "no configuration: pass --configfile config/config.yaml (the paper) or another one "
+        "(profiles/default names the paper's, but no workflow profile was loaded)"
+    )
+
+# Thread counts and scheduler resources are runtime settings, not part of an experiment:
+# they live in the profiles (set-threads, set-resources). Older configurations carried them.
+for key, option in (("threads", "set-threads"), ("resources", "set-resources")):
+    if key in config:
+        raise WorkflowError(
+            f"configuration key '{key}' is no longer read: remove it and set '{option}' in the "
+            "profile instead (profiles/default/config.yaml, profiles/slurm/config.yaml)"
+        )
+
+seeds_from_command_line(config)
+validate(config, "../schemas/config.schema.yaml")
+try:
+    validate_config(config)
+except ConfigError as error:
+    raise WorkflowError(f"invalid configuration: {error}") from None
+
+# The papers' numbers: the file shipped with the workflow unless the config names another.
+PAPER_RESULTS = config["paper_results"] or str(Path(workflow.current_basedir).parents[1] / "config" / "paper_results.yaml")
+try:
+    load_paper_results(PAPER_RESULTS)
+except PaperResultsError as error:
+    raise WorkflowError(f"invalid paper results: {error}") from None
+
+
+# ---- What runs -------------------------------------------------------------------------
+RUNS = list(runs(config))  # (task, method, setting, seed) of every configured run
+# the GLUE table if any GLUE task runs, the SQuAD table if any SQuAD task does; always latency
+TABLES = [name for name, wanted in (("glue", False), ("squad", True)) if any(is_qa_task(t) == wanted for t in config["tasks"])]
+TABLES.append("latency")
+FIGURES = ["accuracy_vs_flops", "latency_vs_flops", "retained_tokens"]
+
+
+# ---- Paths -----------------------------------------------------------------------------
+# Each output pattern is written once: in its rule's output, or here when a helper needs it
+# too. Downstream rules take their inputs from the upstream rule (rules.evaluate.output.lengths).
+RESULTS = config["results_dir"]
+RUN = "{task}/{method}/{setting}/seed{seed}"
+TEACHER = f"{RESULTS}/teachers/{{task}}/seed{{seed}}"
+MODEL = f"{RESULTS}/models/{RUN}"
+
+
+def every_run(pattern):
+    """``pattern`` (a per-run output, e.g. rules.flops.output[0]) for every configured run."""
+    task, method, setting, seed = zip(*RUNS)
+    return expand(pattern, zip, task=task, method=method, setting=setting, seed=seed)
 
 
 def model_dir(wildcards):
     """Where a run's weights live: the dense reference row is the teacher itself."""
     if wildcards.method == "dense":
-        return f"{RESULTS}/teachers/{wildcards.task}/seed{wildcards.seed}"
-    return f"{RESULTS}/models/{wildcards.task}/{wildcards.method}/{wildcards.setting}/seed{wildcards.seed}"
+        return TEACHER.format(**wildcards)
+    return MODEL.format(**wildcards)
 
 
 def run_info(wildcards):

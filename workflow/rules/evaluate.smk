@@ -1,5 +1,6 @@
 rule evaluate:
-    """Task metrics on the dev split(s) in gather mode, and per-example per-layer lengths."""
+    """Task metrics on the dev split(s) in gather mode, and per-example per-layer lengths.
+    Threads: set-threads in the profiles."""
     input:
         model=model_dir,
     output:
@@ -7,7 +8,6 @@ rule evaluate:
         lengths=f"{RESULTS}/eval/{RUN}/lengths.npz",
     log:
         f"logs/evaluate/{RUN}.log",
-    threads: config["threads"]["eval"]
     params:
         info=run_info,
     conda:
@@ -20,7 +20,7 @@ rule flops:
     """Analytic FLOPs over the dev set at real lengths, pruned vs dense."""
     input:
         model=model_dir,
-        lengths=f"{RESULTS}/eval/{RUN}/lengths.npz",
+        lengths=rules.evaluate.output.lengths,
     output:
         f"{RESULTS}/flops/{RUN}/flops.json",
     log:
@@ -40,12 +40,14 @@ rule latency:
     threads. Nothing may run beside it: the profiles see to that (profiles/default: it takes
     every `bench_slot`, each other job one; profiles/slurm: a node of its own, --exclusive)."""
     input:
-        dense=f"{RESULTS}/teachers/{{task}}/seed{{seed}}",
+        dense=rules.teacher.output[0],
         model=model_dir,
     output:
         f"{RESULTS}/latency/{RUN}/latency.json",
     log:
         f"logs/latency/{RUN}.log",
+    # From the configuration, unlike every other rule's threads (set in the profiles): the
+    # thread count is part of the measurement protocol, recorded with each result.
     threads: config["latency"]["threads"]
     params:
         info=run_info,

@@ -6,9 +6,9 @@
 rule collect:
     """One row per run (metric, FLOPs, latency), and one row per run and layer (tokens kept)."""
     input:
-        metrics=run_files("eval", "metrics.json"),
-        flops=run_files("flops", "flops.json"),
-        latency=run_files("latency", "latency.json"),
+        metrics=every_run(rules.evaluate.output.metrics),
+        flops=every_run(rules.flops.output[0]),
+        latency=every_run(rules.latency.output[0]),
     output:
         results=report(f"{RESULTS}/tables/results.csv", caption="../report/results.rst", category="Tables", labels={"table": "every run"}),
         layers=f"{RESULTS}/tables/layers.csv",
@@ -23,7 +23,7 @@ rule collect:
 rule runs_table:
     """Every run's row in Markdown (mean over seeds)."""
     input:
-        f"{RESULTS}/tables/results.csv",
+        rules.collect.output.results,
     output:
         f"{RESULTS}/tables/results.md",
     log:
@@ -38,7 +38,7 @@ rule table:
     """One of the paper's tables (glue: Table 2's grid; squad; latency), the papers' numbers
     beside ours."""
     input:
-        results=f"{RESULTS}/tables/results.csv",
+        results=rules.collect.output.results,
         paper=PAPER_RESULTS,
     output:
         csv=report(f"{RESULTS}/tables/{{table}}.csv", caption="../report/table.rst", category="Tables", labels={"table": "{table}"}),
@@ -57,8 +57,8 @@ rule table:
 rule figure:
     """One of the paper's figures, one panel per task."""
     input:
-        results=f"{RESULTS}/tables/results.csv",
-        layers=f"{RESULTS}/tables/layers.csv",
+        results=rules.collect.output.results,
+        layers=rules.collect.output.layers,
         paper=PAPER_RESULTS,
     output:
         png=report(f"{RESULTS}/plots/{{figure}}.png", caption="../report/figure.rst", category="Figures", labels={"figure": "{figure}"}),
@@ -77,5 +77,6 @@ rule figure:
 rule paper:
     """Every table and figure (a target: `snakemake --cores 8 paper`)."""
     input:
-        expand(f"{RESULTS}/tables/{{table}}.{{ext}}", table=TABLES, ext=["csv", "md", "tex"]),
-        expand(f"{RESULTS}/plots/{{figure}}.{{ext}}", figure=FIGURES, ext=["png", "svg", "pdf"]),
+        # table by table, figure by figure, each in all its formats
+        [expand(rules.table.output, table=table) for table in TABLES],
+        [expand(rules.figure.output, figure=figure) for figure in FIGURES],

@@ -1,14 +1,13 @@
+# Threads and scheduler resources (mem_mb, runtime, gpu) of these rules are set by the
+# profiles (set-threads, set-resources), not here: they depend on the machine, not the experiment.
+
+
 rule teacher:
     """Fine-tune the pretrained model on a task: the shared teacher and the dense row."""
     output:
-        directory(f"{RESULTS}/teachers/{{task}}/seed{{seed}}"),
+        directory(TEACHER),
     log:
         "logs/teacher/{task}/seed{seed}.log",
-    threads: config["threads"]["train"]
-    resources:
-        mem_mb=config["resources"]["mem_mb"],
-        runtime=config["resources"]["runtime"],
-        gpu=config["resources"]["gpu"],
     conda:
         "../envs/harness.yaml"
     script:
@@ -18,18 +17,13 @@ rule teacher:
 rule train:
     """Train one method (one setting, one seed) starting from the teacher."""
     input:
-        teacher=f"{RESULTS}/teachers/{{task}}/seed{{seed}}",
+        teacher=rules.teacher.output[0],
     output:
-        directory(f"{RESULTS}/models/{RUN}"),
+        directory(MODEL),
     log:
         f"logs/train/{RUN}.log",
     wildcard_constraints:
         method="(?!dense$)[a-z0-9_]+",
-    threads: config["threads"]["train"]
-    resources:
-        mem_mb=config["resources"]["mem_mb"],
-        runtime=config["resources"]["runtime"],
-        gpu=config["resources"]["gpu"],
     conda:
         "../envs/harness.yaml"
     script:
