@@ -6,13 +6,35 @@ attention score exceeds it. Layer 0 never prunes (it has no threshold). Two stag
 ``soft``
     Thresholds and model weights are trained together. Nothing is removed: each layer's output
     is multiplied by the differentiable mask ``m = sigmoid((s - theta_l) / T)``
-    (:attr:`KeepDecision.soft`; the hard decision keeps every alive token). The extra loss is
-    ``reg_lambda * sum_l mean(m_l)``, the mean running over the real (non-padding) tokens of the
-    batch, which pushes thresholds up; the task loss pushes them down. The thresholds are their
-    own optimiser group with their own learning rate (``threshold_lr``).
+    (:attr:`KeepDecision.soft`; the hard decision keeps every alive token), as the reference's
+    ``LTPLayer.forward`` (``modeling_ltp.py`` ~247-251) scales ``layer_output``. The extra loss is
+    ``reg_lambda * sum_l R_l``, with ``R_l`` the average of ``m_l`` (``reg_average``, below),
+    which pushes thresholds up; the task loss pushes them down. The thresholds are their own
+    optimiser group with their own learning rate (``threshold_lr``) and the reference's schedule:
+    linear decay to 0 over the soft stage, no warm-up.
 ``hard``
     Thresholds are frozen (no parameter group); tokens with ``s <= theta_l`` are dropped and the
     model is fine-tuned with the real cascade of drops.
+
+The regulariser (``reg_average``)
+---------------------------------
+Only slots the thresholds can prune count: [CLS] and tokens the encoder protects
+(``protect_mask``, e.g. a SQuAD question) are excluded, since their mask is forced to 1 whatever
+the threshold (the reference protects nothing and can prune [CLS]).
+
+* ``real_tokens`` (default): ``R_l`` is the mean of ``m_l`` over the batch's prunable real
+  tokens. It does not depend on padding.
+* ``padded_slots``: the reference's average. The reference pads every input to 128
+  (``run.py`` ``--max_seq_length 128``; ``run_glue_ltp.py`` ``pad_to_max_length`` defaults to
+  True) and its loss is ``lambda * sum_l mask_l.mean()`` over all ``[B, 128]`` slots
+  (``trainer.py`` ``training_step`` ~1589-1595). A padded slot scores 0 there (no query attends
+  to it), so it contributes ``sigmoid(-theta_l / T)``, and its gradient pushes ``theta_l`` up as
+  well. Here every row counts ``reg_length`` slots (its real tokens plus
+  ``reg_length - n`` padded slots at ``sigmoid(-theta_l / T)``; rows longer than ``reg_length``
+  have no padding), or, with ``reg_length: null``, the batch's padded width, which with this
+  harness's per-batch padding depends on the batch's longest row.
+  ``reg_average: padded_slots, reg_length: 128`` is the reference's regulariser on GLUE (apart
+  from [CLS], excluded here).
 
 Score (the fix of the reference's padding dependence)
 -----------------------------------------------------
@@ -39,18 +61,20 @@ temperature and threshold learning rate (Adam steps are in parameter units) by 1
 
 Other departures from the reference, on purpose:
 
-* the regulariser is a mean over the batch's real tokens; the reference averages over all 128
-  padded slots (padding contributing ~0), i.e. per example ``(soft-kept real tokens) / 128``. For
-  the same pressure as the reference's lambda, either use ``reg_lambda = lambda_ref *
-  mean_real_length / 128`` or set ``reg_length: 128``, which divides by ``B * 128`` instead
-  (the reference's regulariser exactly, whatever the padding);
 * the initial thresholds rise linearly from 0 at layer 0 to exactly ``final_threshold`` at the last
-  layer (the reference's code gives ``final * l / L``, so its last layer starts at 11/12 of it);
-* [CLS] is always kept (the reference could prune it); layer 0 never prunes (the reference's
-  layer-0 threshold starts at 0 but is learnable);
+  layer (the reference's code gives ``final * l / L`` for 0-based ``l``, so its last layer starts at
+  11/12 of it; its README says the last layer starts at ``final_token_threshold``);
+* layer 0 never prunes and has no threshold. The reference's layer-0 threshold is a parameter
+  that starts at ``final * 0 / L = 0``, and ``AbsoluteThresholdTokenPruner`` returns early when
+  the threshold is 0 (``prune_modules.py`` ~134-136), so layer 0 neither prunes nor produces a soft
+  mask, and its threshold never receives a gradient and stays 0 for good: a parameter that is
+  learnable in name only. Here that behaviour is stated rather than hidden;
+* [CLS] is always kept (the reference could prune it);
 * scores come from the attention probabilities before dropout (the reference scores the
   dropped-out ones while training);
 * tokens are really removed in ``gather`` mode (the reference only masks attention);
+* the thresholds' gradients are clipped apart from the model's (the reference clips all
+  parameters together, ``trainer.py`` ~1190-1197);
 * no tensor is created on a fixed device.
 """
 
@@ -79,6 +103,13 @@ from top.pruning.base import (
 REFERENCE_PADDED_LENGTH = 128
 #: Marks LTP's export (``pruning.json``).
 EXPORT_FORMAT = "ltp/v1"
+#: How the regulariser averages the soft masks (module docstring).
+REG_AVERAGES = ("real_tokens", "padded_slots")
+#: Warm-up of the thresholds' learning rate: none. The reference's threshold scheduler is
+#: ``get_scheduler(lr_scheduler_type, ...)`` with the model's warm-up steps (``trainer.py``
+#: ``create_scheduler`` ~727-750): linear decay, and no warm-up since ``run.py`` sets none
+#: (``TrainingArguments``: ``warmup_ratio = warmup_steps = 0``).
+THRESHOLD_WARMUP_RATIO = 0.0
 
 
 @dataclass(frozen=True)
@@ -96,11 +127,13 @@ class LTPSettings:
             prunes more).
         reg_lambda_scale: multiplies ``reg_lambda`` (a sweep can scale per-task values, since a
             setting overrides a task's value in the workflow configuration).
-        reg_length: None: the regulariser is a mean over the real tokens; an integer P: the sum
-            over real tokens divided by ``B * P`` (``P = 128`` is the reference's regulariser, so
-            its lambdas apply unchanged).
-        threshold_lr: learning rate of the thresholds (soft stage). Reference: the model's lr,
-            2e-5 -> 2.56e-3.
+        reg_average: ``"real_tokens"`` (mean over the prunable real tokens) or
+            ``"padded_slots"`` (the reference's mean over padded slots; module docstring).
+        reg_length: ``padded_slots`` only: the length every row is counted as padded to
+            (``128``: the reference's GLUE length); None: the batch's padded width.
+        threshold_lr: peak learning rate of the thresholds (soft stage), decayed linearly to 0
+            over the stage without warm-up (the reference's threshold scheduler). Reference: the
+            model's lr, 2e-5 -> 2.56e-3.
         soft_epochs: epochs of the soft stage (reference: 10 for small tasks, 1 for large).
         hard_epochs: epochs of the hard stage (reference: 5); 0 skips it.
     """
@@ -109,6 +142,7 @@ class LTPSettings:
     temperature: float = 1e-3 * REFERENCE_PADDED_LENGTH
     reg_lambda: float = 0.1
     reg_lambda_scale: float = 1.0
+    reg_average: str = "real_tokens"
     reg_length: int | None = None
     threshold_lr: float = 2e-5 * REFERENCE_PADDED_LENGTH
     soft_epochs: float = 1.0
@@ -119,10 +153,15 @@ class LTPSettings:
         """Build from a settings dict; unknown keys and bad values raise ``ValueError``."""
         values = dict(values or {})
         reject_unknown_settings("ltp", values, cls)
+        average = values.pop("reg_average", "real_tokens")
+        if average not in REG_AVERAGES:
+            raise ValueError(f"ltp: reg_average must be one of {REG_AVERAGES}, got {average!r}")
         length = values.pop("reg_length", None)
         if length is not None and (int(length) != length or int(length) < 1):
             raise ValueError(f"ltp: reg_length must be a positive integer or null, got {length!r}")
-        settings = cls(**{k: float(v) for k, v in values.items()}, reg_length=None if length is None else int(length))
+        if length is not None and average != "padded_slots":
+            raise ValueError(f"ltp: reg_length ({length}) only applies to reg_average 'padded_slots', not {average!r}")
+        settings = cls(**{k: float(v) for k, v in values.items()}, reg_average=average, reg_length=None if length is None else int(length))
         if settings.temperature <= 0:
             raise ValueError(f"ltp: temperature must be > 0, got {settings.temperature}")
         non_negative = ("reg_lambda", "reg_lambda_scale", "threshold_lr", "soft_epochs", "hard_epochs", "final_threshold")
@@ -187,7 +226,8 @@ class SoftThresholdSelector(TokenSelector):
         is_cls = torch.zeros_like(ctx.alive)
         is_cls[:, 0] = True
         mask = torch.where(is_cls, torch.ones_like(mask), mask)  # [CLS] is never scaled down
-        return KeepDecision(hard=ctx.alive, soft=mask, aux={"mask": mask, "alive": ctx.alive, "scores": scores.detach()})
+        aux = {"mask": mask, "alive": ctx.alive, "scores": scores.detach(), "padding_mask": torch.sigmoid(-theta / self.temperature)}
+        return KeepDecision(hard=ctx.alive, soft=mask, aux=aux)
 
 
 class HardThresholdSelector(TokenSelector):
@@ -236,30 +276,51 @@ class LTP(PruningMethod):
         raise ValueError(f"ltp has stages 'soft' and 'hard', not {stage!r}")
 
     def extra_loss(self, stage: str, step: StepContext) -> tuple[torch.Tensor | None, dict[str, float]]:
-        """Soft stage: ``reg_lambda * sum_l mean(mask_l)`` over the real tokens of the batch
-        (or divided by ``B * reg_length``)."""
+        """Soft stage: ``reg_lambda * reg_lambda_scale * sum_l R_l``, ``R_l`` the average soft mask
+        of layer ``l`` over the slots its threshold can prune (module docstring)."""
         if stage != "soft":
             return None, {}
+        protect = step.batch.get("protect_mask") if step.batch else None
         terms = []
         for decision in step.student.decisions:
             if decision is None or "mask" not in decision.aux:
                 continue
-            mask, alive = decision.aux["mask"], decision.aux["alive"].to(decision.aux["mask"].dtype)
-            if self.resolved.reg_length is None:
-                denominator = alive.sum().clamp_min(1.0)
-            else:
-                denominator = alive.shape[0] * self.resolved.reg_length
-            terms.append((mask * alive).sum() / denominator)
+            terms.append(self._average_mask(decision.aux, protect))
         if not terms:
             return None, {}
         kept = torch.stack(terms)
         loss = self.resolved.reg_lambda * self.resolved.reg_lambda_scale * kept.sum()
         return loss, {"ltp_regulariser": float(loss.detach()), "ltp_soft_kept": float(kept.detach().mean())}
 
+    def _average_mask(self, aux: Mapping[str, Any], protect: torch.Tensor | None) -> torch.Tensor:
+        """``R_l`` of one layer: the soft mask averaged over the prunable slots (alive, not
+        [CLS], not protected), plus, for ``padded_slots``, each row's padded slots."""
+        mask, alive = aux["mask"], aux["alive"]
+        prunable = alive.clone()
+        prunable[:, 0] = False
+        if protect is not None:
+            prunable &= ~protect.to(device=alive.device).bool()
+        weight = prunable.to(mask.dtype)
+        total, count = (mask * weight).sum(), weight.sum()
+        if self.resolved.reg_average == "padded_slots":
+            width = alive.shape[1] if self.resolved.reg_length is None else self.resolved.reg_length
+            padded = (width - alive.sum(dim=1)).clamp_min(0).sum().to(mask.dtype)
+            total = total + padded * aux["padding_mask"]
+            count = count + padded
+        return total / count.clamp_min(1.0)
+
     def parameter_groups(self, stage: str) -> list[dict[str, Any]]:
         if stage != "soft" or self.store.thresholds.numel() == 0:
             return []
-        return [{"params": [self.store.thresholds], "lr": self.resolved.threshold_lr, "weight_decay": 0.0}]
+        return [
+            {
+                "params": [self.store.thresholds],
+                "lr": self.resolved.threshold_lr,
+                "weight_decay": 0.0,
+                "schedule": "linear",
+                "warmup_ratio": THRESHOLD_WARMUP_RATIO,
+            }
+        ]
 
     # -- export / inference ---------------------------------------------------------------------
     def thresholds(self) -> list[float | None]:

@@ -22,10 +22,21 @@ Stages
     its padded slots; ranks no input reaches would change only the loss value and the gradient
     norm, which the training loop clips jointly). Weights are kept in ``[0, 1]`` by projection
     before every forward (the reference's Keras ``CustomConstraint`` clips after every update).
-    They are their own optimiser group (``retention_lr``); model weights are trained too.
-    The encoder scales the *layer output* (after the feed-forward block); the reference scales the
-    attention block's output, before the feed-forward block. Both are token-wise, so the ranking,
-    the penalty and the derived counts have the same meaning.
+    They are their own optimiser group (``retention_lr``) with the reference's schedule: linear
+    warm-up over the first 10% of the stage's steps, then linear decay to 0 (``training.py``
+    ``configuration_search_step`` ~148-169: one ``AdamWarmup`` for the model and the retention
+    weights, whose ``lr_mult`` gives the model ``LR_BERT``; ``utils/Adam_mult.py``
+    ``calc_train_steps`` ~15-28, ``warmup_proportion=0.1``, and the rate ~85-91). The shape is the
+    encoder's (:func:`top.train.linear_factor`): after the warm-up the reference decays as
+    ``1 - t / total`` (so it drops from 1 to about 0.9 at the end of the warm-up), here as
+    ``(total - t) / (total - warmup)``; the two differ by at most about the warm-up fraction of the
+    peak rate.
+    Model weights are trained too. As in the reference (``model/model.py`` ``_wrap_layer``
+    ~202-213: ``Soft_Extract`` is applied to the attention sublayer's ``-Norm`` output, which is
+    both the input and the residual of the feed-forward block), the weights scale the attention
+    sublayer's output after its LayerNorm, before the feed-forward block
+    (:attr:`KeepDecision.soft_on` ``"ffn_input"``), not the layer's output: the feed-forward
+    residual's LayerNorm renormalises a scaled vector, so the two placements differ.
     At the end (:meth:`PoWERBERT.on_stage_end`) the retention configuration is derived, as the
     reference's ``training.get_configuration``: ``k_l = 1 + floor(sum_j r_l[j])`` ("mass"; 1 for
     [CLS]) or ``1 + #{j: r_l[j] > count_threshold}`` ("count"), then made non-increasing with a
@@ -77,6 +88,9 @@ from top.pruning.base import (
 )
 
 RULES = ("mass", "count")
+#: Warm-up of the retention weights' learning rate, as a fraction of the search stage's steps
+#: (the reference's ``calc_train_steps(..., warmup_proportion=0.1)``; module docstring).
+RETENTION_WARMUP_RATIO = 0.1
 #: Marks PoWER-BERT's export (``pruning.json``).
 EXPORT_FORMAT = "power_bert/v1"
 
@@ -90,8 +104,8 @@ class PoWERBERTSettings:
             (higher eliminates more). README range [1e-4, 1e-3]; default the README's MRPC example.
         reg_lambda_scale: multiplies ``reg_lambda`` (a sweep can scale per-task values, since a
             setting overrides a task's value in the workflow configuration).
-        retention_lr: learning rate of the retention weights (reference ``LR_SOFT_EXTRACT``, range
-            [1e-4, 1e-2]).
+        retention_lr: peak learning rate of the retention weights (reference ``LR_SOFT_EXTRACT``,
+            range [1e-4, 1e-2]); 10% warm-up, then linear decay (module docstring).
         search_epochs / retrain_epochs: epochs of the two stages (the reference uses ``EPOCH`` for
             both; README example 3); ``retrain_epochs = 0`` skips the retraining.
         retention: explicit retention configuration (one count per layer, [CLS] included,
@@ -219,7 +233,7 @@ class _RetentionStore(nn.Module):
 
 class SoftExtractSelector(TokenSelector):
     """Search stage: the token of rank ``j`` (among the alive ones, [CLS] rank 0) is scaled by
-    ``r_l[j]``; every alive token is kept."""
+    ``r_l[j]`` before the feed-forward block (``soft_on="ffn_input"``); every alive token is kept."""
 
     def __init__(self, layer: int, store: _RetentionStore, heads: int):
         super().__init__()
@@ -247,7 +261,7 @@ class SoftExtractSelector(TokenSelector):
         weights = torch.cat([row.new_ones(1), row])  # rank 0 ([CLS]) has weight 1
         soft = weights[ranks.clamp(max=capacity - 1)]
         soft = torch.where(ctx.alive, soft, torch.zeros_like(soft))
-        return KeepDecision(hard=ctx.alive, soft=soft, aux={"scores": scores.detach(), "ranks": ranks})
+        return KeepDecision(hard=ctx.alive, soft=soft, soft_on="ffn_input", aux={"scores": scores.detach(), "ranks": ranks})
 
 
 class ExtractSelector(TokenSelector):
@@ -360,7 +374,15 @@ class PoWERBERT(PruningMethod):
     def parameter_groups(self, stage: str) -> list[dict[str, Any]]:
         if stage != "search":
             return []
-        return [{"params": [self.store.weights], "lr": self.resolved.retention_lr, "weight_decay": 0.0}]
+        return [
+            {
+                "params": [self.store.weights],
+                "lr": self.resolved.retention_lr,
+                "weight_decay": 0.0,
+                "schedule": "linear",
+                "warmup_ratio": RETENTION_WARMUP_RATIO,
+            }
+        ]
 
     def on_stage_end(self, stage: str) -> None:
         if stage != "search":

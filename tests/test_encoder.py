@@ -43,8 +43,17 @@ def test_keep_all_equals_stock_bert(tiny_model):
 
 def test_keep_all_equals_stock_roberta():
     torch.manual_seed(0)
-    config = RobertaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
-                           max_position_embeddings=80, num_labels=3, pad_token_id=1, attn_implementation="eager")
+    config = RobertaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=48,
+        max_position_embeddings=80,
+        num_labels=3,
+        pad_token_id=1,
+        attn_implementation="eager",
+    )
     hf = RobertaForSequenceClassification(config).eval()
     batch = random_batch()
     batch["input_ids"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, 1)
@@ -52,10 +61,13 @@ def test_keep_all_equals_stock_roberta():
     torch.testing.assert_close(PrunableModel(hf)(**batch).logits, hf(**batch).logits, rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("selectors", [
-    {0: FixedSelector({0: [3, 5, 7], 1: [1, 2]}), 2: FixedSelector({0: [9, 10], 2: [4]})},
-    {0: TopKSelector(0.7), 1: TopKSelector(0.5), 2: TopKSelector(0.3)},
-])
+@pytest.mark.parametrize(
+    "selectors",
+    [
+        {0: FixedSelector({0: [3, 5, 7], 1: [1, 2]}), 2: FixedSelector({0: [9, 10], 2: [4]})},
+        {0: TopKSelector(0.7), 1: TopKSelector(0.5), 2: TopKSelector(0.3)},
+    ],
+)
 def test_gather_equals_mask_for_same_decisions(tiny_model, selectors):
     tiny_model.set_selectors(selectors)
     batch = random_batch()
@@ -74,7 +86,7 @@ def test_gather_batch_equals_examples_one_at_a_time(tiny_model):
     together = tiny_model(**batch, mode="gather")
     for row in range(3):
         n = int(batch["attention_mask"][row].sum())
-        alone = tiny_model(**{k: v[row:row + 1, :n] for k, v in batch.items()}, mode="gather")
+        alone = tiny_model(**{k: v[row : row + 1, :n] for k, v in batch.items()}, mode="gather")
         torch.testing.assert_close(alone.logits[0], together.logits[row], rtol=0, atol=1e-5)
         assert alone.lengths_kept[0].tolist() == together.lengths_kept[row].tolist()
 
@@ -114,6 +126,50 @@ def test_soft_mask_scales_layer_output_in_mask_mode_only(tiny_model):
     torch.testing.assert_close(soft.hidden[alive], 0.5 * plain.hidden[alive])
     torch.testing.assert_close(soft.hidden[:, 0], plain.hidden[:, 0])
     torch.testing.assert_close(tiny_model(**batch, mode="gather").logits, plain.logits, rtol=0, atol=1e-6)
+
+
+class SoftHalfBeforeFFN(TokenSelector):
+    """Halves every token before the feed-forward block; keeps the attention sublayer's output."""
+
+    def forward(self, ctx):
+        self.seen = ctx.hidden.detach().clone()
+        return KeepDecision(hard=ctx.alive, soft=torch.full(ctx.alive.shape, 0.5), soft_on="ffn_input")
+
+
+def test_soft_mask_on_the_feed_forward_input(tiny_model):
+    """``soft_on="ffn_input"`` scales the attention sublayer's output, which is the feed-forward
+    block's input and residual; that is not the same as scaling the layer output."""
+    batch = random_batch()
+    last = tiny_model.layers[2]
+    plain = tiny_model(**batch, mode="mask")
+    selector = SoftHalfBeforeFFN()
+    tiny_model.set_selectors({2: selector})
+    with torch.no_grad():
+        soft = tiny_model(**batch, mode="mask")
+        h = selector.seen  # [B, n, d] attention sublayer output of layer 2
+        halved = last.output(last.intermediate(0.5 * h), 0.5 * h)
+        untouched = last.output(last.intermediate(h), h)
+    alive = batch["attention_mask"].bool()
+    others = alive.clone()
+    others[:, 0] = False  # [CLS] is never scaled
+    torch.testing.assert_close(soft.hidden[others], halved[others], rtol=0, atol=1e-5)
+    torch.testing.assert_close(soft.hidden[:, 0], untouched[:, 0], rtol=0, atol=1e-5)
+    torch.testing.assert_close(soft.hidden[:, 0], plain.hidden[:, 0], rtol=0, atol=1e-5)
+    # the placements differ: LayerNorm after the residual renormalises the scaled vector
+    assert not torch.allclose(soft.hidden[others], 0.5 * plain.hidden[others], atol=1e-2)
+    # gather mode ignores soft masks, and mask and gather still agree on the hard decisions
+    with torch.no_grad():
+        torch.testing.assert_close(tiny_model(**batch, mode="gather").logits, plain.logits, rtol=0, atol=1e-6)
+
+
+def test_unknown_soft_placement_raises(tiny_model):
+    class Misplaced(TokenSelector):
+        def forward(self, ctx):
+            return KeepDecision(hard=ctx.alive, soft=torch.ones(ctx.alive.shape), soft_on="attention")
+
+    tiny_model.set_selectors({1: Misplaced()})
+    with pytest.raises(ValueError, match="soft_on"):
+        tiny_model(**random_batch(), mode="mask")
 
 
 def test_dropped_tokens_carry_their_last_state_to_a_qa_head():

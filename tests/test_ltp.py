@@ -9,7 +9,9 @@ import torch
 from transformers import BertConfig, BertForSequenceClassification
 
 from baselines.ltp import LTP, LTPSettings, initial_thresholds, ltp_scores
-from tests.conftest import collate_pad0, padded_batch as batch, step_context, toy_rows
+from tests.conftest import collate_pad0, step_context, toy_rows
+from tests.conftest import padded_batch as batch
+from tests.test_method_schedule import spy_on_method_optimizers
 from top import train
 from top.encoder import PrunableModel
 from top.pruning.base import attention_token_scores
@@ -110,8 +112,9 @@ def test_soft_stage_gives_gradients_to_every_threshold():
     task = torch.nn.functional.cross_entropy(out.logits, torch.tensor([0, 1, 1]))
     extra, scalars = method.extra_loss("soft", step_context(out, task))
     masks = [d.aux["mask"] for d in out.decisions if d is not None]
-    alive = inputs["attention_mask"].float()
-    expected = 0.5 * sum((m * alive).sum() / alive.sum() for m in masks)
+    prunable = inputs["attention_mask"].float()
+    prunable[:, 0] = 0.0  # [CLS] is always kept: not in the average
+    expected = 0.5 * sum((m * prunable).sum() / prunable.sum() for m in masks)
     torch.testing.assert_close(extra, expected)
     assert scalars["ltp_regulariser"] == pytest.approx(float(expected.detach()))
     (task + extra).backward()
@@ -121,15 +124,129 @@ def test_soft_stage_gives_gradients_to_every_threshold():
     groups = method.parameter_groups("soft")
     assert len(groups) == 1 and groups[0]["params"][0] is method.store.thresholds
     assert groups[0]["lr"] == method.resolved.threshold_lr
+    assert (groups[0]["schedule"], groups[0]["warmup_ratio"]) == ("linear", 0.0)
     assert method.parameter_groups("hard") == []  # thresholds frozen in the hard stage
     assert method.extra_loss("hard", step_context(out, task)) == (None, {})
-    # reg_length: the reference's normaliser (sum over real tokens / (B * 128)), scaled lambda
-    reference = LTP(tiny_config(), {"reg_lambda": 0.5, "reg_lambda_scale": 2.0, "reg_length": 128})
-    extra_ref, _ = reference.extra_loss("soft", step_context(out, task))
-    expected_ref = 1.0 * sum((m * alive).sum() / (3 * 128) for m in masks)
-    torch.testing.assert_close(extra_ref, expected_ref)
+
+
+def soft_forward(method: LTP, inputs, seed: int = 0, protect=None):
+    model = tiny_model(seed)  # eval mode: no dropout, so forwards of the same inputs agree
+    model.set_selectors(method.selectors("soft"))
+    return model(**inputs, mode="mask", protect_mask=protect)
+
+
+def threshold_grad(loss: torch.Tensor, method: LTP) -> torch.Tensor:
+    return torch.autograd.grad(loss, method.store.thresholds, retain_graph=True)[0]
+
+
+def test_regulariser_ignores_protected_tokens():
+    """Protected tokens are kept by the encoder whatever their soft mask says, so the thresholds
+    must get no gradient from them: the regulariser averages over the unprotected slots only."""
+    method = LTP(tiny_config(), {"reg_lambda": 1.0})
+    inputs = batch()
+    protect = torch.zeros_like(inputs["attention_mask"])
+    protect[:, :5] = 1  # [CLS] and a 4-token "question"
+    out = soft_forward(method, inputs, protect=protect)
+    alive = inputs["attention_mask"].bool()
+    masks = [d.aux["mask"] for d in out.decisions if d is not None]
+    # the selector's mask on protected slots is neither 0 nor 1 (the encoder forces 1 there)
+    assert all(torch.all((m[:, 1:5] > 0) & (m[:, 1:5] < 1)) for m in masks)
+    context = step_context(out, torch.tensor(0.0))
+    context.batch = {"protect_mask": protect}
+    extra, _ = method.extra_loss("soft", context)
+    unprotected = (alive & ~protect.bool()).float()
+    expected = sum((m * unprotected).sum() / unprotected.sum() for m in masks)
+    torch.testing.assert_close(extra, expected)
+    grad = threshold_grad(extra, method)
+    torch.testing.assert_close(grad, threshold_grad(expected, method))
+    # ... which is not the gradient with the protected slots counted (the test can fail)
+    every = alive.float()
+    every[:, 0] = 0.0
+    with_protected = sum((m * every).sum() / every.sum() for m in masks)
+    assert not torch.allclose(grad, threshold_grad(with_protected, method), rtol=1e-3, atol=0)
+    # without a protect mask in the batch every real token but [CLS] counts
+    plain, _ = method.extra_loss("soft", step_context(out, torch.tensor(0.0)))
+    torch.testing.assert_close(plain, with_protected)
+
+
+def reference_regulariser(method: LTP, out, lengths, width: int) -> torch.Tensor:
+    """The reference's ``sum_l mask_l.mean()`` over every row padded to ``width`` slots, a padded
+    slot (score 0) at ``sigmoid(-theta / T)``; [CLS] (slot 0) left out, as the harness keeps it."""
+    temperature = method.resolved.temperature
+    total = 0.0
+    for layer, decision in enumerate(out.decisions):
+        if decision is None:
+            continue
+        theta = method.store.threshold(layer)
+        full = torch.sigmoid(-theta / temperature).expand(len(lengths), width).clone()
+        for row, n in enumerate(lengths):
+            full[row, :n] = decision.aux["mask"][row, :n]
+        total = total + full[:, 1:].mean()
+    return total
+
+
+def test_padded_slots_average_is_the_reference_regulariser():
+    lengths = (14, 11, 7)
+    inputs = batch(lengths)
+    wide = batch(lengths, width=20)
+    wide["input_ids"][:, :14] = inputs["input_ids"]
+    real = LTP(tiny_config(), {"reg_lambda": 1.0})
+    reference = LTP(tiny_config(), {"reg_lambda": 1.0, "reg_average": "padded_slots", "reg_length": 128})
+    per_batch = LTP(tiny_config(), {"reg_lambda": 1.0, "reg_average": "padded_slots"})
+    losses = {}
+    for name, method in (("real", real), ("reference", reference), ("per_batch", per_batch)):
+        for width, data in ((14, inputs), (20, wide)):
+            out = soft_forward(method, data)
+            losses[name, width] = method.extra_loss("soft", step_context(out, torch.tensor(0.0)))[0]
+            if name == "reference":
+                expected = reference_regulariser(method, out, lengths, 128)
+                torch.testing.assert_close(losses[name, width], expected)
+                torch.testing.assert_close(threshold_grad(losses[name, width], method), threshold_grad(expected, method))
+            if name == "per_batch":
+                torch.testing.assert_close(losses[name, width], reference_regulariser(method, out, lengths, width))
+    # real tokens and a fixed padded length do not depend on the batch's padding; the batch's
+    # own width does
+    torch.testing.assert_close(losses["real", 14], losses["real", 20], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(losses["reference", 14], losses["reference", 20], atol=1e-5, rtol=1e-5)
+    assert abs(float(losses["per_batch", 14].detach()) - float(losses["per_batch", 20].detach())) > 1e-3
+    assert abs(float(losses["real", 14].detach()) - float(losses["reference", 14].detach())) > 1e-3
+
+
+def test_regulariser_settings_are_checked():
+    assert LTPSettings().reg_average == "real_tokens"
+    with pytest.raises(ValueError, match="reg_average"):
+        LTP(tiny_config(), {"reg_average": "padded"})
+    with pytest.raises(ValueError, match="only applies to reg_average 'padded_slots'"):
+        LTP(tiny_config(), {"reg_length": 128})
     with pytest.raises(ValueError, match="reg_length"):
-        LTP(tiny_config(), {"reg_length": 0})
+        LTP(tiny_config(), {"reg_average": "padded_slots", "reg_length": 0})
+    assert LTP(tiny_config(), {"reg_average": "padded_slots", "reg_length": 128}).resolved.reg_length == 128
+
+
+class RecordingLTP(LTP):
+    """LTP that records its thresholds' learning rate at every soft step."""
+
+    def extra_loss(self, stage, step):
+        if stage == "soft":
+            self.rates.append((step.step, step.total_steps, self.optimizers[-1].param_groups[0]["lr"]))
+        return super().extra_loss(stage, step)
+
+
+def test_threshold_learning_rate_decays_linearly_without_warm_up(monkeypatch):
+    """The reference's threshold scheduler: linear decay from ``threshold_lr`` to 0 over the soft
+    stage, no warm-up, whatever the encoder's warm-up."""
+    method = RecordingLTP(tiny_config(), {"soft_epochs": 2, "hard_epochs": 0, "threshold_lr": 0.05, "reg_lambda": 1.0})
+    method.rates, method.optimizers = [], spy_on_method_optimizers(monkeypatch)
+    settings = train.TrainSettings(batch_size=4, learning_rate=1e-3, warmup_ratio=0.25, seed=0)
+    train.run_stages(tiny_model(), method, toy_rows(), settings, collate=collate_pad0)
+    total = 12  # 24 rows / 4 per batch, 2 epochs
+    assert [step for step, _, _ in method.rates] == list(range(total))
+    assert {t for _, t, _ in method.rates} == {total}
+    rates = {step: lr for step, _, lr in method.rates}
+    assert rates[0] == pytest.approx(0.05)  # no warm-up (the encoder warms up for 3 steps)
+    assert rates[1] == pytest.approx(0.05 * 11 / 12)
+    assert rates[6] == pytest.approx(0.05 * 6 / 12)
+    assert rates[11] == pytest.approx(0.05 / 12)
 
 
 def expected_keep(out, attention_mask, thresholds):
@@ -233,7 +350,8 @@ def test_runs_end_to_end_with_the_training_loop(tmp_path):
     model.set_selectors(LTP.inference_selectors(exported, model.config))
     inputs = collate_pad0(toy_rows(6, seed=5))
     with torch.no_grad():
-        masked, gathered = model(**{k: v for k, v in inputs.items() if k != "labels"}, mode="mask"), model(
-            **{k: v for k, v in inputs.items() if k != "labels"}, mode="gather"
+        masked, gathered = (
+            model(**{k: v for k, v in inputs.items() if k != "labels"}, mode="mask"),
+            model(**{k: v for k, v in inputs.items() if k != "labels"}, mode="gather"),
         )
     torch.testing.assert_close(gathered.logits, masked.logits, atol=1e-5, rtol=1e-5)

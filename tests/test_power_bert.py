@@ -17,7 +17,9 @@ from baselines.power_bert import (
     power_bert_scores,
     validate_retention,
 )
-from tests.conftest import collate_pad0, padded_batch as batch, step_context, toy_rows
+from tests.conftest import collate_pad0, step_context, toy_rows
+from tests.conftest import padded_batch as batch
+from tests.test_method_schedule import spy_on_method_optimizers
 from top import train
 from top.encoder import PrunableModel
 from top.pruning.registry import build_method
@@ -111,13 +113,56 @@ def test_search_stage_gives_gradients_to_retention_weights():
         assert torch.all(grad[layer, : longest - 1] != 0), layer  # every used rank gets task gradient
     # ranks no input reached get none; nor does the last layer of a classifier, whose head reads
     # [CLS] only (so the L1 penalty alone drives its weights, and its count, down to [CLS])
-    assert torch.all(grad[:, longest - 1:] == 0)
+    assert torch.all(grad[:, longest - 1 :] == 0)
     assert torch.all(grad[LAYERS - 1] == 0)
     assert int(method.store.max_seen) == longest
     groups = method.parameter_groups("search")
     assert len(groups) == 1 and groups[0]["params"][0] is method.store.weights
     assert groups[0]["lr"] == method.resolved.retention_lr
+    assert (groups[0]["schedule"], groups[0]["warmup_ratio"]) == ("linear", 0.1)
     assert method.parameter_groups("retrain") == []
+
+
+def reference_forward(model: PrunableModel, inputs, weights: torch.Tensor, before_ffn: bool) -> torch.Tensor:
+    """The search-stage forward written out layer by layer: the token of rank ``j`` is scaled by
+    ``weights[l, j]`` ([CLS] by 1) either after the attention sublayer's LayerNorm, before the
+    feed-forward block (the reference's ``Soft_Extract``, model/model.py ``_wrap_layer``), or on
+    the layer's output. Returns the logits."""
+    alive = inputs["attention_mask"].bool()
+    x = model.hf.base_model.embeddings(input_ids=inputs["input_ids"], token_type_ids=inputs["token_type_ids"])
+    for index, layer in enumerate(model.layers):
+        context, probs = PrunableModel._self_attention(layer, x, alive)
+        h = layer.attention.output(context, x)
+        ranks = power_bert_scores(probs, alive).masked_fill(~alive, float("-inf"))
+        ranks[:, 0] = float("inf")
+        ranks = ranks.argsort(dim=1, descending=True, stable=True).argsort(dim=1)
+        scale = torch.cat([torch.ones(1), weights[index]])[ranks] * alive
+        scale[:, 0] = 1.0
+        if before_ffn:
+            h = h * scale[..., None]
+            x = layer.output(layer.intermediate(h), h)
+        else:
+            x = layer.output(layer.intermediate(h), h) * scale[..., None]
+    return model._head(x)
+
+
+def test_soft_extract_scales_the_feed_forward_input_as_the_reference():
+    """The reference applies Soft-Extract to the attention sublayer's normalised output, which is
+    the feed-forward block's input and residual. Scaling the layer output instead is not
+    equivalent (the feed-forward residual's LayerNorm renormalises the scaled vector)."""
+    model = tiny_model()
+    method = PoWERBERT(tiny_config())
+    with torch.no_grad():
+        method.store.weights.copy_(torch.linspace(1.0, 0.1, 63).expand(LAYERS, 63))
+    model.set_selectors(method.selectors("search"))
+    inputs = batch()
+    with torch.no_grad():
+        out = model(**inputs, mode="mask")
+        reference = reference_forward(model, inputs, method.store.weights, before_ffn=True)
+        after = reference_forward(model, inputs, method.store.weights, before_ffn=False)
+    assert all(decision.soft_on == "ffn_input" for decision in out.decisions)
+    torch.testing.assert_close(out.logits, reference, rtol=0, atol=1e-5)
+    assert not torch.allclose(reference, after, atol=1e-3)
 
 
 def test_l1_penalty_is_layer_weighted():
@@ -305,6 +350,33 @@ def test_runs_end_to_end_with_the_training_loop(tmp_path):
         masked, gathered = model(**inputs, mode="mask"), model(**inputs, mode="gather")
     torch.testing.assert_close(gathered.logits, masked.logits, atol=1e-5, rtol=1e-5)
     assert torch.equal(gathered.lengths_kept[:, -1], torch.minimum(inputs["attention_mask"].sum(1), torch.tensor(retention[-1])))
+
+
+class RecordingPoWERBERT(PoWERBERT):
+    """PoWER-BERT that records its retention weights' learning rate at every search step."""
+
+    def extra_loss(self, stage, step):
+        if stage == "search":
+            self.rates.append((step.step, step.total_steps, self.optimizers[-1].param_groups[0]["lr"]))
+        return super().extra_loss(stage, step)
+
+
+def test_retention_learning_rate_warms_up_then_decays(monkeypatch):
+    """The reference's schedule for the retention weights: linear warm-up over 10% of the search
+    steps, then linear decay to 0 (the encoder's shape, top.train.linear_factor)."""
+    method = RecordingPoWERBERT(tiny_config(), {"search_epochs": 2, "retrain_epochs": 0, "retention_lr": 0.01, "reg_lambda": 0.05})
+    method.rates, method.optimizers = [], spy_on_method_optimizers(monkeypatch)
+    settings = train.TrainSettings(batch_size=2, learning_rate=1e-3, warmup_ratio=0.0, seed=0)
+    train.run_stages(tiny_model(), method, toy_rows(), settings, collate=collate_pad0)
+    total = 24  # 24 rows / 2 per batch, 2 epochs; warm-up int(0.1 * 24) = 2 steps
+    assert [step for step, _, _ in method.rates] == list(range(total))
+    assert {t for _, t, _ in method.rates} == {total}
+    rates = {step: lr for step, _, lr in method.rates}
+    assert rates[0] == pytest.approx(0.01 / 2)  # warm-up, although the encoder has none here
+    assert rates[1] == pytest.approx(0.01)
+    assert rates[2] == pytest.approx(0.01)
+    assert rates[13] == pytest.approx(0.01 * 11 / 22)
+    assert rates[23] == pytest.approx(0.01 / 22)
 
 
 def test_resumed_run_restores_the_retention(tmp_path):

@@ -14,8 +14,9 @@ Per layer ``l`` (docs/design.md, "FLOPs convention"):
 Two modes give the same predictions for the same hard decisions (a test checks it):
 
 * ``mask`` (training): shapes never change. Dropped tokens are excluded as keys from later
-  layers by a large negative additive mask, and the layer output is multiplied by the
-  decision's soft mask so gradients reach differentiable selectors.
+  layers by a large negative additive mask, and the decision's soft mask multiplies the layer
+  output (or, with ``KeepDecision.soft_on == "ffn_input"``, the feed-forward block's input and
+  residual) so gradients reach differentiable selectors.
 * ``gather`` (evaluation, FLOPs, latency): each example's surviving tokens are physically
   selected, so the sequence shrinks layer by layer and the saved work is real.
 
@@ -32,7 +33,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from top.pruning.base import KeepDecision, LayerContext, TokenSelector
+from top.pruning.base import SOFT_PLACEMENTS, KeepDecision, LayerContext, TokenSelector
 
 Mode = Literal["mask", "gather"]
 
@@ -215,13 +216,20 @@ class PrunableModel(nn.Module):
                 if protected is not None:
                     protected = protected.gather(1, order) & (torch.arange(order.shape[1], device=x.device)[None, :] < n_kept[-1][:, None])
                 keep = torch.arange(order.shape[1], device=x.device)[None, :] < n_kept[-1][:, None]
-            x = layer.output(layer.intermediate(hidden), hidden)
+            soft = None
             if mode == "mask" and decision is not None and decision.soft is not None:
+                if decision.soft_on not in SOFT_PLACEMENTS:
+                    raise ValueError(f"layer {index}: KeepDecision.soft_on must be one of {SOFT_PLACEMENTS}, got {decision.soft_on!r}")
                 soft = decision.soft.clone()
                 soft[:, 0] = 1.0
                 if protected is not None:
                     soft = torch.where(protected, torch.ones_like(soft), soft)
-                x = x * soft[..., None]
+                soft = soft[..., None]
+            if soft is not None and decision.soft_on == "ffn_input":
+                hidden = hidden * soft  # the feed-forward block and its residual see the scaled state
+            x = layer.output(layer.intermediate(hidden), hidden)
+            if soft is not None and decision.soft_on == "layer_output":
+                x = x * soft
             alive = keep
 
             if record:

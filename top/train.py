@@ -5,7 +5,8 @@ every pruning method's stages. Per step: the student runs in mask mode with the 
 selectors, the task loss (cross-entropy, or MSE for regression) is weighted by the method,
 the method's extra loss is added, and one optimiser updates the encoder (linear warm-up and
 decay) while a second one updates the method's own parameters at their own learning rates
-(``maximize`` groups do gradient ascent, as Lagrange multipliers need).
+(``maximize`` groups do gradient ascent, as Lagrange multipliers need), constant or on their own
+linear schedule (a group's ``"schedule"`` and ``"warmup_ratio"``; :func:`_method_schedule`).
 
 Checkpoints: at the end of every epoch the model, the method's module, both optimisers, the
 schedulers and the RNG states are written to ``checkpoint_dir/checkpoint.pt`` (temporary name,
@@ -120,13 +121,42 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _linear_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+def linear_factor(warmup: int, total: int) -> Callable[[int], float]:
+    """The learning-rate multiplier at 0-based step ``step``: linear warm-up over ``warmup``
+    steps (``(step + 1) / warmup``), then linear decay to 0 at step ``total``."""
+
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / max(1, warmup)
         return max(0.0, (total - step) / max(1, total - warmup))
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return factor
+
+
+def _linear_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, linear_factor(warmup, total))
+
+
+def _method_schedule(optimizer: torch.optim.Optimizer, settings: TrainSettings, total: int) -> torch.optim.lr_scheduler.LambdaLR | None:
+    """Per-group schedules of a method's optimiser (:meth:`PruningMethod.parameter_groups`):
+    ``"schedule": "linear"`` groups get :func:`linear_factor` with their ``"warmup_ratio"``
+    (default ``settings.warmup_ratio``); ``"constant"`` (or no key) groups keep their ``lr``.
+    None when every group is constant."""
+    factors = []
+    for index, group in enumerate(optimizer.param_groups):
+        kind = group.get("schedule", "constant")
+        if kind == "constant":
+            factors.append(lambda step: 1.0)
+        elif kind == "linear":
+            ratio = float(group.get("warmup_ratio", settings.warmup_ratio))
+            if not 0.0 <= ratio <= 1.0:
+                raise ValueError(f"method parameter group {index}: warmup_ratio must be in [0, 1], got {ratio}")
+            factors.append(linear_factor(int(ratio * total), total))
+        else:
+            raise ValueError(f"method parameter group {index}: schedule must be 'constant' or 'linear', got {kind!r}")
+    if all(group.get("schedule", "constant") == "constant" for group in optimizer.param_groups):
+        return None
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factors)
 
 
 def _model_parameter_groups(model: PrunableModel, settings: TrainSettings, lr: float) -> list[dict[str, Any]]:
@@ -220,6 +250,7 @@ def _run_stage(model, method, stage_index, stage, train_data, settings, collate,
         scheduler = _linear_schedule(model_optimizer, int(settings.warmup_ratio * total_steps), total_steps)
     method_groups = method.parameter_groups(stage.name)
     method_optimizer = torch.optim.AdamW(method_groups, weight_decay=0.0) if method_groups else None
+    method_scheduler = _method_schedule(method_optimizer, settings, total_steps) if method_optimizer else None
 
     start_epoch, step = 0, 0
     if state is not None and state["stage_index"] == stage_index:
@@ -229,6 +260,8 @@ def _run_stage(model, method, stage_index, stage, train_data, settings, collate,
             scheduler.load_state_dict(state["scheduler"])
         if method_optimizer is not None:
             method_optimizer.load_state_dict(state["method_optimizer"])
+        if method_scheduler is not None and state.get("method_scheduler") is not None:
+            method_scheduler.load_state_dict(state["method_scheduler"])
         generator.set_state(state["generator"])
         _set_rng_state(state["rng"])
         start_epoch, step = state["epoch"] + 1, state["step"]
@@ -248,8 +281,9 @@ def _run_stage(model, method, stage_index, stage, train_data, settings, collate,
                     nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], settings.max_grad_norm)
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
-            if scheduler is not None:
-                scheduler.step()
+            for schedule in (scheduler, method_scheduler):
+                if schedule is not None:
+                    schedule.step()
             if step % settings.log_every == 0 or step == total_steps - 1:
                 record.update(stage=stage.name, epoch=epoch, step=step)
                 history.append(record)
@@ -267,6 +301,7 @@ def _run_stage(model, method, stage_index, stage, train_data, settings, collate,
                     "model_optimizer": model_optimizer.state_dict() if model_optimizer else None,
                     "scheduler": scheduler.state_dict() if scheduler else None,
                     "method_optimizer": method_optimizer.state_dict() if method_optimizer else None,
+                    "method_scheduler": method_scheduler.state_dict() if method_scheduler else None,
                     "generator": generator.get_state(),
                     "rng": _rng_state(),
                     "history": history,

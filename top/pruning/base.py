@@ -59,15 +59,26 @@ class KeepDecision:
 
     Attributes:
         hard: ``[B, n]`` bool, tokens that survive (gather mode keeps exactly these).
-        soft: ``[B, n]`` float or None. In mask mode the layer output is multiplied by it, which
-            is how differentiable methods (LTP's soft stage, ToP's gates) get gradients. It has no
-            effect in gather mode.
+        soft: ``[B, n]`` float or None. In mask mode the encoder multiplies each token's hidden
+            state by it, which is how differentiable methods (LTP's soft stage, ToP's gates,
+            PoWER-BERT's soft-extract) get gradients. It has no effect in gather mode.
         aux: anything the method's loss needs later (scores, gate values, ...), keyed by name.
+        soft_on: where ``soft`` is applied in mask mode: ``"layer_output"`` (the default: the
+            layer's output, after its feed-forward block, as LTP's soft mask) or
+            ``"ffn_input"`` (the attention sublayer's output, after its LayerNorm, which then
+            enters the feed-forward block and its residual, as PoWER-BERT's Soft-Extract does).
+            The two are not equivalent: the feed-forward residual's LayerNorm renormalises a
+            scaled input.
     """
 
     hard: torch.Tensor
     soft: torch.Tensor | None = None
     aux: dict[str, Any] = field(default_factory=dict)
+    soft_on: str = "layer_output"
+
+
+#: The places where :attr:`KeepDecision.soft` can be applied (see ``soft_on``).
+SOFT_PLACEMENTS = ("layer_output", "ffn_input")
 
 
 def attention_token_scores(attention_probs: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
@@ -203,8 +214,12 @@ class PruningMethod(abc.ABC):
     def parameter_groups(self, stage: str) -> list[dict[str, Any]]:
         """Optimiser groups for the method's own parameters (each with its own ``lr``).
 
-        Returned groups are added to the model's group. A group may set ``"maximize": True``
-        (gradient ascent, e.g. Lagrange multipliers). Default: none.
+        They form the stage's second optimiser (the encoder has its own). A group may set
+        ``"maximize": True`` (gradient ascent, e.g. Lagrange multipliers) and a learning-rate
+        schedule over the stage's steps: ``"schedule": "constant"`` (the default) or
+        ``"linear"`` (linear warm-up over ``"warmup_ratio"`` of the steps, default the run's
+        ``train.warmup_ratio``, then linear decay to 0: the encoder's schedule,
+        :func:`top.train.linear_factor`). Default: none.
         """
         return []
 
