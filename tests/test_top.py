@@ -330,8 +330,14 @@ def test_prepare_rejects_an_unreachable_target_and_keeps_the_chosen_lengths():
     on_dev.prepare({"train": short, "validation": long}, "classification")
     assert torch.equal(on_dev.constraint_lengths, long.double())
     mask = torch.ones(2, 6, dtype=torch.long)
-    step = StepContext(student=model(input_ids=torch.ones(2, 6, dtype=torch.long), attention_mask=mask),
-                       teacher=None, batch={"attention_mask": mask}, task_loss=torch.zeros(()), step=0, total_steps=10)
+    step = StepContext(
+        student=model(input_ids=torch.ones(2, 6, dtype=torch.long), attention_mask=mask),
+        teacher=None,
+        batch={"attention_mask": mask},
+        task_loss=torch.zeros(()),
+        step=0,
+        total_steps=10,
+    )
     on_dev.resolved.logit_distill_weight = 0.0
     on_dev.resolved.rank_distill_weight = 0.0
     _, logs = on_dev.extra_loss("prune", step)
@@ -445,9 +451,7 @@ def toy_dataset(n: int, seed: int = 0) -> list[dict]:
         label = i % 2
         if label:
             ids[int(torch.randint(1, length, (1,), generator=g))] = 7
-        data.append(
-            {"input_ids": ids.tolist(), "attention_mask": [1] * length, "token_type_ids": [0] * length, "labels": label}
-        )
+        data.append({"input_ids": ids.tolist(), "attention_mask": [1] * length, "token_type_ids": [0] * length, "labels": label})
     return data
 
 
@@ -583,7 +587,7 @@ def test_deterministic_gates_keep_the_expected_fraction_when_the_layer_gate_is_u
     assert gates.bins.deterministic().sum() == 0 and gates.layer.deterministic().item() == 1
     keep = gates.deterministic_keep()
     assert int(keep.sum()) == round(10 * expected)
-    assert keep[-int(keep.sum()):].all()  # the bins with the largest log_alpha
+    assert keep[-int(keep.sum()) :].all()  # the bins with the largest log_alpha
     exported = method.export()
     assert exported["layers"][0]["kept_bins"] == round(10 * expected) and exported["layers"][0]["prunes"]
     assert ToP.flops_target(exported) == 0.5

@@ -10,11 +10,11 @@ import torch
 from transformers import BertForSequenceClassification
 
 from tests.conftest import tiny_config
-from top.tasks.glue import collate
 from top.encoder import PrunableModel
 from top.pruning.base import Stage
 from top.pruning.dense import Dense
 from top.pruning.topk import TopK
+from top.tasks.glue import collate
 from top.train import NonFiniteLossError, TrainSettings, run_stages
 
 
