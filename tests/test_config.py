@@ -155,3 +155,21 @@ def test_seeds_given_on_the_command_line_become_integers():
     empty: dict = {}
     seeds_from_command_line(empty)
     assert empty == {}
+
+
+def test_top_is_refused_with_protect_question_on_squad(config, tmp_path):
+    squad = tmp_path / "squad"
+    squad.mkdir()
+    config.update(tasks=["sst2", "squad"], squad_dir=str(squad))
+    config["methods"]["top"] = {"settings": {"t": {"prune_layers": [0]}}}
+    validate_config(config)  # protect_question is off by default
+    config["qa"]["protect_question"] = True
+    with pytest.raises(ConfigError) as error:
+        validate_config(config, check_paths=False)
+    message = str(error.value)
+    assert message.startswith("qa.protect_question: true cannot be used with method 'top' (tasks squad): ")
+    assert "FLOPs constraint" in message and "set qa.protect_question: false" in message
+    # without a SQuAD task the option does nothing, and without ToP nothing refuses it
+    validate_config({**config, "tasks": ["sst2"]})
+    del config["methods"]["top"]
+    validate_config(config)

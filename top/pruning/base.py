@@ -173,6 +173,10 @@ class PruningMethod(abc.ABC):
     """
 
     name: ClassVar[str]
+    #: Why the method cannot train with ``protect_mask`` (tokens kept whatever its selectors
+    #: decide, SQuAD's ``qa.protect_question``), or None if it can. Configuration validation
+    #: refuses such a method with that option before any job runs.
+    protected_tokens_unsupported: ClassVar[str | None] = None
 
     def __init__(self, model_config, settings: Mapping[str, Any] | None = None):
         self.model_config = model_config
@@ -204,9 +208,19 @@ class PruningMethod(abc.ABC):
         """Optimiser groups for the method's own parameters (each with its own ``lr``).
 
         Returned groups are added to the model's group. A group may set ``"maximize": True``
-        (gradient ascent, e.g. Lagrange multipliers). Default: none.
+        (gradient ascent, e.g. Lagrange multipliers) and ``"clip": False`` (its gradients are
+        never clipped; by default the method's groups are clipped together, apart from the
+        model's, to ``max_grad_norm``). Default: none.
         """
         return []
+
+    def frozen_model_parameters(self, stage: str) -> tuple[str, ...]:
+        """Name fragments of encoder parameters (as ``model.hf.named_parameters()`` spells them)
+        that the optimiser leaves unchanged in ``stage``: a parameter whose name contains one is
+        left out of the model's optimiser. Its gradient is still computed and counts in the
+        model's clipping norm, as for a parameter a reference trainer leaves out of its
+        optimiser. Default: none."""
+        return ()
 
     def trains_model_weights(self, stage: str) -> bool:
         """Whether the encoder's own weights are updated in ``stage``. Default: yes."""
