@@ -13,13 +13,14 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from transformers import BertConfig, BertForQuestionAnswering, BertForSequenceClassification
 
 from top.encoder import PrunableModel
 from top.measure.flops import example_flops
-from top.pruning.base import LayerContext, StepContext
+from top.pruning.base import LayerContext, StepContext, attention_token_scores
 from top.pruning.l0 import HardConcreteGate, log_alpha_for_droprate
-from top.pruning.ranking import ranking_distillation_loss
+from top.pruning.ranking import WEIGHTINGS, ranking_distillation_loss
 from top.pruning.registry import build_method
 from top.pruning.top import ToP
 from top.pruning.top.gates import bin_keep_values, bin_occupancy, rank_bins
@@ -178,6 +179,133 @@ def test_ranking_loss_only_uses_the_teachers_top_k():
     assert float(zero.detach()) == 0.0
 
 
+def hand_reference_loss(student, teacher, lengths, topk, longest=None):
+    """The reference's ARP-2 ranking loss by explicit loops (ToP ``trainer.py``, the
+    ``LambdaARPLoss2`` branch): ``K = min(topk, longest row)``; each row's teacher top-``K`` tokens
+    with relevance ``k, ..., 1``, then ``K - k`` padding items of relevance 0 and score 0; the sum
+    over pairs with ``y_i > y_j`` of ``(y_i - y_j) log2(1 + exp(-(s_i - s_j)))``, divided by
+    ``K^2``; the mean over rows. Also returns d loss / d student, by hand. ``longest``: the
+    longest row if not the longest of ``lengths``.
+
+    ``student[b][t]``, ``teacher[b][t]``: plain floats of token ``t`` (0-based) of row ``b``, whose
+    first ``lengths[b]`` tokens are real."""
+    rows = len(lengths)
+    big_k = min(topk, longest or max(lengths))
+    grads = [[0.0] * len(row) for row in student]
+    losses = []
+    for b, n in enumerate(lengths):
+        best = sorted(range(n), key=lambda t: -teacher[b][t])[:big_k]
+        k = len(best)
+        items = [(t, k - r, student[b][t]) for r, t in enumerate(best)] + [(None, 0, 0.0)] * (big_k - k)
+        total = 0.0
+        for ti, yi, si in items:
+            for tj, yj, sj in items:
+                if yi <= yj:
+                    continue
+                w, d = yi - yj, si - sj
+                total += w * math.log2(1.0 + math.exp(-d))
+                g = w / (1.0 + math.exp(d)) / math.log(2.0) / big_k**2 / rows  # -d term / d s_i
+                if ti is not None:
+                    grads[b][ti] -= g
+                if tj is not None:
+                    grads[b][tj] += g
+        losses.append(total / big_k**2)
+    return sum(losses) / rows, grads
+
+
+def ranking_inputs(lengths, width, seed):
+    """Scores of rows with ``lengths`` real tokens in slots 1.. (slot 0 is [CLS], not ranked)."""
+    g = torch.Generator().manual_seed(seed)
+    teacher = torch.rand(len(lengths), width, generator=g, dtype=torch.float64)
+    student = torch.rand(len(lengths), width, generator=g, dtype=torch.float64) * 2 - 1
+    mask = torch.zeros(len(lengths), width, dtype=torch.bool)
+    for b, n in enumerate(lengths):
+        mask[b, 1 : 1 + n] = True
+    student = student.masked_fill(~mask, float("-inf"))  # as attention_token_scores marks dead slots
+    tokens = [[float(v) for v in row[1 : 1 + n]] for row, n in zip(student, lengths)]
+    ranks = [[float(v) for v in row[1 : 1 + n]] for row, n in zip(teacher, lengths)]
+    return student, teacher, mask, tokens, ranks
+
+
+@pytest.mark.parametrize("topk", [20, 10])
+def test_ranking_loss_reference_padding_golden_8_12_19(topk):
+    """Rows of 8, 12 and 19 tokens: with top-20, K = 19 and the 8- and 12-token rows get 11 and 7
+    padding items; with top-10 the 8-token row gets 2 and the others are cut to 10."""
+    lengths = [8, 12, 19]
+    student, teacher, mask, tokens, ranks = ranking_inputs(lengths, width=22, seed=7)
+    expected, grads = hand_reference_loss(tokens, ranks, lengths, topk)
+    s = student.clone().requires_grad_()
+    loss = ranking_distillation_loss(s, teacher, mask, topk=topk)  # reference padding is the default
+    assert float(loss.detach()) == pytest.approx(expected, rel=1e-12)
+    loss.backward()
+    for b, n in enumerate(lengths):
+        assert s.grad[b, 1 : 1 + n].tolist() == pytest.approx(grads[b], rel=1e-9, abs=1e-15)
+        assert s.grad[b, 0] == 0 and (s.grad[b, 1 + n :] == 0).all()
+
+
+def test_ranking_loss_reference_padding_closed_form():
+    """Two rows, top-20: K = 2. Row 0 ranks two tokens (0.3 above 0.1); row 1 has one token
+    (0.5), which meets one padding item of score 0."""
+    student = torch.tensor([[0.3, 0.1], [0.5, float("-inf")]], dtype=torch.float64)
+    teacher = torch.tensor([[2.0, 1.0], [5.0, 0.0]], dtype=torch.float64)
+    mask = torch.tensor([[True, True], [True, False]])
+    row0 = math.log2(1 + math.exp(-(0.3 - 0.1))) / 4
+    row1 = math.log2(1 + math.exp(-0.5)) / 4
+    assert float(ranking_distillation_loss(student, teacher, mask)) == pytest.approx((row0 + row1) / 2, rel=1e-12)
+    # own tokens: row 1 has no pair and leaves the mean; row 0 is divided by its own k^2 = 4
+    assert float(ranking_distillation_loss(student, teacher, mask, padding="own_tokens")) == pytest.approx(row0, rel=1e-12)
+
+
+def test_ranking_loss_padding_modes_differ_on_short_rows_and_agree_on_long_ones():
+    # rows shorter than K: the reference pads them and divides by K^2, own_tokens does not
+    student, teacher, mask, _, _ = ranking_inputs([8, 12, 19], width=22, seed=3)
+    short = [student.clone().requires_grad_() for _ in range(2)]
+    ref = ranking_distillation_loss(short[0], teacher, mask, topk=20)
+    own = ranking_distillation_loss(short[1], teacher, mask, topk=20, padding="own_tokens")
+    assert abs(float(ref.detach()) - float(own.detach())) > 1e-3
+    ref.backward()
+    own.backward()
+    for row in (0, 1):  # the padded rows' gradients point elsewhere
+        cosine = F.cosine_similarity(short[0].grad[row, mask[row]], short[1].grad[row, mask[row]], dim=0)
+        assert float(cosine) < 0.99
+    # every row has at least K = min(topk, longest) tokens: identical values and gradients
+    for lengths, topk in (([19, 20, 25], 10), ([15, 15, 15], 20), ([21, 30, 24], 20)):
+        student, teacher, mask, _, _ = ranking_inputs(lengths, width=32, seed=sum(lengths))
+        for weighting in WEIGHTINGS:
+            pair = [student.clone().requires_grad_() for _ in range(2)]
+            ref = ranking_distillation_loss(pair[0], teacher, mask, topk=topk, weighting=weighting)
+            own = ranking_distillation_loss(pair[1], teacher, mask, topk=topk, weighting=weighting, padding="own_tokens")
+            assert float(ref.detach()) == pytest.approx(float(own.detach()), rel=1e-12)
+            ref.backward()
+            own.backward()
+            assert torch.allclose(pair[0].grad, pair[1].grad, rtol=1e-10, atol=1e-15)
+    with pytest.raises(ValueError, match="padding must be one of"):
+        ranking_distillation_loss(student, teacher, mask, padding="zeros")
+    with pytest.raises(ValueError, match="list_length"):
+        ranking_distillation_loss(student, teacher, mask, list_length=3)
+
+
+def test_ranking_loss_list_length_sets_k_beyond_the_longest_ranked_row():
+    """ToP passes the batch's longest real row: at a layer where tokens were dropped, K still
+    comes from the input lengths and the dropped tokens count as padding items."""
+    lengths = [6, 9]
+    student, teacher, mask, tokens, ranks = ranking_inputs(lengths, width=12, seed=11)
+    own_k, _ = hand_reference_loss(tokens, ranks, lengths, topk=20)  # K = 9
+    wider, grads = hand_reference_loss(tokens, ranks, lengths, topk=20, longest=14)  # K = 14
+    assert abs(wider - own_k) > 1e-3
+    s = student.clone().requires_grad_()
+    loss = ranking_distillation_loss(s, teacher, mask, topk=20, list_length=14)
+    assert float(loss.detach()) == pytest.approx(wider, rel=1e-12)
+    loss.backward()
+    for b, n in enumerate(lengths):
+        assert s.grad[b, 1 : 1 + n].tolist() == pytest.approx(grads[b], rel=1e-9, abs=1e-15)
+    assert float(ranking_distillation_loss(student, teacher, mask, topk=20)) == pytest.approx(own_k, rel=1e-12)
+    # K = 14 > the tensors' 12 slots: padding items beyond the width
+    assert float(ranking_distillation_loss(student[:, :10], teacher[:, :10], mask[:, :10], topk=20, list_length=14)) == pytest.approx(
+        wider, rel=1e-12
+    )
+
+
 # ------------------------------------------------------------------------------ settings, bins
 
 
@@ -187,6 +315,7 @@ def test_settings_defaults_follow_the_model_depth_and_reject_unknown_keys():
     assert method.resolved.prune_layers == list(range(1, 11))  # reference 2..11, shifted by one
     assert method.resolved.rank_distill_layers == [1, 2, 3]  # reference range(1, 12 // 3)
     assert method.resolved.task_loss_weight == 0.0 and method.resolved.logit_distill_weight == 1.0
+    assert method.resolved.rank_padding == "reference" and method.resolved.freeze_embeddings is True
     assert [s.name for s in method.stages()] == ["prune"]
     six = ToP(tiny_config(layers=6), {"finetune_epochs": 2, "finetune_learning_rate": 3e-5})
     assert six.resolved.prune_layers == [1, 2, 3, 4] and six.resolved.rank_distill_layers == [1]
@@ -199,6 +328,10 @@ def test_settings_defaults_follow_the_model_depth_and_reject_unknown_keys():
         ToP(tiny_config(layers=4), {"prune_layers": [1, 4]})
     with pytest.raises(ValueError, match="target_sparsity"):
         ToP(tiny_config(), {"target_sparsity": 1.0})
+    with pytest.raises(ValueError, match="rank_padding must be one of"):
+        ToP(tiny_config(), {"rank_padding": "zeros"})
+    with pytest.raises(ValueError, match="freeze_embeddings must be true or false"):
+        ToP(tiny_config(), {"freeze_embeddings": "yes"})
 
 
 def test_parameter_groups_and_teacher_signals():
@@ -212,6 +345,9 @@ def test_parameter_groups_and_teacher_signals():
     assert method.teacher_signals("prune") == ("logits", "attentions")
     assert method.teacher_signals("finetune") == ("logits",)
     assert method.parameter_groups("finetune") == []
+    assert gates["clip"] is False and lambdas["clip"] is False  # the reference clips neither
+    assert method.frozen_model_parameters("prune") == method.frozen_model_parameters("finetune") == ("embeddings",)
+    assert ToP(tiny_config(), {"freeze_embeddings": False}).frozen_model_parameters("prune") == ()
     # selectors share the method's gates
     selectors = method.selectors("prune")
     assert selectors[2].gates is method.module.layers["2"]
@@ -330,8 +466,14 @@ def test_prepare_rejects_an_unreachable_target_and_keeps_the_chosen_lengths():
     on_dev.prepare({"train": short, "validation": long}, "classification")
     assert torch.equal(on_dev.constraint_lengths, long.double())
     mask = torch.ones(2, 6, dtype=torch.long)
-    step = StepContext(student=model(input_ids=torch.ones(2, 6, dtype=torch.long), attention_mask=mask),
-                       teacher=None, batch={"attention_mask": mask}, task_loss=torch.zeros(()), step=0, total_steps=10)
+    step = StepContext(
+        student=model(input_ids=torch.ones(2, 6, dtype=torch.long), attention_mask=mask),
+        teacher=None,
+        batch={"attention_mask": mask},
+        task_loss=torch.zeros(()),
+        step=0,
+        total_steps=10,
+    )
     on_dev.resolved.logit_distill_weight = 0.0
     on_dev.resolved.rank_distill_weight = 0.0
     _, logs = on_dev.extra_loss("prune", step)
@@ -445,9 +587,7 @@ def toy_dataset(n: int, seed: int = 0) -> list[dict]:
         label = i % 2
         if label:
             ids[int(torch.randint(1, length, (1,), generator=g))] = 7
-        data.append(
-            {"input_ids": ids.tolist(), "attention_mask": [1] * length, "token_type_ids": [0] * length, "labels": label}
-        )
+        data.append({"input_ids": ids.tolist(), "attention_mask": [1] * length, "token_type_ids": [0] * length, "labels": label})
     return data
 
 
@@ -583,7 +723,7 @@ def test_deterministic_gates_keep_the_expected_fraction_when_the_layer_gate_is_u
     assert gates.bins.deterministic().sum() == 0 and gates.layer.deterministic().item() == 1
     keep = gates.deterministic_keep()
     assert int(keep.sum()) == round(10 * expected)
-    assert keep[-int(keep.sum()):].all()  # the bins with the largest log_alpha
+    assert keep[-int(keep.sum()) :].all()  # the bins with the largest log_alpha
     exported = method.export()
     assert exported["layers"][0]["kept_bins"] == round(10 * expected) and exported["layers"][0]["prunes"]
     assert ToP.flops_target(exported) == 0.5
@@ -616,3 +756,138 @@ def test_calibration_moves_whole_bins_to_the_flops_target():
     assert "layers.1.bin_offset" in method.module.state_dict()
     exported = method.export()
     assert [entry["kept_bins"] for entry in exported["layers"]] == [10 + offset for offset in offsets]
+
+
+# ------------------------------------------------------------------------------ reference optimiser, ranking wiring
+
+
+def test_rank_loss_follows_rank_padding_with_k_from_the_input_lengths():
+    model = tiny_model(layers=4)
+    teacher = copy.deepcopy(model)
+    batch = make_batch([9, 23, 14], seed=6)
+    totals = {}
+    for padding in ("reference", "own_tokens"):
+        settings = {"bin_num": 4, "prune_layers": [1], "rank_distill_layers": [1, 2], "rank_topk": 20, "rank_padding": padding}
+        method = ToP(model.config, settings)
+        set_gates(method, 1, [1, 1, 0, 0])  # layer 1 drops about half: layer 2 ranks fewer tokens
+        model.set_selectors(method.selectors("prune"))
+        model.eval()
+        with torch.no_grad():
+            student = model(**batch, mode="mask")
+            t_out = teacher(**batch, mode="mask", output_attentions=True)
+        totals[padding] = float(method.rank_loss(student, t_out, batch["attention_mask"]))
+        alive = batch["attention_mask"].bool()
+        t_scores = attention_token_scores(t_out.attentions[-1], alive)
+        expected, without_list_length = 0.0, 0.0
+        for layer in (1, 2):
+            decision = student.decisions[layer]
+            valid = decision.aux["alive"].clone()
+            valid[:, 0] = False
+            args = (decision.aux["scores"], t_scores.gather(1, decision.aux["positions"]), valid)
+            expected += float(ranking_distillation_loss(*args, topk=20, padding=padding, list_length=22))  # 23 - [CLS]
+            without_list_length += float(ranking_distillation_loss(*args, topk=20, padding=padding))
+        assert int(valid.sum(1).max()) < 22  # layer 2 ranks fewer tokens than the longest input has
+        assert totals[padding] == pytest.approx(expected, rel=1e-6)
+        if padding == "reference":  # K = min(20, 22) at every distilled layer, as the reference
+            assert abs(totals[padding] - without_list_length) > 1e-6
+    assert abs(totals["reference"] - totals["own_tokens"]) > 1e-6
+
+
+_ADAMW_STEP = torch.optim.AdamW.step
+
+
+def _record_optimizer_steps(monkeypatch, model):
+    """Patch AdamW.step to record, at every step, the gradients of the stepping optimiser's
+    parameters and of every encoder parameter (by name)."""
+    steps = []
+    original = _ADAMW_STEP
+
+    def step(self, *args, **kwargs):
+        own = {id(p): p.grad.detach().clone() for g in self.param_groups for p in g["params"] if p.grad is not None}
+        encoder = {n: p.grad.detach().clone() for n, p in model.hf.named_parameters() if p.grad is not None}
+        steps.append({"groups": self.param_groups, "grads": own, "encoder": encoder})
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    return steps
+
+
+def _train_top(monkeypatch, max_grad_norm, settings=None):
+    from top.tasks.glue import collate
+    from top.train import TrainSettings, run_stages
+
+    model = tiny_model(layers=4, seed=0)
+    teacher = copy.deepcopy(model)
+    values = {
+        "bin_num": 4,
+        "prune_layers": [1, 2],
+        "rank_distill_layers": [1],
+        "epochs": 1,
+        "finetune_epochs": 1,
+        "reg_learning_rate": 0.1,
+        "lambda_learning_rate": 0.1,
+        **(settings or {}),
+    }
+    method = ToP(model.config, values)
+    before = {n: p.detach().clone() for n, p in model.hf.named_parameters()}
+    steps = _record_optimizer_steps(monkeypatch, model)
+    train = TrainSettings(batch_size=8, learning_rate=1e-3, warmup_ratio=0.0, max_grad_norm=max_grad_norm, seed=0)
+    run_stages(model, method, toy_dataset(8), train, collate=functools.partial(collate, pad_token_id=0), teacher=teacher)
+    after = {n: p.detach().clone() for n, p in model.hf.named_parameters()}
+    embeddings = {id(p) for n, p in model.hf.named_parameters() if "embeddings" in n}
+    # frozen parameters are in no optimiser: their gradients are cleared after every step all the same
+    assert all(p.grad is None for p in model.hf.parameters())
+    return method, steps, before, after, embeddings
+
+
+def test_top_clips_the_encoder_gradients_but_never_the_gates_or_multipliers(monkeypatch):
+    # the layer gates on and the task loss rather than distillation from an identical teacher: the
+    # bin gates get gradients
+    gates_on = {"layer_droprate_init": 0.01, "droprate_init": 0.5, "logit_distill_weight": 0.0}
+    clip = 1e-8
+    clipped_method, clipped, *_ = _train_top(monkeypatch, max_grad_norm=clip, settings=gates_on)
+    free_method, free, *_ = _train_top(monkeypatch, max_grad_norm=1e9, settings=gates_on)
+    # one prune step (model optimiser, then the method's), then one finetune step (model only)
+    assert len(clipped) == len(free) == 3
+    for group in ("gate_parameters", "lambda_parameters"):
+        ids = [id(p) for p in getattr(clipped_method.module, group)()]
+        free_ids = [id(p) for p in getattr(free_method.module, group)()]
+        assert set(ids) <= set(clipped[1]["grads"])
+        norm = torch.linalg.vector_norm(torch.cat([free[1]["grads"][i].flatten() for i in free_ids]))
+        assert norm > 100 * clip, group  # clipping would have scaled them down
+        for a, b in zip(ids, free_ids):  # not scaled
+            assert torch.equal(clipped[1]["grads"][a], free[1]["grads"][b]), group
+    # the encoder's: scaled to the norm, which counts the frozen embeddings' gradients too
+    unclipped = free[0]["encoder"]
+    assert any("embeddings" in n for n in unclipped)
+    total = torch.linalg.vector_norm(torch.cat([g.flatten() for g in unclipped.values()]))
+    for name, grad in clipped[0]["encoder"].items():
+        torch.testing.assert_close(grad, unclipped[name] * (clip / (total + 1e-6)), rtol=1e-4, atol=1e-16)
+
+
+def test_top_freezes_the_embeddings_in_both_stages_as_the_reference(monkeypatch):
+    _, steps, before, after, embeddings = _train_top(monkeypatch, max_grad_norm=1.0)
+    assert len(steps) == 3
+    for index in (0, 2):  # the model optimiser of prune and of finetune holds no embedding
+        params = {id(p) for g in steps[index]["groups"] for p in g["params"]}
+        assert len(params) > 10 and not params & embeddings
+    embedding_names = [n for n in before if "embeddings" in n]
+    assert len(embedding_names) == 5  # word, position, token type, LayerNorm weight and bias
+    for name in embedding_names:
+        assert torch.equal(before[name], after[name]), name
+    assert not torch.equal(before["bert.encoder.layer.0.attention.self.query.weight"], after["bert.encoder.layer.0.attention.self.query.weight"])
+    assert not torch.equal(before["classifier.weight"], after["classifier.weight"])
+
+    _, _, before, after, _ = _train_top(monkeypatch, max_grad_norm=1.0, settings={"freeze_embeddings": False})
+    assert not torch.equal(before["bert.embeddings.word_embeddings.weight"], after["bert.embeddings.word_embeddings.weight"])
+    assert not torch.equal(before["bert.embeddings.LayerNorm.weight"], after["bert.embeddings.LayerNorm.weight"])
+
+
+def test_top_refuses_protected_tokens_at_training_time():
+    model = tiny_model(layers=4)
+    method = ToP(model.config, {"bin_num": 4, "prune_layers": [1, 2], "rank_distill_weight": 0.0, "logit_distill_weight": 0.0})
+    batch = make_batch([7, 5])
+    batch["protect_mask"] = torch.zeros_like(batch["attention_mask"])
+    student = model(**{k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")})
+    with pytest.raises(ValueError, match=r"qa.protect_question.*FLOPs constraint"):
+        method.extra_loss("prune", StepContext(student, None, batch, torch.zeros(()), step=0, total_steps=1))

@@ -10,11 +10,11 @@ import torch
 from transformers import BertForSequenceClassification
 
 from tests.conftest import tiny_config
-from top.tasks.glue import collate
 from top.encoder import PrunableModel
 from top.pruning.base import Stage
 from top.pruning.dense import Dense
 from top.pruning.topk import TopK
+from top.tasks.glue import collate
 from top.train import NonFiniteLossError, TrainSettings, run_stages
 
 
@@ -133,3 +133,68 @@ def test_span_loss_is_the_mean_start_end_cross_entropy_without_padding():
     # three real positions with equal logits: each cross-entropy is log 3
     assert task_loss(logits, labels, mask).item() == pytest.approx(math.log(3))
     assert task_loss(logits, labels).item() > 50  # without the mask the padding dominates
+
+
+class WithParameter(Finetune):
+    """A method whose own parameter ``w`` enters the loss as ``100 * sum(w)`` (gradient 100
+    everywhere), in a group that sets ``clip`` only when it is given; optionally freezes the
+    encoder's embeddings."""
+
+    def __init__(self, config, clip=None, frozen=()):
+        super().__init__(config, 1)
+        self.module.w = torch.nn.Parameter(torch.ones(3))
+        self.clip, self.frozen = clip, tuple(frozen)
+
+    def parameter_groups(self, stage):
+        group = {"params": [self.module.w], "lr": 0.1}
+        if self.clip is not None:
+            group["clip"] = self.clip
+        return [group]
+
+    def extra_loss(self, stage, step):
+        return 100.0 * self.module.w.sum(), {}
+
+    def frozen_model_parameters(self, stage):
+        return self.frozen
+
+
+def _gradients_at_step(monkeypatch, method, model, data, max_grad_norm=1.0):
+    """Train one step; the gradients each optimiser saw when it stepped, by parameter name."""
+    names = {id(p): n for n, p in [*model.hf.named_parameters(), *(("w", method.module.w),)]}
+    seen = {}
+    original = torch.optim.AdamW.step
+
+    def step(self, *args, **kwargs):
+        seen.update({names[id(p)]: p.grad.clone() for g in self.param_groups for p in g["params"]})
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    run_stages(model, method, data, TrainSettings(batch_size=len(data), learning_rate=1e-2, max_grad_norm=max_grad_norm), collate=collate0)
+    return seen
+
+
+@pytest.mark.parametrize("clip", [None, True, False])
+def test_method_groups_are_clipped_unless_they_set_clip_false(monkeypatch, clip):
+    model, data = make_model(), toy_data(8)
+    seen = _gradients_at_step(monkeypatch, WithParameter(model.config, clip), model, data)
+    norm = float(torch.linalg.vector_norm(seen["w"]))
+    if clip is False:
+        assert torch.equal(seen["w"], torch.full((3,), 100.0))  # never clipped
+    else:  # the default (LTP, PoWER-BERT): clipped on its own to max_grad_norm
+        assert norm == pytest.approx(1.0, rel=1e-4)
+    encoder = torch.linalg.vector_norm(torch.cat([g.flatten() for n, g in seen.items() if n != "w"]))
+    assert float(encoder) <= 1.0 + 1e-4  # the encoder's own norm, not shrunk by the method's
+
+
+def test_frozen_model_parameters_stay_put_and_count_in_the_clipping_norm(monkeypatch):
+    model, data = make_model(), toy_data(8)
+    before = {n: p.detach().clone() for n, p in model.hf.named_parameters()}
+    method = WithParameter(model.config, frozen=("embeddings",))
+    seen = _gradients_at_step(monkeypatch, method, model, data, max_grad_norm=1e-9)
+    assert seen and not any("embeddings" in n for n in seen)  # in no optimiser
+    for name, param in model.hf.named_parameters():
+        assert torch.equal(param.detach(), before[name]) == ("embeddings" in name), name
+        assert param.grad is None  # cleared after the step, frozen ones too
+    # with the embeddings' gradients in the norm, the others' norm is below max_grad_norm
+    trained = float(torch.linalg.vector_norm(torch.cat([g.flatten() for n, g in seen.items() if n != "w"])))
+    assert trained < 1e-9 * (1 - 1e-3)

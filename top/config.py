@@ -2,9 +2,9 @@
 
 The Snakemake schema (``workflow/schemas/config.schema.yaml``) checks types and fills defaults
 (declared there once). :func:`validate_config` then checks what a schema cannot: task and
-method names, data folders, model paths, that every setting builds a valid method. Both run
-before any job starts. :func:`resolve_run` merges, for one (task, method, setting, seed), in
-increasing priority:
+method names, data folders, model paths, that every setting builds a valid method and that no
+configured method refuses ``qa.protect_question``. Both run before any job starts.
+:func:`resolve_run` merges, for one (task, method, setting, seed), in increasing priority:
 
 1. ``train`` (shared optimisation settings) and ``methods.<m>.common``;
 2. ``task_settings.<task>.train`` and ``task_settings.<task>.methods.<m>``;
@@ -27,7 +27,7 @@ import os
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from top.pruning.registry import METHODS
+from top.pruning.registry import METHODS, method_class
 from top.tasks import is_qa_task, task_names
 
 TEACHER_METHOD = "dense"
@@ -124,6 +124,7 @@ def validate_config(cfg: Mapping[str, Any], *, check_paths: bool = True) -> None
         raise ConfigError(f"methods: the reference method {TEACHER_METHOD!r} must be configured")
     if len(set(cfg["seeds"])) != len(cfg["seeds"]):
         raise ConfigError(f"seeds: duplicates in {cfg['seeds']}")
+    _check_protected_tokens(cfg)
 
     if check_paths:
         if cfg["data_source"] == "local":
@@ -137,6 +138,23 @@ def validate_config(cfg: Mapping[str, Any], *, check_paths: bool = True) -> None
                     raise ConfigError(f"{key}: {folder!r} is not a directory")
         _check_model(cfg["model"])
     _check_method_settings(cfg)
+
+
+def _check_protected_tokens(cfg: Mapping[str, Any]) -> None:
+    """Refuse a method that cannot train with ``qa.protect_question`` when a SQuAD task is run
+    (:attr:`~top.pruning.base.PruningMethod.protected_tokens_unsupported`)."""
+    if not (cfg.get("qa") or {}).get("protect_question"):
+        return
+    qa_tasks = [task for task in cfg["tasks"] if is_qa_task(task)]
+    if not qa_tasks:
+        return
+    for method in cfg["methods"]:
+        reason = method_class(method).protected_tokens_unsupported
+        if reason:
+            raise ConfigError(
+                f"qa.protect_question: true cannot be used with method {method!r} (tasks {', '.join(qa_tasks)}): {reason}; "
+                f"set qa.protect_question: false or remove {method!r} from methods"
+            )
 
 
 def _check_model(spec: str) -> None:

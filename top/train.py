@@ -7,6 +7,10 @@ the method's extra loss is added, and one optimiser updates the encoder (linear 
 decay) while a second one updates the method's own parameters at their own learning rates
 (``maximize`` groups do gradient ascent, as Lagrange multipliers need), constant or on their own
 linear schedule (a group's ``"schedule"`` and ``"warmup_ratio"``; :func:`_method_schedule`).
+Each optimiser's gradients are clipped to ``max_grad_norm`` on their own; a method's group with
+``"clip": False`` is never clipped, and encoder parameters the method freezes
+(:meth:`~top.pruning.base.PruningMethod.frozen_model_parameters`) are in no optimiser but
+count in the encoder's norm.
 
 Checkpoints: at the end of every epoch the model, the method's module, both optimisers, the
 schedulers and the RNG states are written to ``checkpoint_dir/checkpoint.pt`` (temporary name,
@@ -159,11 +163,12 @@ def _method_schedule(optimizer: torch.optim.Optimizer, settings: TrainSettings, 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factors)
 
 
-def _model_parameter_groups(model: PrunableModel, settings: TrainSettings, lr: float) -> list[dict[str, Any]]:
-    """The encoder's weights (not the selectors'), without weight decay on biases and norms."""
+def _model_parameter_groups(model: PrunableModel, settings: TrainSettings, lr: float, frozen: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """The encoder's weights (not the selectors'), without weight decay on biases and norms, and
+    without the parameters whose names contain a ``frozen`` fragment."""
     decay, no_decay = [], []
     for name, param in model.hf.named_parameters():
-        if not param.requires_grad:
+        if not param.requires_grad or any(fragment in name for fragment in frozen):
             continue
         (no_decay if name.endswith("bias") or "LayerNorm" in name else decay).append(param)
     return [
@@ -246,7 +251,7 @@ def _run_stage(model, method, stage_index, stage, train_data, settings, collate,
     model_optimizer = scheduler = None
     if trains_model:
         lr = stage.learning_rate if stage.learning_rate is not None else settings.learning_rate
-        model_optimizer = torch.optim.AdamW(_model_parameter_groups(model, settings, lr))
+        model_optimizer = torch.optim.AdamW(_model_parameter_groups(model, settings, lr, method.frozen_model_parameters(stage.name)))
         scheduler = _linear_schedule(model_optimizer, int(settings.warmup_ratio * total_steps), total_steps)
     method_groups = method.parameter_groups(stage.name)
     method_optimizer = torch.optim.AdamW(method_groups, weight_decay=0.0) if method_groups else None
@@ -266,6 +271,13 @@ def _run_stage(model, method, stage_index, stage, train_data, settings, collate,
         _set_rng_state(state["rng"])
         start_epoch, step = state["epoch"] + 1, state["step"]
         log.info("resuming stage %r after epoch %d (step %d) from %s", stage.name, state["epoch"], step, checkpoint)
+    # Clipped separately, so a method's gradients never shrink the model's: the model's norm over
+    # every encoder parameter with a gradient (frozen ones too), the method's over its groups
+    # without "clip": False.
+    clipped = [
+        (model_optimizer, [p for p in model.hf.parameters() if p.requires_grad]),
+        (method_optimizer, [p for g in method_optimizer.param_groups if g.get("clip", True) for p in g["params"]] if method_optimizer else []),
+    ]
 
     log.info("stage %r: %s epochs, %d steps, %d examples", stage.name, stage.epochs, total_steps, len(train_data))
     model.train()
@@ -276,11 +288,13 @@ def _run_stage(model, method, stage_index, stage, train_data, settings, collate,
             if step >= total_steps:
                 break
             record = _train_step(model, method, stage.name, batch, step, total_steps, teacher, signals, device)
-            for optimizer in (model_optimizer, method_optimizer):
-                if optimizer is not None:  # clipped separately: a method's gradients must not shrink the model's
-                    nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], settings.max_grad_norm)
+            for optimizer, params in clipped:
+                if optimizer is not None:
+                    if params:
+                        nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
+            model.hf.zero_grad(set_to_none=True)  # frozen parameters are in no optimiser
             for schedule in (scheduler, method_scheduler):
                 if schedule is not None:
                     schedule.step()

@@ -184,6 +184,10 @@ class PruningMethod(abc.ABC):
     """
 
     name: ClassVar[str]
+    #: Why the method cannot train with ``protect_mask`` (tokens kept whatever its selectors
+    #: decide, SQuAD's ``qa.protect_question``), or None if it can. Configuration validation
+    #: refuses such a method with that option before any job runs.
+    protected_tokens_unsupported: ClassVar[str | None] = None
 
     def __init__(self, model_config, settings: Mapping[str, Any] | None = None):
         self.model_config = model_config
@@ -215,13 +219,23 @@ class PruningMethod(abc.ABC):
         """Optimiser groups for the method's own parameters (each with its own ``lr``).
 
         They form the stage's second optimiser (the encoder has its own). A group may set
-        ``"maximize": True`` (gradient ascent, e.g. Lagrange multipliers) and a learning-rate
-        schedule over the stage's steps: ``"schedule": "constant"`` (the default) or
-        ``"linear"`` (linear warm-up over ``"warmup_ratio"`` of the steps, default the run's
-        ``train.warmup_ratio``, then linear decay to 0: the encoder's schedule,
-        :func:`top.train.linear_factor`). Default: none.
+        ``"maximize": True`` (gradient ascent, e.g. Lagrange multipliers), ``"clip": False``
+        (its gradients are never clipped; by default the method's groups are clipped together,
+        apart from the model's, to ``max_grad_norm``) and a learning-rate schedule over the
+        stage's steps: ``"schedule": "constant"`` (the default) or ``"linear"`` (linear warm-up
+        over ``"warmup_ratio"`` of the steps, default the run's ``train.warmup_ratio``, then
+        linear decay to 0: the encoder's schedule, :func:`top.train.linear_factor`).
+        Default: none.
         """
         return []
+
+    def frozen_model_parameters(self, stage: str) -> tuple[str, ...]:
+        """Name fragments of encoder parameters (as ``model.hf.named_parameters()`` spells them)
+        that the optimiser leaves unchanged in ``stage``: a parameter whose name contains one is
+        left out of the model's optimiser. Its gradient is still computed and counts in the
+        model's clipping norm, as for a parameter a reference trainer leaves out of its
+        optimiser. Default: none."""
+        return ()
 
     def trains_model_weights(self, stage: str) -> bool:
         """Whether the encoder's own weights are updated in ``stage``. Default: yes."""

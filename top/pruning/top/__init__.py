@@ -74,13 +74,25 @@ Losses (reference ``trainer.py``)
 * ranking distillation (:func:`~top.pruning.ranking.ranking_distillation_loss`, LambdaLoss ARP-2
   on the teacher's top-20 tokens) between the teacher's final-layer token scores and each
   distilled layer's scores, summed over layers, weighted by
-  ``rank_distill_weight * max(0.01, 1 - warmup progress)``. Unlike the reference, only tokens
-  still alive at the distilled layer are ranked (dropped ones have no score here);
+  ``rank_distill_weight * max(0.01, 1 - warmup progress)``. As in the reference
+  (``rank_padding: reference``), every list has ``K = min(rank_topk, longest row's tokens
+  but [CLS])`` slots, shorter rows' filled with padding slots of relevance 0 and score 0, and
+  each row's loss is divided by ``K^2``. Unlike the reference, only tokens still alive at the
+  distilled layer are ranked (dropped ones have no score here); at a later distilled layer a
+  row's dropped tokens therefore count as padding slots;
 * the Lagrangian above.
+
+Optimiser (reference ``trainer.py``): the encoder's gradients are clipped to
+``train.max_grad_norm``, the gates' and the multipliers' never (their groups set ``"clip":
+False``); the embeddings are left out of the optimiser in both stages (``freeze_embeddings``),
+and their gradients count in the clipping norm as in the reference.
 
 Stages: ``prune`` (model, gates and multipliers trained jointly) and, when
 ``finetune_epochs > 0``, ``finetune`` (the gates frozen at their deterministic values, logit
 distillation only), the reference's optional fine-tuning after pruning.
+
+Protected tokens (SQuAD's ``qa.protect_question``) are refused: the constraint and the rank bins
+would count them as prunable (configuration validation and :meth:`ToP.extra_loss` say so).
 
 The reference clamps every ``log_alpha`` into ``[log 1e-2, log 1e2]`` after each optimiser step.
 The training loop has no after-step hook, so each training selector clamps its own gates in

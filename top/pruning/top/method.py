@@ -111,6 +111,10 @@ class ToP(PruningMethod):
     """ToP. Settings: see :class:`ToPSettings`. Stages: ``prune`` [, ``finetune``]."""
 
     name = "top"
+    protected_tokens_unsupported = (
+        "its FLOPs constraint and its rank bins count the protected tokens (the question and the separators) as "
+        "prunable, so the evaluated FLOPs land above target_sparsity"
+    )
 
     def __init__(self, model_config, settings: Mapping[str, Any] | None = None):
         super().__init__(model_config, settings)
@@ -237,15 +241,22 @@ class ToP(PruningMethod):
         self._check_stage(stage)
         if stage != "prune":
             return []
+        # The reference clips only the model's gradients (clip_grad_norm_(model.parameters())),
+        # never the gates' or the multipliers'.
         return [
-            {"params": self.module.gate_parameters(), "lr": self.resolved.reg_learning_rate, "weight_decay": 0.0},
+            {"params": self.module.gate_parameters(), "lr": self.resolved.reg_learning_rate, "weight_decay": 0.0, "clip": False},
             {
                 "params": self.module.lambda_parameters(),
                 "lr": self.resolved.lambda_learning_rate,
                 "weight_decay": 0.0,
                 "maximize": True,
+                "clip": False,
             },
         ]
+
+    def frozen_model_parameters(self, stage: str) -> tuple[str, ...]:
+        self._check_stage(stage)
+        return ("embeddings",) if self.resolved.freeze_embeddings else ()
 
     def teacher_signals(self, stage: str) -> tuple[str, ...]:
         self._check_stage(stage)
@@ -366,6 +377,7 @@ class ToP(PruningMethod):
             raise ValueError("ToP's ranking distillation needs the teacher's attentions (teacher_signals)")
         alive = attention_mask.to(teacher.attentions[-1].device).bool()
         teacher_scores = attention_token_scores(teacher.attentions[-1], alive)  # [B, L]
+        longest = int(alive.sum(dim=1).max()) - 1  # the reference's K before the top-k cap: real tokens but [CLS]
         total = student.logits.new_zeros(())
         for layer in self.resolved.rank_distill_layers:
             decision = student.decisions[layer]
@@ -380,6 +392,8 @@ class ToP(PruningMethod):
                 valid,
                 topk=self.resolved.rank_topk,
                 weighting=self.resolved.rank_weighting,
+                padding=self.resolved.rank_padding,
+                list_length=longest,
             )
         return total
 
@@ -387,6 +401,8 @@ class ToP(PruningMethod):
         self._check_stage(stage)
         c = self.resolved
         student = step.student
+        if "protect_mask" in step.batch:
+            raise ValueError(f"ToP cannot train with protected tokens (qa.protect_question): {self.protected_tokens_unsupported}")
         mask = step.batch["attention_mask"].to(student.logits.device)
         total = student.logits.new_zeros(())
         logs: dict[str, float] = {}

@@ -10,7 +10,7 @@ from typing import Any
 
 from top.pruning.base import reject_unknown_settings
 from top.pruning.l0 import LOG_ALPHA_RANGE
-from top.pruning.ranking import WEIGHTINGS
+from top.pruning.ranking import PADDINGS, WEIGHTINGS
 
 EXPORT_FORMAT = "top-bins/1"
 STAGES = ("prune", "finetune")
@@ -64,6 +64,11 @@ class ToPSettings:
         rank_distill_floor: the ranking weight decays as ``max(floor, 1 - warmup progress)``.
         rank_topk: teacher's top-k tokens ranked per example (None: all).
         rank_weighting: ``"arp2"`` (reference) or ``"ndcg2"``.
+        rank_padding: ``"reference"``: each batch's lists have ``K = min(rank_topk, the longest
+            input's tokens but [CLS])`` slots, a shorter row's filled with padding slots of relevance 0 and
+            score 0, and every row's loss is divided by ``K^2`` (the reference's
+            ``LambdaARPLoss2`` branch of ``trainer.py``); ``"own_tokens"``: a row ranks only its
+            own ``k`` tokens, divided by ``k^2`` (:func:`~top.pruning.ranking.ranking_distillation_loss`).
         logit_distill_weight: weight of logit distillation. None: 1, or 0 for regression.
         distill_temperature: softmax temperature ``T`` of logit distillation.
         task_loss_weight: weight of the task loss. None: 0 when logits are distilled (the
@@ -79,6 +84,10 @@ class ToPSettings:
         calibrate: at the end of the ``prune`` stage, move the deterministic gates' bin counts
             by whole bins until the exact FLOPs on the constraint's lengths are as close to the
             target as they get (:meth:`ToP.calibrate`).
+        freeze_embeddings: leave the encoder's embeddings (every parameter whose name contains
+            ``embeddings``) out of the optimiser in both stages, as the reference trainer does
+            (``freeze_keywords`` in ``create_optimizer_and_scheduler``, used for pruning and for
+            the fine-tuning after it); their gradients still count in the clipping norm.
     """
 
     target_sparsity: float = 0.5
@@ -101,12 +110,14 @@ class ToPSettings:
     rank_distill_floor: float = 0.01
     rank_topk: int | None = 20
     rank_weighting: str = "arp2"
+    rank_padding: str = "reference"
     logit_distill_weight: float | None = None
     distill_temperature: float = 2.0
     task_loss_weight: float | None = None
     sparsity_average: str = "pooled"
     flops_lengths: str = "batch"
     calibrate: bool = True
+    freeze_embeddings: bool = True
 
     @classmethod
     def resolve(cls, values: Mapping[str, Any], num_layers: int, num_labels: int) -> ToPSettings:
@@ -166,6 +177,11 @@ class ToPSettings:
             raise ValueError(f"rank_topk must be an integer >= 2 or null, got {self.rank_topk}")
         if self.rank_weighting not in WEIGHTINGS:
             raise ValueError(f"rank_weighting must be one of {WEIGHTINGS}, got {self.rank_weighting!r}")
+        if self.rank_padding not in PADDINGS:
+            raise ValueError(f"rank_padding must be one of {PADDINGS}, got {self.rank_padding!r}")
+        for key in ("calibrate", "freeze_embeddings"):
+            if not isinstance(getattr(self, key), bool):
+                raise ValueError(f"{key} must be true or false, got {getattr(self, key)!r}")
         if self.flops_lengths not in FLOPS_LENGTHS:
             raise ValueError(f"flops_lengths must be one of {FLOPS_LENGTHS}, got {self.flops_lengths!r}")
         if self.sparsity_average not in ("pooled", "per_example"):
