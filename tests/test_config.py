@@ -57,6 +57,17 @@ def test_method_train_block_overrides_shared_train_settings(config):
     assert "train" not in run["method_settings"]
 
 
+def test_checkpoint_selection_defaults_to_best_dev_and_resolves_per_run(config):
+    from top.config import teacher_settings
+
+    assert config["train"]["selection"] == "best_dev" and teacher_settings(config, "sst2")["selection"] == "best_dev"
+    config["task_settings"]["rte"]["teacher"] = {"selection": "last"}
+    config["methods"]["topk"]["settings"]["b"]["train"] = {"selection": "last"}
+    assert teacher_settings(config, "rte")["selection"] == "last" and teacher_settings(config, "sst2")["selection"] == "best_dev"
+    assert resolve_run(config, "rte", "topk", "b", 42)["train"]["selection"] == "last"
+    assert resolve_run(config, "rte", "topk", "a", 42)["train"]["selection"] == "best_dev"
+
+
 def test_valid_config_passes(config):
     validate_config(config)
 
@@ -112,6 +123,8 @@ def test_bad_configs_name_the_key(config, change, message):
         lambda c: c["latency"].update(threads=0),
         lambda c: c.update(unknown_key=1),
         lambda c: c["methods"]["topk"].update(settings={}),
+        lambda c: c["train"].update(selection="best"),
+        lambda c: c["teacher"].update(selection="best_test"),
     ],
 )
 def test_schema_rejects_bad_types(config, change):

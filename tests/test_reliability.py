@@ -82,6 +82,43 @@ def test_same_seed_same_metrics_flops_and_weights(setup):
     assert f1["flops_reduction"] > 1.0  # ToP did prune: the check is not vacuous
 
 
+def test_the_kept_checkpoint_is_the_one_evaluation_measures(setup):
+    """pruning.json records every epoch's dev score and FLOPs sparsity (ToP: calibrated, plus
+    the last epoch before calibration); the kept epoch's numbers are exactly what evaluate_run
+    and count_flops then measure on the saved run."""
+    root, cfg = setup
+    run = root / "selected"
+    train_method(cfg, "sst2", "top", "t30", 7, root / "teacher", run)
+    metrics, flops = _evaluate(cfg, root, run)
+    selection = json.loads((run / "pruning.json").read_text())["selection"]
+    history = selection["history"]
+    candidates = [r for r in history if r["candidate"]]
+    assert [r["epoch"] for r in candidates] == list(range(1, TOP["epochs"] + 1)) and all(r["stage"] == "prune" for r in candidates)
+    assert all(r["qualifies"] == (r["sparsity"] >= TOP["target_sparsity"] - 0.01) for r in history)
+    kept = next(r for r in candidates if r["epoch"] == selection["selected_epoch"])
+    assert kept["qualifies"] and not selection["fallback"]
+    assert kept["score"] == max(r["score"] for r in candidates if r["qualifies"])
+    assert metrics["score"] == kept["score"] and flops["achieved_sparsity"] == kept["sparsity"]
+    assert (metrics["selection"], metrics["selected_epoch"], metrics["selection_epochs"]) == ("best_dev", kept["epoch"], TOP["epochs"])
+
+    # one extra evaluation: the last epoch before the calibration, which moved whole bins
+    before = [r for r in history if not r["finalised"]]
+    assert len(history) == TOP["epochs"] + 1 and [(r["stage"], r["epoch"], r["candidate"]) for r in before] == [("prune", TOP["epochs"], False)]
+    compared = selection["stage_end"]
+    assert [c["stage"] for c in compared] == ["prune"] and compared[0]["after"]["sparsity"] == candidates[-1]["sparsity"]
+    assert compared[0]["before"]["sparsity"] != compared[0]["after"]["sparsity"]  # the calibration changed the FLOPs
+    assert abs(compared[0]["after"]["sparsity"] - TOP["target_sparsity"]) < abs(compared[0]["before"]["sparsity"] - TOP["target_sparsity"])
+
+    teacher = json.loads((root / "teacher" / "pruning.json").read_text())["selection"]
+    assert [r["epoch"] for r in teacher["history"]] == [1, 2] and all(r["qualifies"] and r["target_sparsity"] is None for r in teacher["history"])
+    assert teacher["rule"] == "best_dev" and teacher["trained"] == "teacher" and selection["trained"] == "method"
+
+    # a method with nothing to train keeps the teacher's weights and says which epoch they are
+    topk = {**cfg, "methods": {**cfg["methods"], "topk": {"settings": {"half": {"keep_ratios": [1.0, 0.5, 0.5, 0.5]}}}}}
+    train_method(topk, "sst2", "topk", "half", 7, root / "teacher", root / "topk")
+    assert json.loads((root / "topk" / "pruning.json").read_text())["selection"] == teacher
+
+
 @pytest.mark.slow
 def test_sigkill_half_way_then_rerun_equals_an_uninterrupted_run(setup):
     root, cfg = setup
@@ -117,6 +154,8 @@ def test_sigkill_half_way_then_rerun_equals_an_uninterrupted_run(setup):
     exported = [json.loads((run / "pruning.json").read_text()) for run in (straight, killed)]
     assert exported[0]["decisions"] == exported[1]["decisions"]
     assert exported[0]["history"] == exported[1]["history"]
+    assert exported[0]["selection"] == exported[1]["selection"]  # the dev history and the kept epoch survive the kill
+    assert len(exported[1]["selection"]["history"]) == TOP["epochs"] + 1
 
 
 def test_atomic_path_renames_on_success_and_leaves_nothing_on_failure(tmp_path):

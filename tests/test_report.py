@@ -42,16 +42,41 @@ def _write_run(root: Path, task, method, setting, seed, metric, score, second, r
     split = {metric: score, "n_examples": 10}
     if second:
         split[second[0]] = second[1]
-    (run / "metrics.json").write_text(json.dumps({**keys, "primary_metric": metric, "score": score, "metric_scale": scale,
-                                                  "splits": {"validation": split}}))
+    # which checkpoint the run kept (evaluate_run copies it from pruning.json); squad runs: a
+    # metrics.json from before selection was recorded
+    selection = (
+        {}
+        if task == "squad"
+        else {"selection": "best_dev", "selected_epoch": seed + 1, "selection_epochs": 3, "selection_fallback": method == "top" and seed == 2}
+    )
+    (run / "metrics.json").write_text(
+        json.dumps({**keys, "primary_metric": metric, "score": score, "metric_scale": scale, "splits": {"validation": split}, **selection})
+    )
     kept = [20.0 / reduction ** ((i + 1) / layers) for i in range(layers)]
-    (run / "flops.json").write_text(json.dumps({**keys, "flops": 1e9 / reduction, "dense_flops": 1e9, "flops_reduction": reduction,
-                                                "mean_input_length": 20.0, "mean_lengths_in": [20.0] + kept[:-1], "mean_lengths_kept": kept}))
-    (run / "latency.json").write_text(json.dumps({
-        **keys, "speedup": speedup, "speedup_at_pruned_lengths": speedup * 1.1,
-        "timings": {"runners": {"pruned": {"median_ms": 10 / speedup, "iqr_ms": 0.5}, "dense": {"median_ms": 10.0}}},
-        "environment": {"cpu_model": "Test CPU", "threads": 1},
-    }))
+    (run / "flops.json").write_text(
+        json.dumps(
+            {
+                **keys,
+                "flops": 1e9 / reduction,
+                "dense_flops": 1e9,
+                "flops_reduction": reduction,
+                "mean_input_length": 20.0,
+                "mean_lengths_in": [20.0] + kept[:-1],
+                "mean_lengths_kept": kept,
+            }
+        )
+    )
+    (run / "latency.json").write_text(
+        json.dumps(
+            {
+                **keys,
+                "speedup": speedup,
+                "speedup_at_pruned_lengths": speedup * 1.1,
+                "timings": {"runners": {"pruned": {"median_ms": 10 / speedup, "iqr_ms": 0.5}, "dense": {"median_ms": 10.0}}},
+                "environment": {"cpu_model": "Test CPU", "threads": 1},
+            }
+        )
+    )
     return run / "metrics.json", run / "flops.json", run / "latency.json"
 
 
@@ -88,6 +113,11 @@ def test_collect_writes_one_row_per_run_and_one_per_run_and_layer(results):
     assert len(frame) == len(RUNS) and len(per_layer) == 3 * len(RUNS)
     sst2 = frame[(frame["task"] == "sst2") & (frame["method"] == "top") & (frame["seed"] == 1)].iloc[0]
     assert sst2["score"] == pytest.approx(90.0) and sst2["flops_reduction"] == 2.0 and sst2["speedup"] == 1.4
+    assert (sst2["selection"], sst2["selected_epoch"], sst2["selection_epochs"], bool(sst2["selection_fallback"])) == ("best_dev", 2, 3, False)
+    fallback = frame[(frame["task"] == "sst2") & (frame["method"] == "top") & (frame["seed"] == 2)].iloc[0]
+    assert bool(fallback["selection_fallback"]) and fallback["selected_epoch"] == 3
+    squad = frame[frame["task"] == "squad"]
+    assert squad["selection"].isna().all() and squad["selected_epoch"].isna().all()  # not recorded: empty, not an error
     squad = frame[(frame["task"] == "squad") & (frame["method"] == "top")].iloc[0]
     assert squad["score"] == pytest.approx(85.0) and squad["validation/exact_match"] == pytest.approx(76.0)  # 0-100 stays 0-100
     # dense before top within a task, whatever the file order

@@ -88,7 +88,7 @@ def test_resume_after_interruption_equals_uninterrupted_run(tmp_path):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
-def _interrupt_after_two_epochs(data, settings, folder):
+def _interrupt_after_two_epochs(data, settings, folder, selection=None):
     """Start a 3-epoch run and kill it (an exception) in its third epoch."""
 
     class Stop(Exception):
@@ -108,7 +108,7 @@ def _interrupt_after_two_epochs(data, settings, folder):
     torch.optim.AdamW.step = step
     try:
         with pytest.raises(Stop):
-            run_stages(model, Finetune(model.config, 3), data, settings, collate=collate0, checkpoint_dir=folder)
+            run_stages(model, Finetune(model.config, 3), data, settings, collate=collate0, checkpoint_dir=folder, selection=selection)
     finally:
         torch.optim.AdamW.step = original
     assert torch.load(folder / "checkpoint.pt", weights_only=False)["epoch"] == 1
@@ -198,3 +198,162 @@ def test_frozen_model_parameters_stay_put_and_count_in_the_clipping_norm(monkeyp
     # with the embeddings' gradients in the norm, the others' norm is below max_grad_norm
     trained = float(torch.linalg.vector_norm(torch.cat([g.flatten() for n, g in seen.items() if n != "w"])))
     assert trained < 1e-9 * (1 - 1e-3)
+
+# --------------------------------------------------------------------------- checkpoint selection
+
+
+class ScriptedDev:
+    """A dev evaluation that returns scripted (score, sparsity) pairs in call order, snapshots
+    the weights and the method state it was called with, and draws from every random number
+    generator (the training loop must put them back)."""
+
+    def __init__(self, results, target=None):
+        self.results = list(results)
+        self.target = target
+        self.weights: list[dict[str, torch.Tensor]] = []
+        self.method_states: list[dict[str, torch.Tensor]] = []
+
+    def __call__(self, model, method):
+        import random
+
+        import numpy as np
+
+        torch.rand(3), random.random(), np.random.rand()
+        self.weights.append({k: v.clone() for k, v in model.hf.state_dict().items()})
+        self.method_states.append({k: v.clone() for k, v in method.module.state_dict().items()})
+        score, sparsity = self.results.pop(0)
+        return {"metric": "accuracy", "score": score, "sparsity": sparsity, "flops_reduction": 1 / (1 - sparsity), "target_sparsity": self.target}
+
+
+def same_weights(model, weights) -> bool:
+    return all(torch.equal(v, weights[k]) for k, v in model.hf.state_dict().items())
+
+
+@pytest.mark.parametrize("rule, kept", [("best_dev", 1), ("last", 2)])
+def test_selection_restores_the_chosen_epoch_and_leaves_training_alone(rule, kept):
+    from top.selection import CheckpointSelection
+
+    data, settings = toy_data(32), TrainSettings(batch_size=8, learning_rate=1e-3, seed=1)
+    plain = make_model()
+    plain_history = run_stages(plain, Finetune(plain.config, 3), data, settings, collate=collate0)
+
+    model, dev = make_model(), ScriptedDev([(0.6, 0.0), (0.9, 0.0), (0.7, 0.0)])
+    selection = CheckpointSelection(dev, rule)
+    history = run_stages(model, Finetune(model.config, 3), data, settings, collate=collate0, selection=selection)
+    assert history == plain_history  # the evaluations (which draw random numbers) changed nothing
+    assert same_weights(plain, dev.weights[2])  # the last epoch, as without selection
+    assert same_weights(model, dev.weights[kept])
+    assert not same_weights(plain, dev.weights[1])  # epochs 2 and 3 differ: the check is not vacuous
+    summary = selection.summary()
+    assert summary["selected_epoch"] == kept + 1 and summary["epochs"] == 3 and summary["rule"] == rule
+    assert [r["epoch"] for r in summary["history"]] == [1, 2, 3] and [r["score"] for r in summary["history"]] == [0.6, 0.9, 0.7]
+
+
+@pytest.mark.parametrize(
+    "results, selected, fallback",
+    [
+        # target 0.3: epoch 1 scores best but misses the budget; 0.295 is within 0.01 of it
+        ([(0.95, 0.10), (0.80, 0.295), (0.85, 0.40), (0.70, 0.50)], 3, False),
+        ([(0.95, 0.10), (0.80, 0.285), (0.85, 0.20), (0.70, 0.25)], 4, True),  # none meets it: the last
+        ([(0.50, 0.30), (0.50, 0.30), (0.40, 0.30), (0.50, 0.10)], 2, False),  # a tie: the later qualifying one
+        ([(float("nan"), 0.3), (0.20, 0.3), (float("nan"), 0.3), (0.10, 0.3)], 2, False),  # NaN ranks last
+    ],
+)
+def test_best_dev_takes_the_best_score_among_epochs_that_meet_the_flops_budget(results, selected, fallback):
+    from top.selection import CheckpointSelection
+
+    model, dev = make_model(), ScriptedDev(results, target=0.3)
+    selection = CheckpointSelection(dev, "best_dev")
+    run_stages(model, Finetune(model.config, 4), toy_data(16), TrainSettings(batch_size=8, learning_rate=1e-3), collate=collate0, selection=selection)
+    summary = selection.summary()
+    assert summary["selected_epoch"] == selected and summary["fallback"] is fallback
+    assert [r["qualifies"] for r in summary["history"]] == [s >= 0.29 for _, s in results]
+    assert same_weights(model, dev.weights[selected - 1])
+
+
+class Derives(Finetune):
+    """A method whose learned state (``steps``, counted in training) is turned into its exported
+    decisions (``derived``) only by ``on_stage_end``, as ToP's calibration does."""
+
+    def __init__(self, config, epochs):
+        super().__init__(config, epochs)
+        self.module.register_buffer("steps", torch.zeros((), dtype=torch.long))
+        self.module.register_buffer("derived", torch.zeros((), dtype=torch.long))
+
+    def extra_loss(self, stage, step):
+        self.module.steps += 1
+        return None, {}
+
+    def on_stage_end(self, stage):
+        self.module.derived.fill_(10 * int(self.module.steps))
+
+    def compare_stage_end(self, stage):
+        return True
+
+
+def test_a_candidate_is_the_model_the_run_would_export_had_it_stopped_there(tmp_path):
+    from top.selection import CheckpointSelection
+
+    data, settings = toy_data(16), TrainSettings(batch_size=8, learning_rate=1e-3)  # 2 steps per epoch
+    model, dev = make_model(), ScriptedDev([(0.9, 0.0), (0.5, 0.0), (0.1, 0.0), (0.6, 0.0)])
+    method = Derives(model.config, 3)
+    selection = CheckpointSelection(dev, "best_dev")
+    run_stages(model, method, data, settings, collate=collate0, selection=selection, checkpoint_dir=tmp_path)
+    seen = [(int(s["steps"]), int(s["derived"])) for s in dev.method_states]
+    # each epoch's candidate with on_stage_end applied to that epoch's state; at the last epoch
+    # the state before on_stage_end is scored too
+    assert seen == [(2, 20), (4, 40), (6, 0), (6, 60)]
+    history = selection.summary()["history"]
+    assert [(r["epoch"], r["finalised"], r["candidate"]) for r in history] == [(1, True, True), (2, True, True), (3, False, False), (3, True, True)]
+    assert selection.summary()["stage_end"] == [
+        {
+            "stage": "finetune",
+            "before": {"score": 0.1, "sparsity": 0.0, "flops_reduction": 1.0, "qualifies": True},
+            "after": {"score": 0.6, "sparsity": 0.0, "flops_reduction": 1.0, "qualifies": True},
+        }
+    ]
+    # training went on from the state without the hook (the checkpoint holds it)...
+    assert int(torch.load(tmp_path / "checkpoint.pt", weights_only=False)["method"]["derived"]) == 0
+    # ...and the run ends with epoch 1's weights and epoch 1's derived decisions
+    assert (int(method.module.steps), int(method.module.derived)) == (2, 20)
+    assert same_weights(model, dev.weights[0])
+
+
+@pytest.mark.parametrize("best", [1, 2])
+def test_resume_keeps_the_dev_history_and_the_best_checkpoint(tmp_path, best):
+    from top.selection import CheckpointSelection
+
+    data = toy_data(32)
+    settings = TrainSettings(batch_size=8, learning_rate=1e-3, seed=5)
+    scores = [(0.9, 0.0), (0.5, 0.0), (0.6, 0.0)] if best == 1 else [(0.5, 0.0), (0.9, 0.0), (0.6, 0.0)]
+    straight, straight_dev = make_model(), ScriptedDev(scores)
+    straight_selection = CheckpointSelection(straight_dev)
+    run_stages(straight, Finetune(straight.config, 3), data, settings, collate=collate0, selection=straight_selection)
+
+    checkpoint_dir = _interrupt_after_two_epochs(data, settings, tmp_path, selection=CheckpointSelection(ScriptedDev(scores[:2])))
+    saved = torch.load(checkpoint_dir / "checkpoint.pt", weights_only=False)["selection"]
+    assert [r["epoch"] for r in saved["history"]] == [1, 2] and saved["best"]["epoch"] == best
+    assert saved["weights_are_checkpoint"] is (best == 2)  # epoch 2's weights are the checkpoint's own
+    assert (saved["weights"] is None) is (best == 2)
+
+    other = make_model(seed=9)
+    with pytest.raises(ValueError, match="written with selection 'best_dev', this run asks for 'last'"):
+        run_stages(
+            other,
+            Finetune(other.config, 3),
+            data,
+            settings,
+            collate=collate0,
+            checkpoint_dir=checkpoint_dir,
+            selection=CheckpointSelection(ScriptedDev([]), "last"),
+        )
+
+    resumed, resumed_dev = make_model(seed=123), ScriptedDev(scores[2:])
+    selection = CheckpointSelection(resumed_dev)
+    run_stages(resumed, Finetune(resumed.config, 3), data, settings, collate=collate0, checkpoint_dir=checkpoint_dir, selection=selection)
+    assert len(resumed_dev.weights) == 1  # only the third epoch was evaluated again
+    assert selection.summary() == straight_selection.summary()
+    assert selection.summary()["selected_epoch"] == best
+    for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert same_weights(resumed, straight_dev.weights[best - 1])

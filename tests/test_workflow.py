@@ -55,6 +55,10 @@ def test_tiny_end_to_end_run(tmp_path):
     quarter = table[table["setting"] == "quarter"].iloc[0]
     assert 1.0 < half["flops_reduction"] < quarter["flops_reduction"]
     assert table["score"].between(0, 100).all() and table["speedup"].gt(0).all()
+    # the kept checkpoint: best on dev; dense is the teacher (2 epochs), top-k fine-tunes 1 epoch
+    assert (table["selection"] == "best_dev").all() and not table["selection_fallback"].any()
+    assert dense["selection_epochs"] == 2 and dense["selected_epoch"] in (1, 2)
+    assert (table.loc[table["method"] == "topk", ["selected_epoch", "selection_epochs"]] == 1).all().all()
     for figure in ("accuracy_vs_flops", "latency_vs_flops", "retained_tokens"):
         for kind in ("png", "svg", "pdf"):
             assert (tmp_path / f"results/plots/{figure}.{kind}").stat().st_size > 1000
@@ -69,7 +73,9 @@ def test_tiny_end_to_end_run(tmp_path):
     assert len(per_layer) == 3 * 2  # three runs, two layers
 
     run = tmp_path / "results/models/sst2/topk/half/seed3"
-    assert json.loads((run / "pruning.json").read_text())["decisions"] == {"keep_ratios": [0.8, 0.5]}
+    record = json.loads((run / "pruning.json").read_text())
+    assert record["decisions"] == {"keep_ratios": [0.8, 0.5]}
+    assert [(r["stage"], r["epoch"], r["n_examples"]) for r in record["selection"]["history"]] == [("finetune", 1, 16)]
     flops = json.loads((tmp_path / "results/flops/sst2/topk/half/seed3/flops.json").read_text())
     assert flops["n_examples"] == 16 and flops["method"] == "topk"
     latency = json.loads((tmp_path / "results/latency/sst2/topk/half/seed3/latency.json").read_text())
@@ -83,8 +89,14 @@ def test_tiny_end_to_end_run(tmp_path):
     report = snakemake("--configfile", str(config), "--directory", str(tmp_path), "--report", "report.html")
     assert report.returncode == 0, report.stderr[-4000:]
     html = (tmp_path / "report.html").read_text()
-    for caption in ("GLUE comparison", "Latency.", "Task metric vs FLOPs reduction", "Measured speedup vs FLOPs reduction",
-                    "Tokens kept per layer", "Every run"):
+    for caption in (
+        "GLUE comparison",
+        "Latency.",
+        "Task metric vs FLOPs reduction",
+        "Measured speedup vs FLOPs reduction",
+        "Tokens kept per layer",
+        "Every run",
+    ):
         assert caption in html, caption
 
 

@@ -24,9 +24,10 @@ from top.evaluate import predict
 from top.files import atomic_path, atomic_write_text
 from top.measure.flops import flops_summary, head_kind
 from top.models import PRUNING_FILE, load_pretrained, load_run, save_run
-from top.pruning.base import KeepDecision, LayerContext, Stage, TokenSelector
+from top.pruning.base import KeepDecision, LayerContext, PruningMethod, Stage, TokenSelector
 from top.pruning.dense import Dense
 from top.pruning.registry import build_method, method_class
+from top.selection import CheckpointSelection, Evaluator
 from top.tasks.base import Task, get_task
 from top.tasks.settings import TaskConfig
 from top.train import MODEL_INPUTS, TrainSettings, resolve_device, run_stages, set_seed
@@ -55,9 +56,40 @@ class _FinetuneOnly(Dense):
         return [Stage("finetune", self.epochs)]
 
 
+def dev_evaluator(cfg: Mapping[str, Any], spec: Task, tokenizer) -> Evaluator:
+    """The dev evaluation that checkpoint selection (:mod:`top.selection`) scores each candidate
+    with: what :func:`evaluate_run` and :func:`count_flops` would measure on the run saved at that
+    point. The first dev split with ``eval.limit`` and ``eval.batch_size``, gather mode, the
+    selectors rebuilt from ``method.export()``, the task's primary metric, and the FLOPs
+    sparsity from the per-example lengths (:func:`top.measure.flops.flops_summary`)."""
+    split = spec.dev_splits[0]
+    limit = cfg["eval"].get("limit")
+    dataset = spec.dev_features(split, tokenizer, limit)
+    collate = spec.collate(tokenizer)
+    device = resolve_device(cfg["device"])
+
+    def evaluate(model: PrunableModel, method: PruningMethod) -> dict[str, Any]:
+        exported = method.export()
+        runner = PrunableModel(model.hf, type(method).inference_selectors(exported, model.hf.config))
+        preds = predict(runner, dataset, collate, batch_size=cfg["eval"]["batch_size"], mode="gather", device=device)
+        metrics = spec.score(split, dataset, preds.logits, preds.labels, limit)
+        flops = flops_summary(model.hf.config, spec.head, preds.lengths_in, preds.lengths_kept)
+        return {
+            "split": split,
+            "metric": spec.primary_metric,
+            "score": float(metrics[spec.primary_metric]),
+            "sparsity": 1.0 - flops["flops_ratio"],
+            "flops_reduction": flops["flops_reduction"],
+            "target_sparsity": type(method).flops_target(exported),
+            "n_examples": len(dataset),
+        }
+
+    return evaluate
+
+
 def finetune_teacher(cfg: Mapping[str, Any], task: str, seed: int, out_dir: str | Path) -> None:
     """Fine-tune the pretrained model on ``task``: the teacher every method starts from and the
-    ``dense`` reference row."""
+    ``dense`` reference row. The epoch kept follows ``teacher.selection`` (:mod:`top.selection`)."""
     settings = teacher_settings(cfg, task)
     set_seed(seed)
     spec = _task(cfg, task)
@@ -65,12 +97,20 @@ def finetune_teacher(cfg: Mapping[str, Any], task: str, seed: int, out_dir: str 
     train = spec.train_features(tokenizer, settings.get("train_limit"), seed)
     train_settings = TrainSettings.from_dict({**settings, "seed": seed, "device": cfg["device"], "progress": True})
     method = _FinetuneOnly(model.config, settings["epochs"])
+    selection = CheckpointSelection(dev_evaluator(cfg, spec, tokenizer), settings["selection"])
     out_dir = Path(out_dir)
     history = run_stages(
-        model, method, train, train_settings, collate=spec.collate(tokenizer), checkpoint_dir=out_dir.with_name(out_dir.name + ".ckpt")
+        model,
+        method,
+        train,
+        train_settings,
+        collate=spec.collate(tokenizer),
+        checkpoint_dir=out_dir.with_name(out_dir.name + ".ckpt"),
+        selection=selection,
     )
     resolved = {"task": task, "seed": seed, "model": cfg["model"], "teacher": settings, "train_examples": len(train)}
-    save_run(model, tokenizer, out_dir, "dense", {}, extra={"config": resolved, "history": history})
+    extra = {"config": resolved, "history": history, "selection": {**selection.summary(), "trained": "teacher"}}
+    save_run(model, tokenizer, out_dir, "dense", {}, extra=extra)
     _drop_checkpoint(out_dir)
 
 
@@ -82,19 +122,25 @@ def _drop_checkpoint(out_dir: Path) -> None:
 
 
 def train_method(cfg: Mapping[str, Any], task: str, method_name: str, setting: str, seed: int, teacher_dir: str | Path, out_dir: str | Path) -> None:
-    """Train one method from the fine-tuned teacher and save weights + ``pruning.json``."""
+    """Train one method from the fine-tuned teacher and save weights + ``pruning.json``.
+
+    The epoch kept follows the run's ``train.selection`` (:mod:`top.selection`); a method with
+    nothing to train keeps the teacher's weights, and ``pruning.json`` repeats the teacher's
+    selection record."""
     run = resolve_run(cfg, task, method_name, setting, seed)
     set_seed(seed)
-    student, tokenizer, _ = load_run(teacher_dir)
+    student, tokenizer, teacher_record = load_run(teacher_dir)
     method = build_method(method_name, student.config, run["method_settings"])
     stages = method.stages()
     history: list[dict[str, float]] = []
+    selection_record = teacher_record.get("selection")
     if stages:
         teacher, _, _ = load_run(teacher_dir)
         spec = _task(cfg, task)
         train = spec.train_features(tokenizer, run["train"].get("train_limit"), seed)
         method.prepare(_token_counts(cfg, spec, tokenizer, train), spec.head)
         settings = TrainSettings.from_dict({**run["train"], "seed": seed, "device": cfg["device"], "progress": True})
+        selection = CheckpointSelection(dev_evaluator(cfg, spec, tokenizer), run["train"]["selection"])
         out_dir = Path(out_dir)
         history = run_stages(
             student,
@@ -104,9 +150,12 @@ def train_method(cfg: Mapping[str, Any], task: str, method_name: str, setting: s
             collate=spec.collate(tokenizer),
             teacher=teacher,
             checkpoint_dir=out_dir.with_name(out_dir.name + ".ckpt"),
+            selection=selection,
         )
+        selection_record = {**selection.summary(), "trained": "method"}
     decisions = method.export()
-    save_run(student.cpu(), tokenizer, out_dir, method_name, decisions, extra={"config": run, "history": history})
+    extra = {"config": run, "history": history, "selection": selection_record}
+    save_run(student.cpu(), tokenizer, out_dir, method_name, decisions, extra=extra)
     _drop_checkpoint(Path(out_dir))
 
 
@@ -125,8 +174,10 @@ def evaluate_run(
 ) -> dict[str, Any]:
     """Evaluate a saved run on every dev split in gather mode (tokens really removed).
 
-    Writes ``metrics_path`` (task metrics per split, the primary score) and ``lengths_path``
-    (``.npz`` with per-example ``lengths_in``/``lengths_kept`` of the first dev split, for FLOPs).
+    Writes ``metrics_path`` (task metrics per split, the primary score, and which checkpoint
+    the run kept: ``selection``, ``selected_epoch``, ``selection_fallback``, from
+    ``pruning.json``) and ``lengths_path`` (``.npz`` with per-example
+    ``lengths_in``/``lengths_kept`` of the first dev split, for FLOPs).
     """
     model, tokenizer, record = load_run(model_dir)
     spec = _task(cfg, task)
@@ -144,6 +195,15 @@ def evaluate_run(
             _write_npz(lengths_path, lengths_in=preds.lengths_in, lengths_kept=preds.lengths_kept)
     result["method"] = record["method"]
     result["decisions"] = record["decisions"]
+    selection = record.get("selection") or {}
+    result.update(
+        selection=selection.get("rule"),
+        selected_stage=selection.get("stage"),
+        selected_epoch=selection.get("selected_epoch"),
+        selection_epochs=selection.get("epochs"),
+        selection_fallback=selection.get("fallback"),
+        selection_trained=selection.get("trained"),
+    )
     write_json(metrics_path, result)
     return result
 

@@ -12,9 +12,15 @@ Each optimiser's gradients are clipped to ``max_grad_norm`` on their own; a meth
 (:meth:`~top.pruning.base.PruningMethod.frozen_model_parameters`) are in no optimiser but
 count in the encoder's norm.
 
+Checkpoint selection (:mod:`top.selection`): with a ``selection``, the end of every epoch of
+the last stage is evaluated on dev (before the checkpoint is written, with the RNG states put
+back afterwards, so training is the same with or without it), and the chosen epoch's weights
+and method state are restored after the last stage.
+
 Checkpoints: at the end of every epoch the model, the method's module, both optimisers, the
-schedulers and the RNG states are written to ``checkpoint_dir/checkpoint.pt`` (temporary name,
-then rename); a re-run with the same arguments resumes after the last finished epoch.
+schedulers, the RNG states and the selection's state (dev history, best record and its weights)
+are written to ``checkpoint_dir/checkpoint.pt`` (temporary name, then rename); a re-run with the
+same arguments resumes after the last finished epoch.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from tqdm.auto import tqdm
 from top.encoder import EncoderOutput, PrunableModel
 from top.files import atomic_path
 from top.pruning.base import PruningMethod, StepContext
+from top.selection import CheckpointSelection
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +198,7 @@ def run_stages(
     collate: Callable[[list[dict]], dict[str, torch.Tensor]],
     teacher: PrunableModel | None = None,
     checkpoint_dir: str | Path | None = None,
+    selection: CheckpointSelection | None = None,
 ) -> list[dict[str, float]]:
     """Train ``model`` through every stage of ``method``.
 
@@ -206,6 +214,8 @@ def run_stages(
         teacher: the frozen fine-tuned teacher, needed when the method asks for teacher
             signals.
         checkpoint_dir: where to keep the per-epoch checkpoint; None disables resuming.
+        selection: evaluates each epoch of the last stage on dev and restores the chosen one at
+            the end (:mod:`top.selection`); None: the model ends as the last epoch left it.
 
     Returns:
         One log record per ``log_every`` steps (stage, epoch, step, losses, method scalars).
@@ -221,18 +231,29 @@ def run_stages(
     history: list[dict[str, float]] = list(state["history"]) if state else []
     if state:
         method.module.load_state_dict(state["method"])  # includes what finished stages derived
+        if selection is not None and state.get("selection") is not None:
+            selection.load_state_dict(state["selection"], checkpoint_model=state["model"])
 
-    for stage_index, stage in enumerate(method.stages()):
+    stages = method.stages()
+    for stage_index, stage in enumerate(stages):
+        last = stage_index == len(stages) - 1
         if state and stage_index < state["stage_index"]:
             model.set_selectors(method.selectors(stage.name))
             continue
-        _run_stage(model, method, stage_index, stage, train_data, settings, collate, teacher, device, checkpoint, state, history)
+        _run_stage(model, method, stage_index, stage, train_data, settings, collate, teacher, device, checkpoint, state, history, selection, last)
         state = None
-        method.on_stage_end(stage.name)
+        if selection is not None and not last:
+            rng = _rng_state()
+            selection.end_stage(model, method, stage.name, math.ceil(stage.epochs))
+            _set_rng_state(rng)
+        else:
+            method.on_stage_end(stage.name)
+    if selection is not None:
+        selection.restore(model, method)
     return history
 
 
-def _run_stage(model, method, stage_index, stage, train_data, settings, collate, teacher, device, checkpoint, state, history):
+def _run_stage(model, method, stage_index, stage, train_data, settings, collate, teacher, device, checkpoint, state, history, selection, candidates):
     model.set_selectors(method.selectors(stage.name))
     model.selectors.to(device)
     signals = method.teacher_signals(stage.name)
@@ -303,6 +324,12 @@ def _run_stage(model, method, stage_index, stage, train_data, settings, collate,
                 history.append(record)
                 log.info("%s", {k: (round(v, 5) if isinstance(v, float) else v) for k, v in record.items()})
             step += 1
+        if selection is not None and candidates:  # evaluated without disturbing the training
+            rng = _rng_state()
+            selection.consider(model, method, stage.name, epoch + 1, epochs)
+            _set_rng_state(rng)
+            model.train()
+            method.module.train()
         if checkpoint is not None:
             checkpoint.parent.mkdir(parents=True, exist_ok=True)
             _atomic_save(
@@ -319,6 +346,7 @@ def _run_stage(model, method, stage_index, stage, train_data, settings, collate,
                     "generator": generator.get_state(),
                     "rng": _rng_state(),
                     "history": history,
+                    "selection": selection.state_dict(current=(stage.name, epoch + 1)) if selection is not None else None,
                     "settings": asdict(settings),
                 },
                 checkpoint,

@@ -263,6 +263,12 @@ class PruningMethod(abc.ABC):
         from a checkpoint after this stage restores :attr:`module` and does not call the hook
         again."""
 
+    def compare_stage_end(self, stage: str) -> bool:
+        """Whether the dev record (:mod:`top.selection`) should score the decisions both before
+        and after :meth:`on_stage_end` for ``stage``, to show what the hook changed (ToP: its
+        calibration). One extra dev evaluation per run. Default: no."""
+        return False
+
     # -- export / inference ---------------------------------------------------------------------
     @abc.abstractmethod
     def export(self) -> dict[str, Any]:

@@ -57,6 +57,8 @@ METRIC_LABELS = {
     "exact_match": "EM",
 }
 TABLES = ("glue", "squad", "latency")
+#: What ``metrics.json`` says about the checkpoint a run kept, copied into ``results.csv``.
+SELECTION_COLUMNS = ("selection", "selected_epoch", "selection_epochs", "selection_fallback")
 
 
 def method_label(method: str) -> str:
@@ -84,8 +86,11 @@ def collect(
     out_csv: str | Path,
     out_layers_csv: str | Path | None = None,
 ) -> pd.DataFrame:
-    """One row per run with: the primary metric (x100) and every split's metrics, FLOPs and
-    reduction, latency medians and speedups. ``out_layers_csv`` gets one row per run and layer:
+    """One row per run with: the primary metric (x100) and every split's metrics, which
+    checkpoint the run kept (``selection``: the rule, ``selected_epoch``: from 1 within the last
+    stage, ``selection_epochs``: that stage's epochs, ``selection_fallback``: no epoch met the
+    FLOPs budget, so the last was kept; :mod:`top.selection`), FLOPs and reduction, latency
+    medians and speedups. ``out_layers_csv`` gets one row per run and layer:
     the mean tokens entering and kept after it (over the dev examples), and the kept fraction of
     the input length."""
     rows: dict[tuple, dict] = {}
@@ -95,6 +100,8 @@ def collect(
         row["metric"] = m["primary_metric"]
         factor = 100.0 / m.get("metric_scale", 1.0)
         row["score"] = factor * m["score"]
+        for key in SELECTION_COLUMNS:
+            row[key] = m.get(key)
         for split, values in m["splits"].items():
             for name, value in values.items():
                 if name == "n_examples" or name.endswith(("total", "_thresh")):

@@ -160,6 +160,10 @@ class ToP(PruningMethod):
         if stage == "prune" and self.resolved.calibrate and self.calibration_lengths is not None:
             self.calibrate(self.calibration_lengths, self.head_kind)
 
+    def compare_stage_end(self, stage: str) -> bool:
+        """The dev record keeps the metric and FLOPs before and after the calibration."""
+        return stage == "prune" and self.resolved.calibrate and self.calibration_lengths is not None
+
     @torch.no_grad()
     def calibrate(self, lengths: torch.Tensor, head_kind: str = "classification") -> float:
         """Project the deterministic gates onto the FLOPs target, a whole bin at a time.
