@@ -256,6 +256,7 @@ class LTP(PruningMethod):
     """Learned Token Pruning. Settings: :class:`LTPSettings`. Stages: ``soft``, ``hard``."""
 
     name = "ltp"
+    settings_class = LTPSettings
 
     def __init__(self, model_config, settings: Mapping[str, Any] | None = None):
         super().__init__(model_config, settings)

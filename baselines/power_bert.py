@@ -324,6 +324,7 @@ class PoWERBERT(PruningMethod):
     ``retrain`` with an explicit retention)."""
 
     name = "power_bert"
+    settings_class = PoWERBERTSettings
 
     def __init__(self, model_config, settings: Mapping[str, Any] | None = None):
         super().__init__(model_config, settings)

@@ -26,6 +26,7 @@ from typing import Any
 from transformers import AutoConfig, AutoModelForQuestionAnswering, AutoModelForSequenceClassification, AutoTokenizer
 
 from top.encoder import PrunableModel
+from top.files import json_text
 from top.measure.flops import head_kind
 from top.pruning.registry import method_class
 
@@ -94,7 +95,7 @@ def save_run(
     model.hf.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     record = {"method": method, "decisions": decisions, **(extra or {})}
-    (tmp / PRUNING_FILE).write_text(json.dumps(record, indent=2))
+    (tmp / PRUNING_FILE).write_text(json_text(record, indent=2))  # NaN dev scores: null
     if out_dir.exists():
         shutil.rmtree(out_dir)
     os.replace(tmp, out_dir)

@@ -21,7 +21,7 @@ import torch
 from top.config import resolve_run, teacher_settings
 from top.encoder import PrunableModel
 from top.evaluate import predict
-from top.files import atomic_path, atomic_write_text
+from top.files import atomic_path, atomic_write_text, json_text
 from top.measure.flops import flops_summary, head_kind
 from top.models import PRUNING_FILE, load_pretrained, load_run, save_run
 from top.pruning.base import KeepDecision, LayerContext, PruningMethod, Stage, TokenSelector
@@ -36,8 +36,10 @@ log = logging.getLogger(__name__)
 
 
 def write_json(path: str | Path, payload: Any) -> None:
-    """Write JSON atomically (temporary name, then rename)."""
-    atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True))
+    """Write strict JSON atomically (temporary name, then rename): a NaN or infinite metric
+    (e.g. Pearson of constant predictions) is written as ``null``, never as a bare ``NaN``
+    token, which is not JSON (:func:`top.files.json_text`, ``allow_nan=False``)."""
+    atomic_write_text(path, json_text(payload, indent=2, sort_keys=True))
 
 
 def _task(cfg: Mapping[str, Any], name: str) -> Task:

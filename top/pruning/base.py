@@ -127,7 +127,9 @@ def reject_unknown_settings(method: str, values: Mapping[str, Any], settings_cla
     known = {f.name for f in dataclasses.fields(settings_class)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ValueError(f"{method}: unknown settings {unknown}; known: {sorted(known)}")
+        raise ValueError(
+            f"{method}: unknown settings {unknown}; known: {sorted(known) or 'none'} (a misspelt setting would be ignored: correct or remove it)"
+        )
 
 
 class TokenSelector(nn.Module, abc.ABC):
@@ -188,6 +190,9 @@ class PruningMethod(abc.ABC):
     #: decide, SQuAD's ``qa.protect_question``), or None if it can. Configuration validation
     #: refuses such a method with that option before any job runs.
     protected_tokens_unsupported: ClassVar[str | None] = None
+    #: The dataclass whose fields are the method's settings: any other key in its settings is
+    #: refused (:meth:`check_setting_names`), before any job runs and again when it is built.
+    settings_class: ClassVar[type | None] = None
 
     def __init__(self, model_config, settings: Mapping[str, Any] | None = None):
         self.model_config = model_config
@@ -197,6 +202,13 @@ class PruningMethod(abc.ABC):
         #: The training loop moves it to the device and saves it in checkpoints; selectors hold
         #: references to its submodules.
         self.module = nn.Module()
+
+    @classmethod
+    def check_setting_names(cls, values: Mapping[str, Any]) -> None:
+        """Refuse keys of ``values`` that are not settings of the method (:attr:`settings_class`);
+        needs no model, so configuration validation runs it for every method."""
+        if cls.settings_class is not None:
+            reject_unknown_settings(cls.name, values, cls.settings_class)
 
     # -- training ---------------------------------------------------------------------------
     @abc.abstractmethod

@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from top.pruning.base import PruningMethod, Stage, TokenSelector
+from top.pruning.base import PruningMethod, Stage, TokenSelector, reject_unknown_settings
+
+
+@dataclass
+class DenseSettings:
+    """``dense`` has no settings: any key under ``methods.dense`` is a mistake."""
 
 
 class Dense(PruningMethod):
     """Keeps every token. Its weights are the fine-tuned teacher's; it trains nothing more."""
 
     name = "dense"
+    settings_class = DenseSettings
+
+    def __init__(self, model_config, settings: Mapping[str, Any] | None = None):
+        reject_unknown_settings(self.name, settings or {}, DenseSettings)
+        super().__init__(model_config, settings)
 
     def stages(self) -> list[Stage]:
         return []

@@ -11,6 +11,7 @@ in place (``finetune_epochs``), which lets it adapt to the missing tokens.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -23,7 +24,21 @@ from top.pruning.base import (
     TokenSelector,
     attention_token_scores,
     keep_top_k,
+    reject_unknown_settings,
 )
+
+
+@dataclass
+class TopKSettings:
+    """``topk``'s settings.
+
+    Attributes:
+        keep_ratios: one ratio per layer, in (0, 1], non-increasing (required).
+        finetune_epochs: epochs of fine-tuning with the selectors in place (0: none).
+    """
+
+    keep_ratios: list[float]
+    finetune_epochs: float = 0.0
 
 
 def validate_schedule(keep_ratios: Sequence[float], num_layers: int) -> list[float]:
@@ -62,9 +77,13 @@ class TopK(PruningMethod):
     """Settings: ``keep_ratios`` (one per layer), ``finetune_epochs`` (default 0)."""
 
     name = "topk"
+    settings_class = TopKSettings
 
     def __init__(self, model_config, settings: Mapping[str, Any] | None = None):
         super().__init__(model_config, settings)
+        reject_unknown_settings(self.name, self.settings, TopKSettings)
+        if "keep_ratios" not in self.settings:
+            raise ValueError(f"topk: keep_ratios is required: one keep ratio per layer ({self.dims.num_layers} for this model)")
         self.ratios = validate_schedule(self.settings["keep_ratios"], self.dims.num_layers)
 
     def stages(self) -> list[Stage]:

@@ -59,6 +59,12 @@ METRIC_LABELS = {
 TABLES = ("glue", "squad", "latency")
 #: What ``metrics.json`` says about the checkpoint a run kept, copied into ``results.csv``.
 SELECTION_COLUMNS = ("selection", "selected_epoch", "selection_epochs", "selection_fallback")
+#: ``results.csv``'s column naming a run's metrics that are undefined (``null`` in metrics.json).
+UNDEFINED_COLUMN = "undefined_metrics"
+UNDEFINED_NOTE = (
+    "–: the metric is undefined for this run (null in its metrics.json), e.g. Pearson or Spearman correlation when "
+    "the predictions or the labels are constant"
+)
 
 
 def method_label(method: str) -> str:
@@ -99,15 +105,21 @@ def collect(
         row = {k: m[k] for k in KEYS}
         row["metric"] = m["primary_metric"]
         factor = 100.0 / m.get("metric_scale", 1.0)
-        row["score"] = factor * m["score"]
+        # an undefined metric (e.g. a correlation of constant predictions) is null in the JSON
+        row["score"] = math.nan if m["score"] is None else factor * m["score"]
         for key in SELECTION_COLUMNS:
             row[key] = m.get(key)
+        undefined = []
         for split, values in m["splits"].items():
             for name, value in values.items():
-                if name == "n_examples" or name.endswith(("total", "_thresh")):
+                if value is None:
+                    row[f"{split}/{name}"] = math.nan
+                    undefined.append(f"{split}/{name}")
+                elif name == "n_examples" or name.endswith(("total", "_thresh")):
                     row[f"{split}/{name}"] = value  # counts and thresholds are not scores
                 else:
                     row[f"{split}/{name}"] = factor * value
+        row[UNDEFINED_COLUMN] = "; ".join(undefined)
         rows[tuple(row[k] for k in KEYS)] = row
     layers = []
     for path in flops_files:
@@ -424,7 +436,7 @@ def _score_note(table: str) -> str:
     return (
         "Cells: dev score (x100; mean ± std over seeds where several ran) with (FLOPs reduction; Δ = ours − the "
         "paper's number for the same task, method and metric). Avg.: mean over the table's tasks (a count when some are "
-        "missing). †: the source divides by another dense baseline than ours (e.g. a fixed padded length; "
+        "missing; – alone: not run, or undefined for our run, as results.md says). †: the source divides by another dense baseline than ours (e.g. a fixed padded length; "
         "config/paper_results.yaml), so that reduction is not comparable with ours."
     )
 
@@ -512,21 +524,36 @@ def write_table(
     log.info("wrote the %s table: %s, %s, %s", table, out_csv, out_md, out_tex)
 
 
+def _undefined_notes(frame: pd.DataFrame) -> list[str]:
+    """A footnote line per run with undefined metrics (none: no lines)."""
+    if UNDEFINED_COLUMN not in frame:
+        return []
+    runs = frame[frame[UNDEFINED_COLUMN].fillna("").astype(str).str.len() > 0]
+    if not len(runs):
+        return []
+    lines = ["", f"{UNDEFINED_NOTE}:"]
+    for r in runs.itertuples(index=False):
+        lines.append(f"- {r.task} {method_label(r.method)} {r.setting} seed {r.seed}: {getattr(r, UNDEFINED_COLUMN)}")
+    return lines
+
+
 def markdown_table(results_csv: str | Path, out_md: str | Path) -> str:
     """Every run's row (mean over seeds where several ran): score, FLOPs reduction, measured and
     ideal speedups, latencies."""
-    summary = summarise(pd.read_csv(results_csv))
+    frame = pd.read_csv(results_csv)
+    summary = summarise(frame)
     lines = [
         "| task | method | setting | metric | score | FLOPs reduction | latency speedup | speedup at pruned lengths | latency (ms) | dense latency (ms) | seeds |",
         "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in summary.itertuples():
         lines.append(
-            f"| {r.task} | {method_label(r.method)} | {r.setting} | {r.metric} | {_pm(r.score, r.score_std, False) if r.seeds > 1 else f'{r.score:.2f}'} | "
+            f"| {r.task} | {method_label(r.method)} | {r.setting} | {r.metric} | {_pm(r.score, r.score_std, False) if r.seeds > 1 else _num(r.score, 2)} | "
             f"{r.flops_reduction:.2f}x | {r.speedup:.2f}x | {r.speedup_at_pruned_lengths:.2f}x | "
             f"{r.latency_ms:.2f} | {r.dense_latency_ms:.2f} | {r.seeds} |"
         )
     lines += ["", f"Score: primary dev metric x100. FLOPs reduction: dense / pruned FLOPs at real lengths. {_latency_note(summary)}"]
+    lines += _undefined_notes(frame)
     text = "\n".join(lines) + "\n"
     atomic_write_text(out_md, text)
     return text

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from top.tasks import GLUE_TASKS
-from top.tasks.sources import DataError, SplitFiles, find_local_file, load_from_source, pad_token_lists
+from top.tasks.sources import DataError, SplitFiles, find_local_file, load_from_source, not_utf8_message, pad_token_lists
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +87,8 @@ class GlueSpec(SplitFiles):
         local_files: ``(split, LocalFile)`` pairs for every split of the task.
         dev_splits: the splits that evaluation reports on.
         max_length: maximum number of tokens per example, special tokens included.
+        label_range: for regression, the ``(low, high)`` interval every score of a local file
+            must lie in (STS-B: 0 to 5); None: any finite number.
     """
 
     name: str
@@ -96,6 +98,7 @@ class GlueSpec(SplitFiles):
     local_files: tuple[tuple[str, LocalFile], ...]
     dev_splits: tuple[str, ...] = ("validation",)
     max_length: int = 128
+    label_range: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         """Check that the registry entry is internally consistent."""
@@ -179,6 +182,7 @@ _TASK_LIST = (
         text_columns=_PAIR,
         label_names=None,
         local_files=_standard_files(_PAIR, "score"),
+        label_range=(0.0, 5.0),  # similarity scores from 0 (unrelated) to 5 (equivalent)
     ),
     GlueSpec(
         name="qqp",
@@ -259,6 +263,12 @@ def _parse_label(spec: GlueSpec, value: str, path: Path, line: int) -> int | flo
             score = math.nan
         if not math.isfinite(score):
             raise DataError(f"{path}, line {line}: label {value!r} is not a finite number")
+        if spec.label_range is not None and not spec.label_range[0] <= score <= spec.label_range[1]:
+            low, high = spec.label_range
+            raise DataError(
+                f"{path}, line {line}: score {value!r} is outside {spec.name}'s range {low:g} to {high:g}; "
+                f"the file is not {spec.glue_dir}'s (or was altered): use the GLUE download's {path.name}"
+            )
         return score
     try:
         return spec.label_names.index(value)
@@ -296,7 +306,7 @@ def _read_tsv(spec: GlueSpec, local: LocalFile, path: Path) -> dict[str, list[An
         except csv.Error as error:
             raise DataError(f"{path}, line {reader.line_num}: {error}") from error
         except UnicodeDecodeError as error:
-            raise DataError(f"{path}: not UTF-8 text ({error})") from error
+            raise DataError(not_utf8_message(path)) from error
     if not labels:
         raise DataError(f"{path} has no data rows")
     columns: dict[str, list[Any]] = dict(zip(spec.text_columns, text_columns))
@@ -305,10 +315,29 @@ def _read_tsv(spec: GlueSpec, local: LocalFile, path: Path) -> dict[str, list[An
     return columns
 
 
+def local_path(task: str, split: str, data_dir: str | os.PathLike | None) -> Path:
+    """Where ``split`` of ``task`` lies in a local copy of the GLUE download; :class:`DataError`
+    naming the expected layout if it is not there."""
+    spec = get_spec(task)
+    relative = f"{spec.glue_dir}/{spec.local_file(split).filename}"
+    return find_local_file(data_dir, relative, "GLUE", spec.name, split, "the GLUE download script's layout")
+
+
+def check_local_file(task: str, split: str, path: str | os.PathLike) -> int:
+    """Read ``path`` as ``split`` of ``task`` exactly as :func:`load_split` does (every row
+    parsed, every check made) without building a dataset; return the number of rows.
+
+    Raises:
+        DataError: as :func:`load_split`, naming the file and line.
+    """
+    spec = get_spec(task)
+    return len(_read_tsv(spec, spec.local_file(split), Path(path))["idx"])
+
+
 def _load_local(spec: GlueSpec, split: str, data_dir: str | os.PathLike | None) -> datasets.Dataset:
     """Load ``split`` of ``spec`` from a local copy of the GLUE download."""
     local = spec.local_file(split)
-    path = find_local_file(data_dir, f"{spec.glue_dir}/{local.filename}", "GLUE", spec.name, split, "the GLUE download script's layout")
+    path = local_path(spec.name, split, data_dir)
     columns = _read_tsv(spec, local, path)
     logger.info("Read %d rows of %s/%s from %s", len(columns["idx"]), spec.name, split, path)
     return datasets.Dataset.from_dict(columns, features=spec.features(), split=split)

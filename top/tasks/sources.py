@@ -24,7 +24,26 @@ logger = logging.getLogger(__name__)
 
 
 class DataError(ValueError):
-    """A GLUE data file or directory is missing or does not have the expected format."""
+    """A GLUE or SQuAD data file or directory is missing or does not have the expected format."""
+
+
+def not_utf8_message(path: str | os.PathLike) -> str:
+    """Where ``path`` stops being UTF-8: ``"PATH, line N: byte 0xXX is not UTF-8 ..."``, for a
+    :class:`DataError` raised when decoding failed (the decoder itself only knows a position in
+    its buffer, not the line)."""
+    data = Path(path).read_bytes()
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        byte = data[error.start]
+        return (
+            f"{path}, line {line}: byte 0x{byte:02x} is not UTF-8 ({error.reason}); the file must be UTF-8 text: "
+            "re-save it as UTF-8 (e.g. iconv -f latin1 -t utf-8) or download it again"
+        )
+    return f"{path}: not UTF-8 text; re-save it as UTF-8 or download it again"
 
 
 class SplitFiles:

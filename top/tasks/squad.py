@@ -34,7 +34,7 @@ import datasets
 import pyarrow as pa
 
 from top.tasks import SQUAD_TASKS
-from top.tasks.sources import DataError, SplitFiles, find_local_file, load_from_source
+from top.tasks.sources import DataError, SplitFiles, find_local_file, load_from_source, not_utf8_message
 
 logger = logging.getLogger(__name__)
 
@@ -253,17 +253,36 @@ def _find_all(text: str, sub: str) -> list[int]:
     return found
 
 
-def _read_squad_json(spec: SquadSpec, path: Path, split: str) -> datasets.Dataset:
-    """Read and check one official SQuAD JSON file."""
+def _check_version(spec: SquadSpec, document: Mapping[str, Any], path: Path) -> None:
+    """The file's ``version`` field (official files: ``"1.1"``, ``"v2.0"``) must be the task's
+    SQuAD version; a file without one is read as the task says."""
+    if "version" not in document:
+        return
+    version = document["version"]
+    found = str(version).strip().lstrip("vV")
+    expected = "2.0" if spec.version_2 else "1.1"
+    if found != expected:
+        other = "squad" if spec.version_2 else "squad_v2"
+        raise DataError(
+            f"{path}: 'version' is {version!r}, but task {spec.name!r} reads SQuAD {expected} files: this is a SQuAD "
+            f"{found} file under a {expected} name; put the official SQuAD {expected} file here (or run the task {other!r} "
+            f"on this file)"
+        )
+
+
+def _parse_squad_json(spec: SquadSpec, path: Path) -> tuple[_Columns, int]:
+    """Read and check one official SQuAD JSON file: its questions, and the number of articles."""
     try:
         with path.open(encoding="utf-8") as handle:
             document = json.load(handle)
     except json.JSONDecodeError as error:
-        raise DataError(f"{path}: not valid JSON ({error})") from error
+        truncated = " (it ends early: truncated, e.g. by an interrupted download)" if not error.doc.rstrip().endswith("}") else ""
+        raise DataError(f"{path}: not valid JSON{truncated}: {error}; download the file again") from error
     except UnicodeDecodeError as error:
-        raise DataError(f"{path}: not UTF-8 text ({error})") from error
+        raise DataError(not_utf8_message(path)) from error
     if not isinstance(document, Mapping):
         raise DataError(f"{path}: expected a JSON object with a 'data' list, got {type(document).__name__}")
+    _check_version(spec, document, path)
     articles = _require(document, "data", list, str(path))
     if not articles:
         raise DataError(f"{path}: 'data' is empty: no articles")
@@ -283,11 +302,19 @@ def _read_squad_json(spec: SquadSpec, path: Path, split: str) -> datasets.Datase
                 raise DataError(f"{where}: empty context")
             for q, qa in enumerate(_require(paragraph, "qas", list, where)):
                 columns.add(qa, title, context, f"{where}, question {q}")
+    if not columns.columns["id"]:
+        raise DataError(f"{path}: no questions found")
+    return columns, len(articles)
+
+
+def _read_squad_json(spec: SquadSpec, path: Path, split: str) -> datasets.Dataset:
+    """Read and check one official SQuAD JSON file."""
+    columns, articles = _parse_squad_json(spec, path)
     dataset = columns.dataset(split)
     logger.info(
         "Read %d questions (%d articles) of %s/%s from %s",
         len(dataset),
-        len(articles),
+        articles,
         spec.name,
         split,
         path,
@@ -295,10 +322,27 @@ def _read_squad_json(spec: SquadSpec, path: Path, split: str) -> datasets.Datase
     return dataset
 
 
+def local_path(task: str, split: str, data_dir: str | os.PathLike | None) -> Path:
+    """Where ``split`` of ``task`` lies in a folder of official SQuAD files; :class:`DataError`
+    naming the expected file if it is not there."""
+    spec = get_spec(task)
+    return find_local_file(data_dir, spec.local_file(split), "SQuAD", spec.name, split, "the official SQuAD file name")
+
+
+def check_local_file(task: str, split: str, path: str | os.PathLike) -> int:
+    """Read ``path`` as ``split`` of ``task`` exactly as :func:`load_qa_split` does (every
+    record checked) without building a dataset; return the number of questions.
+
+    Raises:
+        DataError: as :func:`load_qa_split`.
+    """
+    columns, _ = _parse_squad_json(get_spec(task), Path(path))
+    return len(columns.columns["id"])
+
+
 def _load_local(spec: SquadSpec, split: str, data_dir: str | os.PathLike | None) -> datasets.Dataset:
     """Load ``split`` of ``spec`` from a folder holding the official SQuAD JSON files."""
-    path = find_local_file(data_dir, spec.local_file(split), "SQuAD", spec.name, split, "the official SQuAD file name")
-    return _read_squad_json(spec, path, split)
+    return _read_squad_json(spec, local_path(spec.name, split, data_dir), split)
 
 
 def _load_hub(spec: SquadSpec, split: str) -> datasets.Dataset:
@@ -363,7 +407,9 @@ def load_qa_split(
 
     Raises:
         DataError: if the folder or file is missing (naming the expected path), the file is
-            not JSON, or a record is malformed: missing keys, wrong types, no articles or
+            not JSON (or not UTF-8), its ``version`` is not the task's (``1.1`` for ``squad``,
+            ``2.0``/``v2.0`` for ``squad_v2``; a file without one is accepted), or a record is
+            malformed: missing keys, wrong types, no articles or
             questions, an empty question, context or answer text, a duplicate question id, an
             ``answer_start`` out of range, an answer text that does not occur in the context,
             a v1.1 question without answers, or a v2.0 question whose ``is_impossible`` flag

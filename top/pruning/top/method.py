@@ -111,6 +111,7 @@ class ToP(PruningMethod):
     """ToP. Settings: see :class:`ToPSettings`. Stages: ``prune`` [, ``finetune``]."""
 
     name = "top"
+    settings_class = ToPSettings
     protected_tokens_unsupported = (
         "its FLOPs constraint and its rank bins count the protected tokens (the question and the separators) as "
         "prunable, so the evaluated FLOPs land above target_sparsity"
