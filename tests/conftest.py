@@ -146,3 +146,25 @@ def write_tiny_squad(squad_dir: Path, train_questions: int = 40, dev_questions: 
     (squad_dir / "train-v1.1.json").write_text(json.dumps(article(train_questions, "t")))
     (squad_dir / "dev-v1.1.json").write_text(json.dumps(article(dev_questions, "d")))
     return squad_dir
+
+
+def write_fake_hub_cache(hf_home: Path, model: str = "bert-base-uncased", weights: bool = True, datasets: tuple[str, ...] = ()) -> Path:
+    """A Hugging Face cache (``HF_HOME``) holding ``model``'s BERT-base ``config.json`` (and a
+    stand-in weights file) in the hub cache's layout, and a prepared-dataset folder for each of
+    ``datasets`` (``"nyu-mll/glue/sst2"``, ``"rajpurkar/squad"``): what an offline machine that
+    once downloaded them has. Nothing in it can be trained: it is for configuration checks."""
+    from transformers import BertConfig
+
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    repo = hf_home / "hub" / f"models--{model.replace('/', '--')}"
+    snapshot = repo / "snapshots" / revision
+    snapshot.mkdir(parents=True, exist_ok=True)
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text(revision)
+    BertConfig().to_json_file(snapshot / "config.json")
+    if weights:
+        (snapshot / "model.safetensors").write_bytes(b"stand-in")
+    for name in datasets:
+        parts = name.split("/")
+        (hf_home / "datasets" / "___".join(parts[:2]) / Path(*parts[2:])).mkdir(parents=True, exist_ok=True)
+    return hf_home

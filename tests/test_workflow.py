@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,14 +12,22 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import write_tiny_model, write_tiny_squad, write_tiny_sst2
+from tests.conftest import write_fake_hub_cache, write_tiny_model, write_tiny_squad, write_tiny_sst2
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def snakemake(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+def snakemake(*args: str, cwd: Path = ROOT, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), *args]
-    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=900)
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=900, env={**os.environ, **(env or {})})
+
+
+def offline_cache(tmp_path: Path) -> dict[str, str]:
+    """An offline machine whose Hugging Face cache holds what the paper configuration reads
+    (bert-base-uncased, GLUE and SQuAD from the hub), as the preflight checks it."""
+    glue = tuple(f"nyu-mll/glue/{task}" for task in ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte"))
+    home = write_fake_hub_cache(tmp_path / "hf", datasets=(*glue, "rajpurkar/squad", "rajpurkar/squad_v2"))
+    return {"HF_HOME": str(home), "HF_HUB_OFFLINE": "1"}
 
 
 def tiny_config(tmp_path: Path) -> Path:
@@ -81,7 +90,11 @@ def test_tiny_end_to_end_run(tmp_path):
     latency = json.loads((tmp_path / "results/latency/sst2/topk/half/seed3/latency.json").read_text())
     assert latency["environment"]["threads"] == 1 and latency["environment"]["cores"] == [0]
     assert set(latency["timings"]["runners"]) == {"dense", "pruned", "dense_at_pruned_lengths"}
-    assert (tmp_path / "logs/teacher/sst2/seed3.log").read_text().count("stage 'finetune'") == 1
+    # logs live under the results folder they belong to
+    assert (tmp_path / "results/logs/teacher/sst2/seed3.log").read_text().count("stage 'finetune'") == 1
+    assert (tmp_path / "results/logs/latency/sst2/topk/half/seed3.log").is_file() and not (tmp_path / "logs").exists()
+    for path in (tmp_path / "results").rglob("*.json"):  # strict JSON: no NaN or Infinity tokens
+        assert not {"NaN", "Infinity", "-Infinity"} & set(path.read_text().replace(",", " ").split()), path
 
     again = snakemake("--cores", "2", "--configfile", str(config), "--directory", str(tmp_path), "-n")
     assert "Nothing to be done" in again.stdout + again.stderr
@@ -145,9 +158,11 @@ def test_lint_is_clean():
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
 
 
-def test_paper_config_dry_run_plans_every_task_and_method():
-    result = snakemake("-n", "--configfile", str(ROOT / "config/config.yaml"), "--quiet", "rules")
+def test_paper_config_dry_run_plans_every_task_and_method(tmp_path):
+    # offline, with bert-base-uncased and the hub datasets in the cache: the preflight passes
+    result = snakemake("-n", "--configfile", str(ROOT / "config/config.yaml"), "--quiet", "rules", env=offline_cache(tmp_path))
     assert result.returncode == 0, result.stderr[-4000:]
+    assert "preflight: 0 data files, the model, device, latency.cores, results_dir checked" in result.stderr
     config = yaml.safe_load((ROOT / "config/config.yaml").read_text())
     assert config["tasks"] == ["cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "squad", "squad_v2"]
     counts = {line.split()[0]: int(line.split()[1]) for line in result.stdout.splitlines() if len(line.split()) == 2 and line.split()[1].isdigit()}
@@ -184,10 +199,10 @@ def test_configfile_on_the_command_line_replaces_the_paper_config(tmp_path):
     assert counts["teacher"] == 1 and counts["train"] == 2
 
 
-def test_paper_config_is_the_default_and_needs_the_workflow_profile():
+def test_paper_config_is_the_default_and_needs_the_workflow_profile(tmp_path):
     # profiles/default (loaded by itself) names config/config.yaml; without a workflow profile
     # nothing does, and the run stops with a one-line hint.
-    default = snakemake("-n", "--quiet", "rules")
+    default = snakemake("-n", "--quiet", "rules", env=offline_cache(tmp_path))
     assert default.returncode == 0, default.stderr[-4000:]
     assert "config/config.yaml" in default.stdout + default.stderr
     counts = {line.split()[0]: int(line.split()[1]) for line in default.stdout.splitlines() if len(line.split()) == 2 and line.split()[1].isdigit()}
@@ -220,3 +235,59 @@ def test_seeds_on_the_command_line_multiply_the_runs(tmp_path):
     assert result.returncode == 0, result.stderr[-4000:]
     counts = {line.split()[0]: int(line.split()[1]) for line in result.stdout.splitlines() if len(line.split()) == 2 and line.split()[1].isdigit()}
     assert counts["teacher"] == 2 and counts["train"] == 4 and counts["latency"] == 6 and counts["collect"] == 1
+
+
+def test_preflight_stops_a_dry_run_before_any_job(tmp_path):
+    # a folder that is not in the GLUE layout, a misspelt hub model on an offline machine and
+    # latency cores this machine lacks: all three named at once, before any job
+    config = yaml.safe_load(tiny_config(tmp_path).read_text())
+    empty = tmp_path / "downloads"
+    empty.mkdir()
+    beyond = max(os.sched_getaffinity(0)) + 1
+    config.update(glue_dir=str(empty), model="bert-base-uncasd", latency={"cores": str(beyond)})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(config))
+    result = snakemake("-n", "--configfile", str(bad), "--directory", str(tmp_path), env={"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"})
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "Building DAG" not in output
+    assert "preflight found 3 problems before any job ran:" in output
+    assert f"- glue_dir: sst2 split 'train': file {empty}/SST-2/train.tsv not found" in output
+    assert "- model: 'bert-base-uncasd' is not in the local Hugging Face cache" in output
+    assert f"- latency.cores: '{beyond}' names core(s) {beyond}, but this machine lets the workflow run on cores" in output
+    assert "(to plan without these checks: --config preflight=False)" in output
+
+
+def test_duplicate_key_in_a_configfile_is_refused(tmp_path):
+    text = tiny_config(tmp_path).read_text() + "tasks:\n- rte\n"
+    bad = tmp_path / "twice.yaml"
+    bad.write_text(text)
+    first = next(i for i, line in enumerate(text.splitlines(), 1) if line.startswith("tasks:"))
+    result = snakemake("-n", "--configfile", str(bad), "--directory", str(tmp_path))
+    assert result.returncode != 0
+    assert f"{bad}, line {len(text.splitlines()) - 1}: duplicate key 'tasks' (first given at line {first})" in result.stdout + result.stderr
+
+
+def test_schema_error_is_a_few_lines(tmp_path):
+    config = yaml.safe_load(tiny_config(tmp_path).read_text())
+    config["glue_dri"] = config.pop("glue_dir")
+    bad = tmp_path / "typo.yaml"
+    bad.write_text(yaml.safe_dump(config))
+    result = snakemake("-n", "--configfile", str(bad), "--directory", str(tmp_path))
+    output = result.stdout + result.stderr  # (dry runs print errors on stdout)
+    assert result.returncode != 0
+    assert "invalid configuration: (top level): Additional properties are not allowed ('glue_dri' was unexpected)" in output
+    assert "Failed validating" not in output and len(output.splitlines()) < 10, output
+
+
+@pytest.mark.slow
+def test_a_failed_job_shows_its_reason_on_the_console(tmp_path):
+    # preflight off, so the data mistake reaches the teacher job: the console names it
+    config = tiny_config(tmp_path)
+    (tmp_path / "glue/SST-2/dev.tsv").write_text("sentence\tlabel\ngood\tpositive\n")
+    result = snakemake("--cores", "1", "--configfile", str(config), "--directory", str(tmp_path), "--config", "preflight=False")
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    log = "results/logs/teacher/sst2/seed3.log"
+    assert f"rule teacher (task=sst2, seed=3) failed (traceback in {log}):" in output
+    assert f"{tmp_path}/glue/SST-2/dev.tsv, line 2: unknown label 'positive'" in output
+    assert "Traceback" in (tmp_path / log).read_text()

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -31,6 +32,8 @@ from top.pruning.registry import METHODS, method_class
 from top.tasks import is_qa_task, task_names
 
 TEACHER_METHOD = "dense"
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
+"""The values of ``device``: ``auto`` (CUDA when present), ``cpu``, ``cuda``, ``cuda:N``, ``mps``."""
 
 
 class ConfigError(ValueError):
@@ -46,6 +49,39 @@ def seeds_from_command_line(cfg: dict[str, Any]) -> None:
     seeds = cfg.get("seeds")
     if isinstance(seeds, list):
         cfg["seeds"] = [int(s) if isinstance(s, str) and s.strip().lstrip("-").isdigit() else s for s in seeds]
+
+
+def schema_error_message(error: BaseException, limit: int = 200) -> str:
+    """A schema violation in a few lines: the failing key, the schema's message and the
+    offending value, instead of the whole schema that ``jsonschema`` prints.
+
+    ``error`` is what ``snakemake.utils.validate`` raises (a ``WorkflowError`` carrying the
+    ``jsonschema`` ``ValidationError``) or that ``ValidationError`` itself; anything else is
+    returned as its first lines."""
+    # Snakemake formats the ValidationError into its message; the object is the context.
+    candidates = (error, error.__cause__, error.__context__, *getattr(error, "args", ()))
+    violation = next((arg for arg in candidates if hasattr(arg, "absolute_path") and hasattr(arg, "message")), None)
+    if violation is None:
+        return "\n".join(str(error).splitlines()[:5])
+    key = ""
+    for part in violation.absolute_path:
+        key += f"[{part}]" if isinstance(part, int) else f"{'.' if key else ''}{part}"
+    key = key or "(top level)"
+    value = repr(violation.instance)
+    if len(value) > limit:
+        value = value[:limit] + " ..."
+    hint = ""
+    if violation.validator == "additionalProperties":
+        hint = " (a misspelt or unknown key: every key and its default is in workflow/schemas/config.schema.yaml)"
+    elif violation.validator == "required":
+        hint = " (add it to the configuration)"
+    lines = [f"invalid configuration: {key}: {violation.message}{hint}"]
+    if violation.validator not in ("additionalProperties", "required"):
+        lines.append(f"  offending value: {value}")
+    description = (violation.schema or {}).get("description") if isinstance(violation.schema, Mapping) else None
+    if description and violation.absolute_path:
+        lines.append(f"  {key}: {' '.join(str(description).split())}")
+    return "\n".join(lines)
 
 
 def _merge(*layers: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -124,6 +160,12 @@ def validate_config(cfg: Mapping[str, Any], *, check_paths: bool = True) -> None
         raise ConfigError(f"methods: the reference method {TEACHER_METHOD!r} must be configured")
     if len(set(cfg["seeds"])) != len(cfg["seeds"]):
         raise ConfigError(f"seeds: duplicates in {cfg['seeds']}")
+    device = cfg.get("device", "auto")
+    if not DEVICE_PATTERN.fullmatch(str(device)):
+        raise ConfigError(
+            f"device: {device!r} is not a device torch knows; use auto (CUDA when present), cpu, cuda, cuda:N (N: the GPU's index) or mps"
+        )
+    _check_latency(cfg.get("latency") or {})
     _check_protected_tokens(cfg)
 
     if check_paths:
@@ -138,6 +180,26 @@ def validate_config(cfg: Mapping[str, Any], *, check_paths: bool = True) -> None
                     raise ConfigError(f"{key}: {folder!r} is not a directory")
         _check_model(cfg["model"])
     _check_method_settings(cfg)
+
+
+def _check_latency(latency: Mapping[str, Any]) -> None:
+    """``latency.cores`` parses, and ``latency.threads`` is at most the number of cores (the
+    latency job pins itself to them, :func:`top.measure.pinning.pin_process`). Whether this
+    machine has those cores is checked by :mod:`top.preflight`."""
+    from top.measure.pinning import parse_cores
+
+    if "cores" not in latency:
+        return
+    try:
+        cores = parse_cores(str(latency["cores"]))
+    except ValueError as error:
+        raise ConfigError(f"latency.cores: {error}") from None
+    threads = latency.get("threads", 1)
+    if threads > len(cores):
+        raise ConfigError(
+            f"latency.threads: {threads} threads on the {len(cores)} core(s) of latency.cores {latency['cores']!r} would compete "
+            f"for cores; set latency.threads to at most {len(cores)} or give latency.cores more cores (e.g. '0-{threads - 1}')"
+        )
 
 
 def _check_protected_tokens(cfg: Mapping[str, Any]) -> None:
@@ -170,21 +232,42 @@ def _check_model(spec: str) -> None:
 
 
 def _model_config(spec: str):
-    """The model's config when it can be read offline (package or local folder), else None."""
+    """The model's config when it can be read offline (package, local folder, or a hub name in
+    the local Hugging Face cache), else None."""
     from transformers import AutoConfig
 
     from top.models import resolve_model
 
     path = resolve_model(spec)
-    if not os.path.isdir(path):
+    if not os.path.isdir(path) and not _in_hub_cache(path):
         return None
     return AutoConfig.from_pretrained(path, local_files_only=True)
 
 
+def _in_hub_cache(name: str) -> bool:
+    """Whether the hub model ``name``'s ``config.json`` is in the local Hugging Face cache."""
+    from top.preflight import hub_cache_file
+
+    try:
+        return hub_cache_file(name, "config.json") is not None
+    except ValueError:  # not a valid repository name
+        return False
+
+
 def _check_method_settings(cfg: Mapping[str, Any]) -> None:
-    """Build every configured method once, so bad settings fail before any job runs."""
+    """Refuse unknown setting names of every method (no model needed), then build every
+    configured method once when the model's config can be read offline, so bad settings fail
+    before any job runs."""
     from top.pruning.registry import build_method
 
+    for task in cfg["tasks"]:
+        for method, block in cfg["methods"].items():
+            for setting in block["settings"]:
+                resolved = resolve_run(cfg, task, method, setting, cfg["seeds"][0])
+                try:
+                    method_class(method).check_setting_names(resolved["method_settings"])
+                except ValueError as error:
+                    raise ConfigError(f"methods.{method}.settings.{setting} (task {task}): {error}") from None
     try:
         model_config = _model_config(cfg["model"])
     except (OSError, ValueError):

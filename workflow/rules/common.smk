@@ -1,10 +1,12 @@
 """Configuration, paths and helpers shared by every rule (included first by the Snakefile)."""
 
+import sys
 from pathlib import Path
 
 from snakemake.utils import validate
 
-from top.config import ConfigError, runs, seeds_from_command_line, validate_config
+from top.config import ConfigError, runs, schema_error_message, seeds_from_command_line, validate_config
+from top.preflight import PreflightError, check_yaml_files, run_preflight
 from top.report.paper import PaperResultsError, load_paper_results
 from top.tasks import is_qa_task
 
@@ -32,8 +34,18 @@ for key, option in (("threads", "set-threads"), ("resources", "set-resources")):
             "profile instead (profiles/default/config.yaml, profiles/slurm/config.yaml)"
         )
 
+# A key given twice in a --configfile: Snakemake's YAML loader keeps the last value silently.
+# (workflow.configfiles: the files named on the command line or by a profile, absolute paths.)
+duplicate_keys = check_yaml_files(workflow.configfiles)
+if duplicate_keys:
+    raise WorkflowError("invalid configuration file:\n" + "\n".join(f"- {problem}" for problem in duplicate_keys))
+
 seeds_from_command_line(config)
-validate(config, "../schemas/config.schema.yaml")
+try:
+    validate(config, "../schemas/config.schema.yaml")
+except WorkflowError as error:
+    # the failing key, the schema's message and the offending value, not the whole schema
+    raise WorkflowError(schema_error_message(error)) from None
 try:
     validate_config(config)
 except ConfigError as error:
@@ -45,6 +57,26 @@ try:
     load_paper_results(PAPER_RESULTS)
 except PaperResultsError as error:
     raise WorkflowError(f"invalid paper results: {error}") from None
+
+
+# ---- Preflight -------------------------------------------------------------------------
+# What the jobs will need beyond the configuration (top/preflight.py): data files (parsed once,
+# verdicts cached in .snakemake/), the model, the device and latency cores of this machine, a
+# writable results folder. At workflow start, dry runs included; not in a job that Snakemake
+# runs on another machine (it re-reads this file there: not the main process), nor under
+# --lint (the only mode that parses without check_envvars). A cluster executor needs --jobs
+# (resource_settings.nodes): then the jobs run elsewhere and this machine's device and cores
+# say nothing about theirs.
+if config["preflight"] and workflow.is_main_process and getattr(workflow, "check_envvars", True):
+    try:
+        preflight = run_preflight(
+            config,
+            config_files=[*workflow.configfiles, PAPER_RESULTS],
+            machine=workflow.resource_settings.nodes is None,
+        )
+    except PreflightError as error:
+        raise WorkflowError(f"{error}\n(to plan without these checks: --config preflight=False)") from None
+    print(preflight.summary(), file=sys.stderr)
 
 
 # ---- What runs -------------------------------------------------------------------------

@@ -7,7 +7,7 @@ rule evaluate:
         metrics=f"{RESULTS}/eval/{RUN}/metrics.json",
         lengths=f"{RESULTS}/eval/{RUN}/lengths.npz",
     log:
-        f"logs/evaluate/{RUN}.log",
+        f"{RESULTS}/logs/evaluate/{RUN}.log",
     params:
         info=run_info,
     conda:
@@ -24,7 +24,7 @@ rule flops:
     output:
         f"{RESULTS}/flops/{RUN}/flops.json",
     log:
-        f"logs/flops/{RUN}.log",
+        f"{RESULTS}/logs/flops/{RUN}.log",
     params:
         info=run_info,
     conda:
@@ -45,7 +45,7 @@ rule latency:
     output:
         f"{RESULTS}/latency/{RUN}/latency.json",
     log:
-        f"logs/latency/{RUN}.log",
+        f"{RESULTS}/logs/latency/{RUN}.log",
     # From the configuration, unlike every other rule's threads (set in the profiles): the
     # thread count is part of the measurement protocol, recorded with each result.
     threads: config["latency"]["threads"]

@@ -13,7 +13,7 @@ rule collect:
         results=report(f"{RESULTS}/tables/results.csv", caption="../report/results.rst", category="Tables", labels={"table": "every run"}),
         layers=f"{RESULTS}/tables/layers.csv",
     log:
-        "logs/collect.log",
+        f"{RESULTS}/logs/collect.log",
     conda:
         "../envs/harness.yaml"
     script:
@@ -27,7 +27,7 @@ rule runs_table:
     output:
         f"{RESULTS}/tables/results.md",
     log:
-        "logs/runs_table.log",
+        f"{RESULTS}/logs/runs_table.log",
     conda:
         "../envs/harness.yaml"
     script:
@@ -45,7 +45,7 @@ rule table:
         md=f"{RESULTS}/tables/{{table}}.md",
         tex=f"{RESULTS}/tables/{{table}}.tex",
     log:
-        "logs/table/{table}.log",
+        f"{RESULTS}/logs/table/{{table}}.log",
     wildcard_constraints:
         table="glue|squad|latency",
     conda:
@@ -65,7 +65,7 @@ rule figure:
         svg=f"{RESULTS}/plots/{{figure}}.svg",
         pdf=f"{RESULTS}/plots/{{figure}}.pdf",
     log:
-        "logs/figure/{figure}.log",
+        f"{RESULTS}/logs/figure/{{figure}}.log",
     wildcard_constraints:
         figure="accuracy_vs_flops|latency_vs_flops|retained_tokens",
     conda:

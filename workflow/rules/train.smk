@@ -7,7 +7,7 @@ rule teacher:
     output:
         directory(TEACHER),
     log:
-        "logs/teacher/{task}/seed{seed}.log",
+        f"{RESULTS}/logs/teacher/{{task}}/seed{{seed}}.log",
     conda:
         "../envs/harness.yaml"
     script:
@@ -21,7 +21,7 @@ rule train:
     output:
         directory(MODEL),
     log:
-        f"logs/train/{RUN}.log",
+        f"{RESULTS}/logs/train/{RUN}.log",
     wildcard_constraints:
         method="(?!dense$)[a-z0-9_]+",
     conda:

@@ -2,16 +2,17 @@
 
 import torch
 
-from top.logs import log_to_file
+from top.logs import job_name, log_to_file, reported_errors
 from top.pipeline import evaluate_run
 
-log_to_file(snakemake.log[0])
-torch.set_num_threads(snakemake.threads)
-evaluate_run(
-    snakemake.config,
-    snakemake.wildcards.task,
-    snakemake.input.model,
-    snakemake.output.metrics,
-    snakemake.output.lengths,
-    snakemake.params.info,
-)
+with reported_errors(job_name(snakemake), snakemake.log[0]):
+    log_to_file(snakemake.log[0])
+    torch.set_num_threads(snakemake.threads)
+    evaluate_run(
+        snakemake.config,
+        snakemake.wildcards.task,
+        snakemake.input.model,
+        snakemake.output.metrics,
+        snakemake.output.lengths,
+        snakemake.params.info,
+    )

@@ -1,7 +1,8 @@
 """Rule `runs_table`: every run's row in Markdown."""
 
-from top.logs import log_to_file
+from top.logs import job_name, log_to_file, reported_errors
 from top.report.tables import markdown_table
 
-log_to_file(snakemake.log[0])
-markdown_table(snakemake.input[0], snakemake.output[0])
+with reported_errors(job_name(snakemake), snakemake.log[0]):
+    log_to_file(snakemake.log[0])
+    markdown_table(snakemake.input[0], snakemake.output[0])

@@ -2,10 +2,11 @@
 
 import torch
 
-from top.logs import log_to_file
+from top.logs import job_name, log_to_file, reported_errors
 from top.pipeline import train_method
 
-log_to_file(snakemake.log[0])
-torch.set_num_threads(snakemake.threads)
-w = snakemake.wildcards
-train_method(snakemake.config, w.task, w.method, w.setting, int(w.seed), snakemake.input.teacher, snakemake.output[0])
+with reported_errors(job_name(snakemake), snakemake.log[0]):
+    log_to_file(snakemake.log[0])
+    torch.set_num_threads(snakemake.threads)
+    w = snakemake.wildcards
+    train_method(snakemake.config, w.task, w.method, w.setting, int(w.seed), snakemake.input.teacher, snakemake.output[0])
