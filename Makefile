@@ -5,7 +5,7 @@ GLUE_DIR ?= ../shared/data/glue
 CORES ?= 2
 BIN = $(VENV)/bin
 
-.PHONY: setup demo test lint paper-dry-run clean-demo
+.PHONY: setup demo test test-slurm lint paper-dry-run clean-demo
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,12 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# The workflow on a local one-node SLURM cluster (tests/test_slurm.py): starts the cluster first
+# (scripts/slurm/start.sh: as root; installs slurm-wlm and munge with apt-get if missing).
+test-slurm: setup
+	scripts/slurm/start.sh
+	REQUIRE_SLURM=1 $(BIN)/python -m pytest -q -m slurm tests/test_slurm.py
 
 lint: setup
 	$(BIN)/ruff check .

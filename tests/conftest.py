@@ -11,6 +11,13 @@ from transformers import BertConfig, BertForSequenceClassification, BertTokenize
 from top.encoder import PrunableModel
 from top.pruning.base import StepContext
 
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "slurm: runs on a SLURM cluster (scripts/slurm/start.sh); skipped without one, fails under CI (tests/test_slurm.py)"
+    )
+
+
 WORDS = "the a movie film good bad great awful plot acting was is not very fun dull which it".split()
 
 
