@@ -21,7 +21,6 @@ from top.pruning.base import (
     PruningMethod,
     Stage,
     TokenSelector,
-    attention_token_scores,
     keep_top_k,
 )
 
@@ -44,14 +43,16 @@ def validate_schedule(keep_ratios: Sequence[float], num_layers: int) -> list[flo
 class TopKSelector(TokenSelector):
     """Keeps ``ceil(ratio * input_length)`` best-scoring tokens at one layer."""
 
+    needs_attention_probs = False  # reads only ctx.attention_token_scores()
+
     def __init__(self, ratio: float):
         super().__init__()
         self.ratio = ratio
 
     def forward(self, ctx: LayerContext) -> KeepDecision:
-        scores = attention_token_scores(ctx.attention_probs, ctx.alive)  # [B, n]
+        scores = ctx.attention_token_scores()  # [B, n]
         k = torch.ceil(ctx.input_lengths.to(torch.float64) * self.ratio).long()
-        return KeepDecision(hard=keep_top_k(scores, ctx.alive, k), aux={"scores": scores})
+        return KeepDecision(hard=keep_top_k(scores, ctx.alive, k, all_alive=ctx.all_alive), aux={"scores": scores})
 
 
 def _selectors(ratios: Sequence[float]) -> dict[int, TokenSelector]:
