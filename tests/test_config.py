@@ -37,7 +37,7 @@ def config(tmp_path):
 def test_schema_fills_defaults_once(config):
     assert config["seeds"] == [42]
     assert config["teacher"]["epochs"] == 3
-    assert config["latency"] == {"cores": "0", "threads": 1, "n_examples": 100, "sample_seed": 0, "warmup": 2, "repeats": 5}
+    assert config["latency"] == {"cores": "0", "threads": 1, "n_examples": 100, "sample_seed": 0, "warmup": 2, "repeats": 5, "batch_sizes": [8, 32]}
     assert config["train"]["learning_rate"] == 1e-4 and config["train"]["batch_size"] == 32
 
 
@@ -61,30 +61,40 @@ def test_valid_config_passes(config):
     validate_config(config)
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda c: c.update(tasks=["sst2", "imdb"]), "tasks[1]: unknown task 'imdb'; allowed: cola, sst2"),
-    (lambda c: c["methods"].update(spattn={"settings": {"x": {}}}), "methods.spattn: unknown method; allowed: dense, topk"),
-    (lambda c: c["methods"].pop("dense"), "the reference method 'dense' must be configured"),
-    (lambda c: c.update(glue_dir="/nonexistent/glue"), "glue_dir: '/nonexistent/glue' is not a directory"),
-    (lambda c: c.update(glue_dir=None), "glue_dir: required when data_source is 'local'"),
-    (lambda c: c.update(model="/nonexistent/model"), "model: '/nonexistent/model' looks like a path"),
-    (lambda c: c.update(model="python-package:no_such_pkg/model"), "Python package 'no_such_pkg' is not installed"),
-    (lambda c: c["methods"]["topk"]["settings"].update(up={"keep_ratios": [0.5, 0.9]}), "methods.topk.settings.up (task sst2): keep_ratios must not increase"),
-    (lambda c: c["methods"]["topk"]["settings"].update(short={"keep_ratios": [0.5]}), "1 entries, the model has 2 layers"),
-    (lambda c: c["task_settings"].update(imdb={}), "task_settings.imdb: unknown task"),
-    (lambda c: c.update(seeds=[1, 1]), "seeds: duplicates"),
-    (lambda c: c["methods"].update(top={"settings": {"zero": {"target_sparsity": 0, "prune_layers": [0]}}}),
-     "methods.top.settings.zero (task sst2): target_sparsity must be in (0, 1)"),
-    (lambda c: c["methods"].update(top={"settings": {"big": {"target_sparsity": 1.5, "prune_layers": [0]}}}),
-     "methods.top.settings.big (task sst2): target_sparsity must be in (0, 1)"),
-    (lambda c: c["methods"].update(top={"settings": {"deep": {"prune_layers": [0, 5]}}}), "prune_layers: layer 5 is outside 0..1"),
-    (lambda c: c["methods"].update(top={"settings": {"typo": {"target_sparsty": 0.5}}}), "target_sparsty"),
-    (lambda c: c["methods"].update(power_bert={"settings": {"up": {"retention": [3, 9]}}}), "methods.power_bert.settings.up (task sst2)"),
-    (lambda c: c["methods"].update(ltp={"settings": {"neg": {"reg_lambda": -1}}}), "methods.ltp.settings.neg (task sst2)"),
-    (lambda c: c.update(tasks=["squad"]), "squad_dir: required when data_source is 'local'"),
-    (lambda c: c.update(tasks=["squad"], squad_dir="/nonexistent/squad"), "squad_dir: '/nonexistent/squad' is not a directory"),
-    (lambda c: c["qa"].update(doc_stride=400), "qa.doc_stride: 400 leaves the context windows no room"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda c: c.update(tasks=["sst2", "imdb"]), "tasks[1]: unknown task 'imdb'; allowed: cola, sst2"),
+        (lambda c: c["methods"].update(spattn={"settings": {"x": {}}}), "methods.spattn: unknown method; allowed: dense, topk"),
+        (lambda c: c["methods"].pop("dense"), "the reference method 'dense' must be configured"),
+        (lambda c: c.update(glue_dir="/nonexistent/glue"), "glue_dir: '/nonexistent/glue' is not a directory"),
+        (lambda c: c.update(glue_dir=None), "glue_dir: required when data_source is 'local'"),
+        (lambda c: c.update(model="/nonexistent/model"), "model: '/nonexistent/model' looks like a path"),
+        (lambda c: c.update(model="python-package:no_such_pkg/model"), "Python package 'no_such_pkg' is not installed"),
+        (
+            lambda c: c["methods"]["topk"]["settings"].update(up={"keep_ratios": [0.5, 0.9]}),
+            "methods.topk.settings.up (task sst2): keep_ratios must not increase",
+        ),
+        (lambda c: c["methods"]["topk"]["settings"].update(short={"keep_ratios": [0.5]}), "1 entries, the model has 2 layers"),
+        (lambda c: c["task_settings"].update(imdb={}), "task_settings.imdb: unknown task"),
+        (lambda c: c.update(seeds=[1, 1]), "seeds: duplicates"),
+        (
+            lambda c: c["methods"].update(top={"settings": {"zero": {"target_sparsity": 0, "prune_layers": [0]}}}),
+            "methods.top.settings.zero (task sst2): target_sparsity must be in (0, 1)",
+        ),
+        (
+            lambda c: c["methods"].update(top={"settings": {"big": {"target_sparsity": 1.5, "prune_layers": [0]}}}),
+            "methods.top.settings.big (task sst2): target_sparsity must be in (0, 1)",
+        ),
+        (lambda c: c["methods"].update(top={"settings": {"deep": {"prune_layers": [0, 5]}}}), "prune_layers: layer 5 is outside 0..1"),
+        (lambda c: c["methods"].update(top={"settings": {"typo": {"target_sparsty": 0.5}}}), "target_sparsty"),
+        (lambda c: c["methods"].update(power_bert={"settings": {"up": {"retention": [3, 9]}}}), "methods.power_bert.settings.up (task sst2)"),
+        (lambda c: c["methods"].update(ltp={"settings": {"neg": {"reg_lambda": -1}}}), "methods.ltp.settings.neg (task sst2)"),
+        (lambda c: c.update(tasks=["squad"]), "squad_dir: required when data_source is 'local'"),
+        (lambda c: c.update(tasks=["squad"], squad_dir="/nonexistent/squad"), "squad_dir: '/nonexistent/squad' is not a directory"),
+        (lambda c: c["qa"].update(doc_stride=400), "qa.doc_stride: 400 leaves the context windows no room"),
+    ],
+)
 def test_bad_configs_name_the_key(config, change, message):
     change(config)
     with pytest.raises(ConfigError) as error:
@@ -92,15 +102,18 @@ def test_bad_configs_name_the_key(config, change, message):
     assert message in str(error.value)
 
 
-@pytest.mark.parametrize("change", [
-    lambda c: c.update(tasks=[]),
-    lambda c: c.update(seeds=["one"]),
-    lambda c: c.update(data_source="s3"),
-    lambda c: c["teacher"].update(epochs=0),
-    lambda c: c["latency"].update(threads=0),
-    lambda c: c.update(unknown_key=1),
-    lambda c: c["methods"]["topk"].update(settings={}),
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda c: c.update(tasks=[]),
+        lambda c: c.update(seeds=["one"]),
+        lambda c: c.update(data_source="s3"),
+        lambda c: c["teacher"].update(epochs=0),
+        lambda c: c["latency"].update(threads=0),
+        lambda c: c.update(unknown_key=1),
+        lambda c: c["methods"]["topk"].update(settings={}),
+    ],
+)
 def test_schema_rejects_bad_types(config, change):
     change(config)
     with pytest.raises(Exception, match="ValidationError|validation"):

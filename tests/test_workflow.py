@@ -74,7 +74,10 @@ def test_tiny_end_to_end_run(tmp_path):
     assert flops["n_examples"] == 16 and flops["method"] == "topk"
     latency = json.loads((tmp_path / "results/latency/sst2/topk/half/seed3/latency.json").read_text())
     assert latency["environment"]["threads"] == 1 and latency["environment"]["cores"] == [0]
-    assert set(latency["timings"]["runners"]) == {"dense", "pruned", "dense_at_pruned_lengths"}
+    assert set(latency["timings"]["runners"]) == {"dense", "dense_harness", "pruned", "ideal"}
+    assert set(latency["throughput"]) == {"8", "32"}  # the schema's default batch sizes
+    assert 0 < latency["pruned_vs_ideal"] and "memory" in latency
+    assert {"speedup_ideal", "pruned_vs_ideal", "throughput_speedup_b8", "throughput_speedup_b32"} <= set(table.columns)
     assert (tmp_path / "logs/teacher/sst2/seed3.log").read_text().count("stage 'finetune'") == 1
 
     again = snakemake("--cores", "2", "--configfile", str(config), "--directory", str(tmp_path), "-n")
@@ -83,8 +86,14 @@ def test_tiny_end_to_end_run(tmp_path):
     report = snakemake("--configfile", str(config), "--directory", str(tmp_path), "--report", "report.html")
     assert report.returncode == 0, report.stderr[-4000:]
     html = (tmp_path / "report.html").read_text()
-    for caption in ("GLUE comparison", "Latency.", "Task metric vs FLOPs reduction", "Measured speedup vs FLOPs reduction",
-                    "Tokens kept per layer", "Every run"):
+    for caption in (
+        "GLUE comparison",
+        "Latency.",
+        "Task metric vs FLOPs reduction",
+        "Measured speedup vs FLOPs reduction",
+        "Tokens kept per layer",
+        "Every run",
+    ):
         assert caption in html, caption
 
 
