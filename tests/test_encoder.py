@@ -353,12 +353,39 @@ def test_batch1_gather_path_has_one_sync_per_pruning_layer_and_no_masking():
     counter = OpCounter()
     with torch.inference_mode(), counter:
         model(**batch, mode="gather", record=False)
-    # alive.all() once per forward, then one nonzero per pruning layer (the next shapes)
-    assert sum(counter.counts[op] for op in ("is_nonzero", "item", "_local_scalar_dense")) == 1
-    assert counter.counts["nonzero"] == 3
+    # alive.all() once per forward, then one per pruning layer (top-k's keep count: the next shapes)
+    assert sum(counter.counts[op] for op in ("is_nonzero", "item", "_local_scalar_dense", "nonzero")) == 1 + 3
+    assert counter.counts["nonzero"] == 0 and counter.counts["scatter"] == 0  # top-k's fast path: no mask
     assert counter.counts["masked_fill"] == 0 and counter.counts["masked_fill_"] == 0
     assert counter.counts["index_put"] == 0 and counter.counts["index_put_"] == 0  # no recording
     assert counter.counts["topk"] == 0
+
+
+def test_selectors_without_a_fast_path_gather_through_their_mask():
+    model = sdpa_model({0: FixedSelector({0: [3, 5, 7]}), 2: FixedSelector({0: [9, 10]})})
+    batch = {k: v[:1] for k, v in random_batch().items()}
+    counter = OpCounter()
+    with torch.inference_mode(), counter:
+        out = model(**batch, mode="gather", record=False)
+    assert counter.counts["nonzero"] == 2 and out.lengths_kept[0].tolist() == [9, 9, 7, 7]
+    assert all(decision is not None for decision in (out.decisions[0], out.decisions[2]))
+
+
+def test_fast_path_and_mask_path_keep_the_same_tokens():
+    # batch 1 takes top-k's fast path in gather mode, never in mask mode or with protected tokens
+    model = sdpa_model({0: TopKSelector(0.8), 1: TopKSelector(0.6), 3: TopKSelector(0.3)})
+    for seed in range(4):
+        batch = {k: v[:1] for k, v in random_batch(seed=seed).items()}
+        with torch.inference_mode():
+            fast = model(**batch, mode="gather")
+            masked = model(**batch, mode="mask")
+            protected = model(**batch, mode="gather", protect_mask=torch.zeros_like(batch["attention_mask"]))
+        assert fast.decisions[0] is None and protected.decisions[0] is not None
+        for out in (masked, protected):
+            torch.testing.assert_close(fast.logits, out.logits, rtol=0, atol=1e-5)
+            assert torch.equal(fast.lengths_kept, out.lengths_kept)
+            for a, b in zip(fast.kept, out.kept):
+                assert torch.equal(a, b)
 
 
 def test_forward_at_lengths_equals_a_model_keeping_the_first_tokens():

@@ -64,7 +64,9 @@ class EncoderOutput:
         lengths_kept: ``[B, num_layers]`` long, real tokens surviving each layer's selector
             (those that run its feed-forward block).
         kept: per layer, ``[B, L]`` bool over original positions: alive after that layer.
-        decisions: per layer, the selector's :class:`KeepDecision` (None where it kept all).
+        decisions: per layer, the selector's :class:`KeepDecision` (None where it kept all, and
+            where its batch-1 fast path, :meth:`~top.pruning.base.TokenSelector.kept_slots`,
+            named the kept slots directly).
         attentions: per layer ``[B, H, n, n]`` attention probabilities, if requested.
     """
 
@@ -361,26 +363,21 @@ class PrunableModel(nn.Module):
                     scores = attention_token_scores(probs, alive)
             hidden = layer.attention.output(context, x)  # [B, n, d]
             count_in = x.shape[1] if full else alive.sum(dim=1)
-            decision = None
+            decision, slots = None, None
             if selector is not None:
                 ctx = LayerContext(index, probs, hidden, alive, positions, input_lengths, token_scores=scores, all_alive=full)
-                decision = selector(ctx)
-            if decision is None:
-                keep, count_kept = alive, count_in
-            else:
+                if mode == "gather" and batch == 1 and full and protected is None:
+                    slots = selector.kept_slots(ctx)  # the selector's batch-1 fast path, if it has one
+                if slots is None:
+                    decision = selector(ctx)
+            if slots is None and decision is not None:
                 keep = decision.hard & alive
                 if protected is not None:
                     keep = keep | protected
                 keep[:, 0] = True
                 full = False  # until a gather shows otherwise
-                if mode == "gather" and batch == 1:  # every kept slot stays alive
+                if mode == "gather" and batch == 1:
                     slots = keep[0].nonzero()[:, 0]  # the layer's one host synchronisation
-                    count_kept = int(slots.shape[0])
-                    hidden = hidden.index_select(1, slots)
-                    positions = positions.index_select(1, slots)
-                    if protected is not None:
-                        protected = protected.index_select(1, slots)
-                    keep, full = keep.new_ones(1, count_kept), True
                 elif mode == "gather":
                     count_kept = keep.sum(dim=1)
                     slots, width, full = self._kept_slots(keep, count_kept)
@@ -391,8 +388,18 @@ class PrunableModel(nn.Module):
                         protected = protected.gather(1, slots) & keep
                     if full:
                         count_kept = width
+                    slots = None  # gathered
                 else:
                     count_kept = keep.sum(dim=1)
+            elif slots is None:
+                keep, count_kept = alive, count_in
+            if slots is not None:  # batch 1, gather: every kept slot stays alive
+                count_kept = int(slots.shape[0])
+                hidden = hidden.index_select(1, slots)
+                positions = positions.index_select(1, slots)
+                if protected is not None:
+                    protected = protected.index_select(1, slots)
+                keep, full = alive.new_ones(1, count_kept), True
             n_in.append(count_in)
             n_kept.append(count_kept)
             x = layer.output(layer.intermediate(hidden), hidden)

@@ -162,6 +162,16 @@ class TokenSelector(nn.Module, abc.ABC):
     def forward(self, ctx: LayerContext) -> KeepDecision | None:
         """Return the decision for this layer, or None to keep every alive token."""
 
+    def kept_slots(self, ctx: LayerContext) -> torch.Tensor | None:
+        """Optional fast path for gather mode at batch 1 with every slot alive
+        (``ctx.all_alive``, no protected tokens): the indices ``[n']`` of the slots to keep, in
+        increasing order, exactly the slots :meth:`forward`'s decision keeps ([CLS], slot 0,
+        included). The encoder then gathers them without a decision (its entry in
+        ``EncoderOutput.decisions`` is None). None, the default: the encoder calls
+        :meth:`forward`. Saves building a mask only to find its nonzero slots again; a test
+        must show that both paths keep the same slots."""
+        return None
+
 
 @dataclass
 class StepContext:
