@@ -137,9 +137,10 @@ class PrunableModel(nn.Module):
 
     # -- pieces ----------------------------------------------------------------------------------
     def _eager(self, layer: nn.Module) -> bool:
-        """Whether a layer that needs no attention probabilities still runs eager attention:
-        always under ``attention="eager"``, and in training while attention dropout is on (SDPA
-        would draw other random numbers, so training runs stay as they were)."""
+        """Whether a layer that needs no attention probabilities still runs eager attention with
+        full probabilities: always under ``attention="eager"``, and in training while attention
+        dropout is on (SDPA or head groups would draw other random numbers, so training runs stay
+        as they were)."""
         dropout = layer.attention.self.dropout
         return self.attention == "eager" or (dropout.training and dropout.p > 0)
 
@@ -217,7 +218,7 @@ class PrunableModel(nn.Module):
             if dead is not None:
                 scores = scores.masked_fill(dead, torch.finfo(scores.dtype).min)
             probs = scores.softmax(dim=-1)  # [B, g, n, n]
-            contexts.append(torch.matmul(sa.dropout(probs), v[:, heads_here]))
+            contexts.append(torch.matmul(probs, v[:, heads_here]))  # no dropout here: see _eager
             part = probs.sum(dim=(1, 2)) if full else torch.einsum("bhqk,bq->bk", probs, query_weight)
             received = part if received is None else received + part
         context = contexts[0] if len(contexts) == 1 else torch.cat(contexts, dim=1)
@@ -354,7 +355,7 @@ class PrunableModel(nn.Module):
             wants_scores = selector is not None and not selector.needs_attention_probs
             key_mask = None if full else alive[:, None, None, :]
             scores = None
-            if wants_scores and not wants_probs and self.attention == "sdpa":
+            if wants_scores and not wants_probs and not self._eager(layer):
                 context, scores = self._scored_attention(layer, x, key_mask, alive, full)
                 probs = None
             else:
