@@ -247,12 +247,12 @@ def _store(path: Path, cell: dict[str, Any]) -> None:
 def markdown(data: dict[str, Any]) -> str:
     """One line per (model, threads, length, target)."""
     lines = [
-        "| model | threads | n | target | FLOPs red. | stock ms | harness ms | pruned ms | ideal ms | pruned / ideal | goal | speedup vs stock | ideal speedup | peak RSS MiB (stock / pruned / ideal) |",
-        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| model | threads | n | target | FLOPs red. | stock ms | harness ms | pruned ms | ideal ms | pruned / ideal | goal | speedup vs stock | ideal speedup | RSS rise MiB (stock / pruned / ideal) | process peak MiB |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
 
     def mib(memory: dict[str, Any], runner: str) -> str:
-        return f"{memory[runner]['peak_rss_bytes'] / 2**20:.0f}" if runner in memory else "–"
+        return f"{memory[runner]['rise_bytes'] / 2**20:.1f}" if runner in memory else "–"
 
     for cell in data["cells"]:
         memory = cell["memory"]["runners"]
@@ -262,14 +262,17 @@ def markdown(data: dict[str, Any]) -> str:
             lines.append(
                 f"| {row['model']} | {row['threads']} | {row['n']} | {label} | {row['flops_reduction']:.2f}x | {row['stock_ms']:.1f} | "
                 f"{row['harness_ms']:.1f} | {row['pruned_ms']:.1f} | {row['ideal_ms']:.1f} | {row['pruned_vs_ideal']:.3f}{met} | {row['goal']:.2f} | "
-                f"{row['speedup']:.2f}x | {row['speedup_ideal']:.2f}x | {mib(memory, 'stock')} / {mib(memory, 'pruned_' + label)} / {mib(memory, 'ideal_' + label)} |"
+                f"{row['speedup']:.2f}x | {row['speedup_ideal']:.2f}x | {mib(memory, 'stock')} / {mib(memory, 'pruned_' + label)} / {mib(memory, 'ideal_' + label)} | "
+                f"{cell['memory']['process']['peak_rss_bytes'] / 2**20:.0f} |"
             )
     environments = {json.dumps({k: c["environment"][k] for k in ("cpu_model", "threads", "cores")}) for c in data["cells"] if "environment" in c}
     notes = [
         "",
         "Batch 1, random weights, medians over interleaved rounds in one process per thread count; pruned / ideal = ideal ms / "
-        "pruned ms (1 = no pruning overhead); speedups over the stock Hugging Face model with SDPA; peak RSS: the whole "
-        "process's resident peak while that runner ran.",
+        "pruned ms (1 = no pruning overhead); speedups over the stock Hugging Face model with SDPA; RSS rise: how far the "
+        "process's resident peak rose over its resident size while that runner ran alone once (its transient memory; a lower "
+        "bound, since allocators keep memory cached; the JSON has each runner's peak); process peak: the whole process, "
+        "every model of the cell loaded.",
     ]
     for text in sorted(environments):
         env = json.loads(text)

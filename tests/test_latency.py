@@ -9,6 +9,7 @@ arithmetic of a result.
 from __future__ import annotations
 
 import gc
+import importlib.util
 import json
 import os
 import subprocess
@@ -21,10 +22,11 @@ import pytest
 import torch
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
-from transformers import AutoTokenizer, BertForSequenceClassification
+from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
 from tests.conftest import write_tiny_model, write_tiny_sst2
 from top.measure import latency
+from top.measure.flops import example_flops
 from top.measure.latency import cpu_frequency, environment_info, measure_interleaved, measure_peak_memory, parameter_bytes
 from top.measure.pinning import parse_cores, pin_process
 from top.models import load_pretrained, save_run
@@ -569,3 +571,91 @@ def test_schema_refuses_bad_batch_sizes(sizes):
     cfg = {"model": "m", "tasks": ["sst2"], "methods": {"dense": {"settings": {"default": {}}}}, "latency": {"batch_sizes": sizes}}
     with pytest.raises(WorkflowError):
         validate(cfg, SCHEMA)
+
+
+# --------------------------------------------------------------------------- benchmarks/latency_shapes.py
+
+
+def _shapes_module():
+    spec = importlib.util.spec_from_file_location("latency_shapes", Path(__file__).resolve().parents[1] / "benchmarks/latency_shapes.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(("name", "starts"), [("bert-base", {2.0: 2, 4.0: 1}), ("minilm-l6", {2.0: 1, 4.0: 0})])
+@pytest.mark.parametrize("n", [64, 384])
+def test_benchmark_schedules_hit_their_flops_targets(name, starts, n):
+    shapes = _shapes_module()
+    config = BertConfig(**shapes.MODELS[name])
+    for target, start in starts.items():
+        schedule = shapes.find_schedule(config, n, target)
+        assert schedule["flops_reduction"] == pytest.approx(target, rel=0.02)
+        assert schedule["start"] == start and schedule["keep_ratios"][:start] == [1.0] * start
+        assert schedule["lengths_in"][0] == n and schedule["lengths_in"][1:] == schedule["lengths_kept"][:-1]
+        assert all(a >= b >= 1 for a, b in zip(schedule["lengths_in"], schedule["lengths_kept"]))
+        flops = example_flops(config, "classification", [[n] * config.num_hidden_layers], [[n] * config.num_hidden_layers])[0]
+        pruned = example_flops(config, "classification", [schedule["lengths_in"]], [schedule["lengths_kept"]])[0]
+        assert flops / pruned == pytest.approx(schedule["flops_reduction"])
+
+
+def test_benchmark_cell_times_every_runner_and_derives_its_ratios(monkeypatch):
+    shapes = _shapes_module()
+    monkeypatch.setitem(shapes.MODELS, "tiny", {"num_hidden_layers": 6, "hidden_size": 32, "intermediate_size": 48, "num_attention_heads": 4})
+    monkeypatch.setitem(shapes.GOALS, "tiny", 0.9)
+    cell = shapes.measure_cell("tiny", 48, 1, warmup=0, repeats=2, seed=0)
+    assert set(cell["runners"]) == {"stock", "harness", "pruned_2x", "ideal_2x", "pruned_4x", "ideal_4x"}
+    assert all(len(stats["samples_ms"]) == 2 and stats["iqr_over_rounds_ms"] >= 0 for stats in cell["runners"].values())
+    assert [row["target"] for row in cell["rows"]] == ["2x", "4x"]
+    for row in cell["rows"]:
+        runners = cell["runners"]
+        assert row["stock_ms"] == runners["stock"]["median_ms"] and row["pruned_ms"] == runners[f"pruned_{row['target']}"]["median_ms"]
+        assert row["pruned_vs_ideal"] == pytest.approx(row["ideal_ms"] / row["pruned_ms"])
+        assert row["speedup"] == pytest.approx(row["stock_ms"] / row["pruned_ms"])
+        assert row["flops_reduction"] == pytest.approx(cell["schedules"][row["target"]]["flops_reduction"])
+    assert cell["memory"]["parameter_bytes"] > 0 and "process" in cell["memory"]
+
+
+def test_benchmark_file_resumes_and_renders(tmp_path, monkeypatch):
+    shapes = _shapes_module()
+    out = tmp_path / "shapes.json"
+    row = {
+        "model": "bert-base",
+        "n": 64,
+        "threads": 1,
+        "target": "2x",
+        "flops_reduction": 2.0,
+        "stock_ms": 10.0,
+        "harness_ms": 10.0,
+        "pruned_ms": 6.0,
+        "ideal_ms": 5.4,
+        "pruned_vs_ideal": 0.9,
+        "speedup": 1.67,
+        "speedup_ideal": 1.85,
+        "harness_vs_stock": 1.0,
+        "goal": 0.95,
+    }
+    memory = {"method": "clear_refs", "runners": {"stock": {"rise_bytes": 2**20}}, "process": {"peak_rss_bytes": 900 * 2**20}}
+    cell = {
+        "model": "bert-base",
+        "n": 64,
+        "threads": 1,
+        "rows": [row],
+        "memory": memory,
+        "environment": {"cpu_model": "Test CPU", "threads": 1, "cores": [0]},
+    }
+    shapes._store(out, cell)
+    shapes._store(out, {**cell, "rows": [{**row, "pruned_ms": 5.5}]})  # the same cell again replaces it
+    data = json.loads(out.read_text())
+    assert len(data["cells"]) == 1 and data["cells"][0]["rows"][0]["pruned_ms"] == 5.5
+    table = shapes.markdown(data)
+    line = next(text for text in table.splitlines() if text.startswith("| bert-base"))
+    assert "| 0.900 (below) | 0.95 |" in line and "| 1.0 / – / – | 900 |" in line and "Test CPU, 1 thread(s)" in table
+
+    started = []
+    monkeypatch.setattr(shapes.subprocess, "run", lambda command, **kwargs: started.append(command))
+    monkeypatch.setattr(sys, "argv", ["latency_shapes.py", "--models", "bert-base", "--lengths", "64", "128", "--threads", "1", "--out", str(out)])
+    shapes.main()
+    (command,) = started  # only the missing cell is measured
+    assert json.loads(command[command.index("--plan") + 1]) == [{"model": "bert-base", "n": 128}]
+    assert (tmp_path / "shapes.md").is_file()
