@@ -371,29 +371,30 @@ class PrunableModel(nn.Module):
                     slots = selector.kept_slots(ctx)  # the selector's batch-1 fast path, if it has one
                 if slots is None:
                     decision = selector(ctx)
-            if slots is None and decision is not None:
+            if slots is not None:
+                pass  # the selector named the kept slots: gathered below
+            elif decision is None:
+                keep, count_kept = alive, count_in
+            else:
                 keep = decision.hard & alive
                 if protected is not None:
                     keep = keep | protected
                 keep[:, 0] = True
                 full = False  # until a gather shows otherwise
                 if mode == "gather" and batch == 1:
-                    slots = keep[0].nonzero()[:, 0]  # the layer's one host synchronisation
+                    slots = keep[0].nonzero()[:, 0]  # the layer's one host synchronisation; gathered below
                 elif mode == "gather":
                     count_kept = keep.sum(dim=1)
-                    slots, width, full = self._kept_slots(keep, count_kept)
-                    hidden = hidden[rows, slots]
-                    positions = positions.gather(1, slots)
+                    order, width, full = self._kept_slots(keep, count_kept)
+                    hidden = hidden[rows, order]
+                    positions = positions.gather(1, order)
                     keep = torch.arange(width, device=device)[None, :] < count_kept[:, None]
                     if protected is not None:
-                        protected = protected.gather(1, slots) & keep
+                        protected = protected.gather(1, order) & keep
                     if full:
                         count_kept = width
-                    slots = None  # gathered
                 else:
                     count_kept = keep.sum(dim=1)
-            elif slots is None:
-                keep, count_kept = alive, count_in
             if slots is not None:  # batch 1, gather: every kept slot stays alive
                 count_kept = int(slots.shape[0])
                 hidden = hidden.index_select(1, slots)
