@@ -180,8 +180,13 @@ def ltp_scores(attention_probs: torch.Tensor, alive: torch.Tensor) -> torch.Tens
     Returns:
         ``[B, n]`` float, 0 for slots that are not alive (they are never kept anyway).
     """
-    scores = attention_token_scores(attention_probs, alive)
-    scores = scores * alive.sum(dim=1, keepdim=True).to(scores.dtype)
+    return ltp_from_token_scores(attention_token_scores(attention_probs, alive), alive)
+
+
+def ltp_from_token_scores(token_scores: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
+    """:func:`ltp_scores` from :func:`top.pruning.base.attention_token_scores`' output (what the
+    encoder computes for selectors that need no attention probabilities)."""
+    scores = token_scores * alive.sum(dim=1, keepdim=True).to(token_scores.dtype)
     return scores.masked_fill(~alive, 0.0)
 
 
@@ -210,6 +215,8 @@ class _ThresholdStore(nn.Module):
 class SoftThresholdSelector(TokenSelector):
     """Soft stage: keeps every alive token, multiplies the layer output by the soft mask."""
 
+    needs_attention_probs = False  # reads only ctx.attention_token_scores()
+
     def __init__(self, layer: int, store: _ThresholdStore, temperature: float):
         super().__init__()
         if layer < 1:
@@ -219,7 +226,7 @@ class SoftThresholdSelector(TokenSelector):
         self.temperature = temperature
 
     def forward(self, ctx: LayerContext) -> KeepDecision:
-        scores = ltp_scores(ctx.attention_probs, ctx.alive)
+        scores = ltp_from_token_scores(ctx.attention_token_scores(), ctx.alive)
         theta = self.store.threshold(self.layer)
         mask = torch.sigmoid((scores - theta) / self.temperature)
         mask = torch.where(ctx.alive, mask, torch.zeros_like(mask))
@@ -233,6 +240,8 @@ class SoftThresholdSelector(TokenSelector):
 class HardThresholdSelector(TokenSelector):
     """Hard stage and inference: keeps [CLS] and the alive tokens whose score exceeds ``theta``."""
 
+    needs_attention_probs = False  # reads only ctx.attention_token_scores()
+
     def __init__(self, layer: int, store: _ThresholdStore):
         super().__init__()
         if layer < 1:
@@ -241,7 +250,7 @@ class HardThresholdSelector(TokenSelector):
         self.store = store
 
     def forward(self, ctx: LayerContext) -> KeepDecision:
-        scores = ltp_scores(ctx.attention_probs, ctx.alive)
+        scores = ltp_from_token_scores(ctx.attention_token_scores(), ctx.alive)
         theta = self.store.threshold(self.layer).detach()
         keep = (scores > theta) & ctx.alive
         keep[:, 0] = True

@@ -37,7 +37,7 @@ def config(tmp_path):
 def test_schema_fills_defaults_once(config):
     assert config["seeds"] == [42]
     assert config["teacher"]["epochs"] == 3
-    assert config["latency"] == {"cores": "0", "threads": 1, "n_examples": 100, "sample_seed": 0, "warmup": 2, "repeats": 5}
+    assert config["latency"] == {"cores": "0", "threads": 1, "n_examples": 100, "sample_seed": 0, "warmup": 2, "repeats": 5, "batch_sizes": [8, 32]}
     assert config["train"]["learning_rate"] == 1e-4 and config["train"]["batch_size"] == 32
 
 

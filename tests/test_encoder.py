@@ -3,13 +3,17 @@ to gather mode for the same hard decisions."""
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 import torch
-from transformers import BertForQuestionAnswering, RobertaConfig, RobertaForSequenceClassification
+from torch.utils._python_dispatch import TorchDispatchMode
+from transformers import BertForQuestionAnswering, BertForSequenceClassification, RobertaConfig, RobertaForSequenceClassification
 
-from tests.conftest import random_batch, tiny_config
+from tests.conftest import padded_batch, random_batch, tiny_config
+from top import encoder
 from top.encoder import PrunableModel
-from top.pruning.base import KeepDecision, TokenSelector
+from top.pruning.base import KeepDecision, TokenSelector, attention_token_scores
 from top.pruning.topk import TopKSelector
 
 
@@ -23,7 +27,8 @@ class FixedSelector(TokenSelector):
     def forward(self, ctx):
         hard = ctx.alive.clone()
         for row, positions in self.drop.items():
-            hard[row] &= ~torch.isin(ctx.positions[row], torch.tensor(positions))
+            if row < hard.shape[0]:
+                hard[row] &= ~torch.isin(ctx.positions[row], torch.tensor(positions))
         return KeepDecision(hard=hard)
 
 
@@ -227,3 +232,239 @@ def test_protected_tokens_survive_every_selector_in_both_modes():
     assert torch.equal(masked.lengths_kept, gathered.lengths_kept)
     real = batch["attention_mask"].bool()
     assert torch.allclose(masked.logits[real], gathered.logits[real], atol=1e-5)
+
+
+# --------------------------------------------------------------------------- attention paths
+
+
+class FirstK(TokenSelector):
+    """Keeps the first ``k`` slots (no scores read): a model run at fixed per-layer lengths."""
+
+    needs_attention_probs = False
+
+    def __init__(self, k: int):
+        super().__init__()
+        self.k = k
+
+    def forward(self, ctx):
+        slots = torch.arange(ctx.alive.shape[1])
+        return KeepDecision(hard=(slots < self.k).expand_as(ctx.alive) & ctx.alive)
+
+
+class Spy(TokenSelector):
+    """Records what it was shown; keeps everything."""
+
+    def __init__(self, needs_probs: bool):
+        super().__init__()
+        self.needs_attention_probs = needs_probs
+        self.seen = []
+
+    def forward(self, ctx):
+        self.seen.append(ctx)
+        return None
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts the aten ops a forward calls (by overload packet name)."""
+
+    def __init__(self):
+        super().__init__()
+        self.counts = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.counts[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_sdpa_calls(monkeypatch) -> list[int]:
+    calls = [0]
+    original = encoder.F.scaled_dot_product_attention
+
+    def counting(*args, **kwargs):
+        calls[0] += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(encoder.F, "scaled_dot_product_attention", counting)
+    return calls
+
+
+def sdpa_model(selectors=None, qa=False, attention="sdpa"):
+    torch.manual_seed(0)
+    config = tiny_config(num_hidden_layers=4, attn_implementation="sdpa")
+    hf = (BertForQuestionAnswering if qa else BertForSequenceClassification)(config).eval()
+    return PrunableModel(hf, selectors, attention=attention)
+
+
+SELECTOR_SETS = {
+    "none": lambda: {},
+    "topk": lambda: {1: TopKSelector(0.7), 2: TopKSelector(0.5), 3: TopKSelector(0.3)},
+    "probs": lambda: {0: FixedSelector({0: [3, 5, 7], 1: [1, 2]}), 2: TopKSelector(0.5)},
+}
+
+
+@pytest.mark.parametrize("name", SELECTOR_SETS)
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_sdpa_and_eager_attention_agree_in_gather_mode(name, batch_size):
+    batch = {k: v[:batch_size] for k, v in random_batch().items()}
+    fast, eager = sdpa_model(SELECTOR_SETS[name]()), sdpa_model(SELECTOR_SETS[name](), attention="eager")
+    with torch.inference_mode():
+        for record in (True, False):
+            a = fast(**batch, mode="gather", record=record)
+            b = eager(**batch, mode="gather", record=record)
+            torch.testing.assert_close(a.logits, b.logits, rtol=0, atol=1e-5)
+            torch.testing.assert_close(a.hidden, b.hidden, rtol=0, atol=1e-5)
+            assert torch.equal(a.lengths_in, b.lengths_in) and torch.equal(a.lengths_kept, b.lengths_kept)
+        masked = fast(**batch, mode="mask")
+    torch.testing.assert_close(masked.logits, b.logits, rtol=0, atol=1e-5)
+    if name != "none":
+        assert (b.lengths_kept < b.lengths_in).any()
+
+
+def test_sdpa_runs_where_no_probabilities_are_needed(monkeypatch):
+    calls = count_sdpa_calls(monkeypatch)
+    batch = random_batch()
+    with torch.inference_mode():
+        sdpa_model()(**batch, mode="gather")
+        assert calls[0] == 4  # every layer
+        calls[0] = 0
+        sdpa_model(SELECTOR_SETS["probs"]())(**batch, mode="gather")
+        assert calls[0] == 2  # layers 1 and 3 (layer 0 reads probabilities, layer 2 scores them)
+        calls[0] = 0
+        sdpa_model(SELECTOR_SETS["topk"]())(**batch, mode="gather", output_attentions=True)
+        sdpa_model(attention="eager")(**batch, mode="gather")
+        assert calls[0] == 0
+
+
+def test_training_with_attention_dropout_stays_eager(monkeypatch):
+    calls = count_sdpa_calls(monkeypatch)
+    torch.manual_seed(0)
+    hf = BertForSequenceClassification(tiny_config(attention_probs_dropout_prob=0.1))
+    model = PrunableModel(hf, {1: TopKSelector(0.5)})
+    reference = PrunableModel(hf, {1: TopKSelector(0.5)}, attention="eager")
+    model.train()
+    torch.manual_seed(1)
+    out = model(**random_batch(), mode="mask")
+    torch.manual_seed(1)
+    same = reference(**random_batch(), mode="mask")
+    assert torch.equal(out.logits, same.logits)  # the same dropout draws as the eager implementation
+    out.logits.sum().backward()
+    assert calls[0] == 0
+    model.eval()
+    model(**random_batch(), mode="mask")
+    assert calls[0] == 2  # layers 0 and 2; layer 1 scores tokens
+
+
+def test_selector_sees_only_what_it_declares():
+    wants, skips = Spy(needs_probs=True), Spy(needs_probs=False)
+    batch = random_batch()
+    with torch.inference_mode():
+        sdpa_model({1: wants, 2: skips})(**batch, mode="gather")
+        reference = sdpa_model(attention="eager")(**batch, mode="gather", output_attentions=True)
+    (seen_wants,), (seen_skips,) = wants.seen, skips.seen
+    assert seen_wants.attention_probs.shape == (3, 4, 12, 12) and seen_wants.token_scores is None
+    torch.testing.assert_close(seen_wants.attention_probs, reference.attentions[1], rtol=0, atol=1e-6)
+    assert seen_skips.attention_probs is None
+    alive = batch["attention_mask"].bool()
+    expected = attention_token_scores(reference.attentions[2], alive)
+    torch.testing.assert_close(seen_skips.attention_token_scores(), expected, rtol=0, atol=1e-6)
+    assert torch.isinf(seen_skips.token_scores[~alive]).all()
+
+
+@pytest.mark.parametrize("length", [12, 40])
+def test_token_scores_without_probabilities_equal_attention_token_scores(length, monkeypatch):
+    # 40 tokens and a tiny tile budget: the heads go one group at a time
+    monkeypatch.setattr(encoder, "SCORE_TILE_BYTES", 4 * length * length)
+    skips = Spy(needs_probs=False)
+    batch = padded_batch(lengths=(length, length - 5), seed=1)
+    with torch.inference_mode():
+        sdpa_model({1: skips})(**batch, mode="gather")
+        single = {k: v[:1] for k, v in batch.items()}
+        sdpa_model({1: skips})(**single, mode="gather")
+        reference = sdpa_model(attention="eager")(**batch, mode="gather", output_attentions=True)
+    alive = batch["attention_mask"].bool()
+    expected = attention_token_scores(reference.attentions[1], alive)
+    torch.testing.assert_close(skips.seen[0].token_scores, expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(skips.seen[1].token_scores, expected[:1], rtol=0, atol=1e-6)
+
+
+def test_output_attentions_still_returns_every_layers_probabilities():
+    batch = random_batch()
+    model = sdpa_model(SELECTOR_SETS["topk"]())
+    out = model(**batch, mode="mask", output_attentions=True)
+    reference = sdpa_model(SELECTOR_SETS["topk"](), attention="eager")(**batch, mode="mask", output_attentions=True)
+    assert len(out.attentions) == 4
+    for a, b in zip(out.attentions, reference.attentions):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+def test_batch1_gather_path_has_one_sync_per_pruning_layer_and_no_masking():
+    model = sdpa_model(SELECTOR_SETS["topk"]())
+    batch = {k: v[:1] for k, v in random_batch().items()}
+    counter = OpCounter()
+    with torch.inference_mode(), counter:
+        model(**batch, mode="gather", record=False)
+    # alive.all() once per forward, then one per pruning layer (top-k's keep count: the next shapes)
+    assert sum(counter.counts[op] for op in ("is_nonzero", "item", "_local_scalar_dense", "nonzero")) == 1 + 3
+    assert counter.counts["nonzero"] == 0 and counter.counts["scatter"] == 0  # top-k's fast path: no mask
+    assert counter.counts["masked_fill"] == 0 and counter.counts["masked_fill_"] == 0
+    assert counter.counts["index_put"] == 0 and counter.counts["index_put_"] == 0  # no recording
+    assert counter.counts["topk"] == 0
+
+
+def test_selectors_without_a_fast_path_gather_through_their_mask():
+    model = sdpa_model({0: FixedSelector({0: [3, 5, 7]}), 2: FixedSelector({0: [9, 10]})})
+    batch = {k: v[:1] for k, v in random_batch().items()}
+    counter = OpCounter()
+    with torch.inference_mode(), counter:
+        out = model(**batch, mode="gather", record=False)
+    assert counter.counts["nonzero"] == 2 and out.lengths_kept[0].tolist() == [9, 9, 7, 7]
+    assert all(decision is not None for decision in (out.decisions[0], out.decisions[2]))
+
+
+def test_fast_path_and_mask_path_keep_the_same_tokens():
+    # batch 1 takes top-k's fast path in gather mode, never in mask mode or with protected tokens
+    model = sdpa_model({0: TopKSelector(0.8), 1: TopKSelector(0.6), 3: TopKSelector(0.3)})
+    for seed in range(4):
+        batch = {k: v[:1] for k, v in random_batch(seed=seed).items()}
+        with torch.inference_mode():
+            fast = model(**batch, mode="gather")
+            masked = model(**batch, mode="mask")
+            protected = model(**batch, mode="gather", protect_mask=torch.zeros_like(batch["attention_mask"]))
+        assert fast.decisions[0] is None and protected.decisions[0] is not None
+        for out in (masked, protected):
+            torch.testing.assert_close(fast.logits, out.logits, rtol=0, atol=1e-5)
+            assert torch.equal(fast.lengths_kept, out.lengths_kept)
+            for a, b in zip(fast.kept, out.kept):
+                assert torch.equal(a, b)
+
+
+def test_forward_at_lengths_equals_a_model_keeping_the_first_tokens():
+    batch = {k: v[:1] for k, v in random_batch().items()}
+    kept = [12, 9, 5, 2]
+    for qa in (False, True):
+        first = sdpa_model({layer: FirstK(k) for layer, k in enumerate(kept)}, qa=qa)
+        with torch.inference_mode():
+            out = first(**batch, mode="gather")
+            ideal = first.forward_at_lengths(batch["input_ids"], batch["token_type_ids"], [12, *kept[:-1]], kept)
+        assert out.lengths_kept[0].tolist() == kept
+        torch.testing.assert_close(ideal, out.logits, rtol=0, atol=1e-5)
+
+
+def test_forward_at_lengths_refuses_what_it_cannot_time():
+    batch = random_batch()
+    model = sdpa_model()
+    with pytest.raises(ValueError, match="batch 1"):
+        model.forward_at_lengths(batch["input_ids"], None, [12] * 4, [12] * 4)
+    one = batch["input_ids"][:1]
+    with pytest.raises(ValueError, match="cascade"):
+        model.forward_at_lengths(one, None, [12, 9, 9, 9], [10, 9, 9, 9])
+    with pytest.raises(ValueError, match=r"\[1, lengths_in\]"):
+        model.forward_at_lengths(one, None, [12, 13, 13, 13], [13, 13, 13, 13])
+    eager_hf = PrunableModel(BertForSequenceClassification(tiny_config()).eval())
+    with pytest.raises(ValueError, match="attn_implementation='sdpa'"):
+        eager_hf.forward_at_lengths(one, None, [12, 12, 12], [12, 12, 12])
+
+
+def test_attention_setting_is_checked():
+    with pytest.raises(ValueError, match="'sdpa' or 'eager'"):
+        sdpa_model(attention="flash")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -66,18 +67,39 @@ def _write_run(root: Path, task, method, setting, seed, metric, score, second, r
             }
         )
     )
-    (run / "latency.json").write_text(
-        json.dumps(
-            {
-                **keys,
-                "speedup": speedup,
-                "speedup_at_pruned_lengths": speedup * 1.1,
-                "timings": {"runners": {"pruned": {"median_ms": 10 / speedup, "iqr_ms": 0.5}, "dense": {"median_ms": 10.0}}},
-                "environment": {"cpu_model": "Test CPU", "threads": 1},
-            }
-        )
-    )
+    (run / "latency.json").write_text(json.dumps(_latency_record(keys, speedup)))
     return run / "metrics.json", run / "flops.json", run / "latency.json"
+
+
+def _latency_record(keys: dict, speedup: float) -> dict:
+    """A latency.json as measure_latency writes it: the ideal 10% faster than the pruned model,
+    batch-8 throughput speedup 0.9 x the batch-1 speedup, batch 32 0.8 x."""
+    ideal_ms, pruned_ms = 10 / (1.1 * speedup), 10 / speedup
+    runners = {
+        "pruned": {"median_ms": pruned_ms, "iqr_ms": 0.5},
+        "dense": {"median_ms": 10.0},
+        "dense_harness": {"median_ms": 10.5},
+        "ideal": {"median_ms": ideal_ms},
+    }
+    throughput = {
+        size: {"batch_size": int(size), "speedup": factor * speedup, "examples_per_s": {"dense": 100.0, "pruned": 100.0 * factor * speedup}}
+        for size, factor in (("8", 0.9), ("32", 0.8))
+    }
+    memory = {
+        "method": "clear_refs",
+        "runners": {name: {"peak_rss_bytes": mb * 2**20} for name, mb in (("pruned", 500), ("dense", 600), ("ideal", 450))},
+    }
+    return {
+        **keys,
+        "speedup": speedup,
+        "speedup_ideal": 1.1 * speedup,
+        "speedup_harness": 10.0 / 10.5,
+        "pruned_vs_ideal": ideal_ms / pruned_ms,
+        "timings": {"runners": runners, "reference": "dense"},
+        "throughput": throughput,
+        "memory": memory,
+        "environment": {"cpu_model": "Test CPU", "threads": 1},
+    }
 
 
 @pytest.fixture
@@ -195,6 +217,45 @@ def test_latency_table_has_ideal_measured_and_papers_speedups(results, tmp_path)
     assert "1 pinned thread(s) on Test CPU" in built["md"]
 
 
+def test_collect_has_ideal_throughput_and_memory_columns(results):
+    frame = pd.read_csv(results[0]).set_index(["task", "method", "seed"])
+    row = frame.loc[("sst2", "top", 1)]
+    assert row["speedup"] == pytest.approx(1.4) and row["speedup_ideal"] == pytest.approx(1.54)
+    assert row["pruned_vs_ideal"] == pytest.approx(1 / 1.1)
+    assert row["ideal_latency_ms"] == pytest.approx(10 / 1.54) and row["dense_harness_latency_ms"] == pytest.approx(10.5)
+    assert row["throughput_speedup_b8"] == pytest.approx(0.9 * 1.4) and row["throughput_speedup_b32"] == pytest.approx(0.8 * 1.4)
+    assert row["examples_per_s_b8"] == pytest.approx(126.0) and row["dense_examples_per_s_b32"] == pytest.approx(100.0)
+    assert row["peak_rss_mb_pruned"] == pytest.approx(500.0) and row["peak_rss_mb_ideal"] == pytest.approx(450.0)
+    assert "speedup_at_pruned_lengths" not in frame.columns
+
+
+def test_collect_reads_latency_files_from_before_the_ideal_runner(tmp_path):
+    metrics, flops, latency = _write_run(tmp_path / "runs", *RUNS[2])
+    old = json.loads(latency.read_text())
+    old = {key: old[key] for key in ("task", "method", "setting", "seed", "speedup", "environment")}
+    old["speedup_at_pruned_lengths"] = 1.6
+    old["timings"] = {"runners": {"pruned": {"median_ms": 6.0, "iqr_ms": 0.5}, "dense": {"median_ms": 10.0}}}
+    latency.write_text(json.dumps(old))
+    frame = collect([metrics], [flops], [latency], tmp_path / "results.csv")
+    assert frame["speedup"].iloc[0] == 1.5
+    assert frame[["speedup_ideal", "pruned_vs_ideal", "ideal_latency_ms"]].isna().all(axis=None)
+    assert not any(column.startswith("throughput_speedup") for column in frame.columns)
+
+
+def test_latency_table_shows_ideal_pruned_over_ideal_and_throughput(results, tmp_path):
+    built = build_tables(results[0], None, "latency", model=MODEL)
+    header, _, *lines = built["md"].splitlines()
+    assert "Ideal speedup" in header and "Pruned / ideal" in header and "Throughput speedup" in header
+    assert "FLOPs reduction (ideal" not in header and "pruned lengths" not in built["md"]
+    sst2 = next(line for line in lines if line.startswith("| SST-2") and "ToP" in line)
+    assert "1.65x" in sst2  # ideal: mean of 1.54 and 1.76
+    assert re.search(r"\|\s+0\.91\s+\|", sst2)  # pruned / ideal
+    assert "b8 1.35x, b32 1.20x" in sst2
+    assert "stock Hugging Face model with SDPA" in built["md"]
+    long = built["long"].set_index(["task", "method"])
+    assert long.loc[("sst2", "top"), "speedup_ideal"] == pytest.approx(1.65)
+
+
 def test_write_table_writes_three_renderings_and_no_temporary_files(results, tmp_path):
     out = tmp_path / "tables"
     write_table(results[0], _paper(tmp_path, PAPER_ROWS), "glue", out / "glue.csv", out / "glue.md", out / "glue.tex", model=MODEL)
@@ -226,6 +287,8 @@ def test_figures_are_written_in_three_formats(results, tmp_path, figure):
     svg = paths[1].read_text()
     for label in ("MRPC", "SST-2", "SQuAD v1.1", "Dense (teacher)", "ToP"):
         assert label in svg, label
+    if figure == "latency_vs_flops":
+        assert "hollow: ideal (SDPA layers at the pruned lengths)" in svg and "pruned lengths" in svg
     assert not list(tmp_path.glob("*.tmp*"))
 
 

@@ -339,7 +339,7 @@ def test_outputs_are_complete_and_equal_to_a_run_without_slurm(cluster_run):
         for path in (f"results/eval/{run}/metrics.json", f"results/flops/{run}/flops.json"):
             assert json.loads((remote / path).read_text()) == json.loads((local / path).read_text()), path
         latency = json.loads((remote / f"results/latency/{run}/latency.json").read_text())
-        assert set(latency["timings"]["runners"]) == {"dense", "pruned", "dense_at_pruned_lengths"}  # not compared: timings
+        assert set(latency["timings"]["runners"]) == {"dense", "dense_harness", "pruned", "ideal"}  # not compared: timings
     # the same weights and training records (losses, the epoch kept), teacher and student
     for model in ("results/teachers/sst2/seed3", "results/models/sst2/topk/half/seed3"):
         for name in ("model.safetensors", "pruning.json"):

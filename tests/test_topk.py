@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from tests.conftest import random_batch, tiny_config
-from top.pruning.base import attention_token_scores
+from top.pruning.base import LayerContext, attention_token_scores
 from top.pruning.registry import build_method, method_class
-from top.pruning.topk import TopK
+from top.pruning.topk import TopK, TopKSelector
 
 
 def test_keeps_ceil_ratio_of_input_length(tiny_model):
@@ -33,12 +33,15 @@ def test_keeps_the_most_attended_tokens(tiny_model):
     assert torch.equal(out.kept[0][0], expected)
 
 
-@pytest.mark.parametrize("ratios, message", [
-    ([1.0, 0.5], "2 entries, the model has 3 layers"),
-    ([1.0, 0.5, 0.7], "must not increase"),
-    ([1.0, 0.0, 0.0], "outside"),
-    ([1.2, 1.0, 1.0], "outside"),
-])
+@pytest.mark.parametrize(
+    "ratios, message",
+    [
+        ([1.0, 0.5], "2 entries, the model has 3 layers"),
+        ([1.0, 0.5, 0.7], "must not increase"),
+        ([1.0, 0.0, 0.0], "outside"),
+        ([1.2, 1.0, 1.0], "outside"),
+    ],
+)
 def test_bad_schedules_are_rejected(ratios, message):
     with pytest.raises(ValueError, match=message):
         TopK(tiny_config(), {"keep_ratios": ratios})
@@ -59,3 +62,24 @@ def test_export_round_trip_gives_same_predictions(tiny_model):
 def test_registry_rejects_unknown_method():
     with pytest.raises(KeyError, match="known methods: dense, ltp, power_bert, top, topk"):
         method_class("spattn")
+
+
+@pytest.mark.parametrize("ratio", [0.05, 0.3, 0.5, 0.99, 1.0])
+@pytest.mark.parametrize("input_length", [9, 12, 40])
+def test_fast_path_keeps_the_slots_forward_keeps(ratio, input_length):
+    """TopKSelector.kept_slots (batch 1, every slot alive) against forward's decision, with tied
+    scores (equal scores keep the earlier slot in both) and with fewer slots left than the input
+    had (k clamped to them)."""
+    selector = TopKSelector(ratio)
+    generator = torch.Generator().manual_seed(input_length)
+    for n in (12, 7):
+        scores = torch.randint(0, 4, (1, n), generator=generator).float()  # many ties
+        alive = torch.ones(1, n, dtype=torch.bool)
+        ctx = LayerContext(
+            1, None, torch.zeros(1, n, 8), alive, torch.arange(n)[None], torch.tensor([input_length]), token_scores=scores, all_alive=True
+        )
+        hard = selector(ctx).hard.clone()
+        hard[:, 0] = True  # the encoder's rule
+        assert selector.kept_slots(ctx).tolist() == hard[0].nonzero()[:, 0].tolist()
+        slow = LayerContext(1, None, torch.zeros(1, n, 8), alive, torch.arange(n)[None], torch.tensor([input_length]), token_scores=scores)
+        assert torch.equal(selector(slow).hard, selector(ctx).hard)  # all_alive changes nothing

@@ -89,7 +89,10 @@ def test_tiny_end_to_end_run(tmp_path):
     assert flops["n_examples"] == 16 and flops["method"] == "topk"
     latency = json.loads((tmp_path / "results/latency/sst2/topk/half/seed3/latency.json").read_text())
     assert latency["environment"]["threads"] == 1 and latency["environment"]["cores"] == [0]
-    assert set(latency["timings"]["runners"]) == {"dense", "pruned", "dense_at_pruned_lengths"}
+    assert set(latency["timings"]["runners"]) == {"dense", "dense_harness", "pruned", "ideal"}
+    assert set(latency["throughput"]) == {"8", "32"}  # the schema's default batch sizes
+    assert 0 < latency["pruned_vs_ideal"] and "memory" in latency
+    assert {"speedup_ideal", "pruned_vs_ideal", "throughput_speedup_b8", "throughput_speedup_b32"} <= set(table.columns)
     # logs live under the results folder they belong to
     assert (tmp_path / "results/logs/teacher/sst2/seed3.log").read_text().count("stage 'finetune'") == 1
     assert (tmp_path / "results/logs/latency/sst2/topk/half/seed3.log").is_file() and not (tmp_path / "logs").exists()

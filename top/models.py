@@ -34,6 +34,10 @@ log = logging.getLogger(__name__)
 
 PACKAGE_PREFIX = "python-package:"
 PRUNING_FILE = "pruning.json"
+#: How every model is loaded: the Hugging Face model then runs SDPA, as deployed (the latency
+#: reference, docs/design.md "Latency protocol"). :class:`~top.encoder.PrunableModel` chooses
+#: its own attention per layer whatever this says.
+ATTENTION = "sdpa"
 
 
 def resolve_model(spec: str) -> str:
@@ -66,7 +70,7 @@ def load_pretrained(spec: str, *, num_labels: int | None, head: str = "classific
     """
     path = resolve_model(spec)
     local = os.path.isdir(path)
-    kwargs: dict[str, Any] = {"local_files_only": local, "attn_implementation": "eager"}
+    kwargs: dict[str, Any] = {"local_files_only": local, "attn_implementation": ATTENTION}
     if head == "qa":
         hf = AutoModelForQuestionAnswering.from_pretrained(path, **kwargs)
     else:
@@ -111,7 +115,7 @@ def load_run(run_dir: str | Path) -> tuple[PrunableModel, Any, dict[str, Any]]:
     record = json.loads(record_path.read_text())
     config = AutoConfig.from_pretrained(run_dir, local_files_only=True)
     loader = AutoModelForQuestionAnswering if head_kind(config) == "qa" else AutoModelForSequenceClassification
-    hf = loader.from_pretrained(run_dir, local_files_only=True, attn_implementation="eager")
+    hf = loader.from_pretrained(run_dir, local_files_only=True, attn_implementation=ATTENTION)
     selectors = method_class(record["method"]).inference_selectors(record["decisions"], hf.config)
     tokenizer = AutoTokenizer.from_pretrained(run_dir, local_files_only=True)
     return PrunableModel(hf, selectors), tokenizer, record

@@ -24,7 +24,7 @@ from top.evaluate import predict
 from top.files import atomic_path, atomic_write_text, json_text
 from top.measure.flops import flops_summary, head_kind
 from top.models import PRUNING_FILE, load_pretrained, load_run, save_run
-from top.pruning.base import KeepDecision, LayerContext, PruningMethod, Stage, TokenSelector
+from top.pruning.base import PruningMethod, Stage
 from top.pruning.dense import Dense
 from top.pruning.registry import build_method, method_class
 from top.selection import CheckpointSelection, Evaluator
@@ -237,42 +237,64 @@ def count_flops(model_dir: str | Path, lengths_path: str | Path, out_path: str |
     return summary
 
 
-class _FixedLengths(TokenSelector):
-    """Keeps the first ``k`` slots: a dense model run at already-shortened lengths."""
-
-    def __init__(self, k: int):
-        super().__init__()
-        self.k = k
-
-    def forward(self, ctx: LayerContext) -> KeepDecision:
-        slots = torch.arange(ctx.alive.shape[1], device=ctx.alive.device)
-        return KeepDecision(hard=(slots < self.k).expand_as(ctx.alive))
-
-
-def latency_sample(cfg: Mapping[str, Any], task: str, tokenizer) -> list[dict[str, torch.Tensor]]:
-    """The fixed sample of dev examples every method is timed on, as batch-1 model inputs."""
+def _latency_rows(cfg: Mapping[str, Any], task: str, tokenizer) -> tuple[Any, list[int], Any]:
+    """The dev set, the indices of the fixed latency sample (sorted) and the task's collate."""
     lat = cfg["latency"]
     spec = _task(cfg, task)
     dataset = spec.dev_features(spec.dev_splits[0], tokenizer, None)
     count = min(lat["n_examples"], len(dataset))
     rng = np.random.default_rng(lat["sample_seed"])
     indices = sorted(rng.choice(len(dataset), size=count, replace=False).tolist())
-    collate = spec.collate(tokenizer)
+    return dataset, indices, spec.collate(tokenizer)
+
+
+def latency_sample(cfg: Mapping[str, Any], task: str, tokenizer) -> list[dict[str, torch.Tensor]]:
+    """The fixed sample of dev examples every method is timed on, as batch-1 model inputs."""
+    dataset, indices, collate = _latency_rows(cfg, task, tokenizer)
     return [{k: v for k, v in collate([dataset[i]]).items() if k in MODEL_INPUTS} for i in indices]
+
+
+def latency_batches(cfg: Mapping[str, Any], task: str, tokenizer, batch_size: int) -> list[dict[str, torch.Tensor]]:
+    """The latency sample in ragged batches: consecutive groups of ``batch_size`` examples (in
+    sample order; the last group may be smaller), each padded to its longest row."""
+    dataset, indices, collate = _latency_rows(cfg, task, tokenizer)
+    groups = [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
+    return [{k: v for k, v in collate([dataset[i] for i in group]).items() if k in MODEL_INPUTS} for group in groups]
+
+
+def _throughput(timings: Mapping[str, Any], batches: list[dict[str, torch.Tensor]]) -> dict[str, Any]:
+    """Examples per second of each runner over ``batches`` (examples / the sum of per-batch
+    medians), and the pruned model's throughput speedup over the dense reference's."""
+    examples = sum(int(b["input_ids"].shape[0]) for b in batches)
+    per_second = {name: examples / (sum(stats["per_input_ms"]) / 1000.0) for name, stats in timings["runners"].items()}
+    return {
+        "n_batches": len(batches),
+        "n_examples": examples,
+        "mean_padded_length": float(np.mean([b["input_ids"].shape[1] for b in batches])),
+        "mean_real_length": float(np.mean([float(b["attention_mask"].sum()) / b["attention_mask"].shape[0] for b in batches])),
+        "examples_per_s": per_second,
+        "speedup": per_second["pruned"] / per_second["dense"],
+        "timings": timings,
+    }
 
 
 def measure_latency(
     cfg: Mapping[str, Any], task: str, dense_dir: str | Path, model_dir: str | Path, out_path: str | Path, run_info: Mapping[str, Any]
 ) -> dict[str, Any]:
-    """Batch-1 CPU latency of a run against the dense teacher, interleaved in one process
+    """CPU latency of a run against the stock dense model, interleaved in one process
     (docs/design.md, "Latency protocol"). The process must already be pinned
     (:func:`top.measure.pinning.pin_process`); :func:`top.measure.latency.check_pinning` refuses otherwise.
 
-    Three runners: ``dense`` (teacher, all tokens), ``pruned`` (the run, gather mode) and
-    ``dense_at_pruned_lengths`` (the teacher fed each example's per-layer lengths from the
-    pruned run, keeping the first tokens: no scoring, so pruning overhead is the gap to it).
+    Batch 1, four runners on the latency sample: ``dense`` (the teacher as a user deploys it: the
+    plain Hugging Face forward with SDPA; every speedup divides by it), ``dense_harness`` (the
+    teacher through this harness's encoder, all tokens), ``pruned`` (the run, gather mode) and
+    ``ideal`` (the run's own SDPA layers at each example's per-layer lengths from the pruned
+    model, :meth:`top.encoder.PrunableModel.forward_at_lengths`: no scoring, no gather). Then,
+    per ``latency.batch_sizes``, the throughput of ``dense`` and ``pruned`` on the sample in
+    ragged batches (:func:`latency_batches`), and each batch-1 runner's peak resident memory
+    (:func:`top.measure.latency.measure_peak_memory`).
     """
-    from top.measure.latency import check_pinning, environment_info, measure_interleaved
+    from top.measure.latency import check_pinning, environment_info, measure_interleaved, measure_peak_memory, parameter_bytes
     from top.measure.pinning import parse_cores
 
     lat = cfg["latency"]
@@ -282,27 +304,51 @@ def measure_latency(
     pruned, tokenizer, _ = load_run(model_dir)
     dense.eval()
     pruned.eval()
+    stock = dense.hf
     sample = latency_sample(cfg, task, tokenizer)
 
     with torch.inference_mode():
-        kept = [pruned(**x, mode="gather", record=False).lengths_kept[0].tolist() for x in sample]
-    shortened = [PrunableModel(dense.hf, {layer: _FixedLengths(k) for layer, k in enumerate(lengths)}) for lengths in kept]
+        outputs = [pruned(**x, mode="gather", record=False) for x in sample]
+    lengths = [(out.lengths_in[0].tolist(), out.lengths_kept[0].tolist()) for out in outputs]
+    kept = [kept for _, kept in lengths]
     items = list(range(len(sample)))
     runners = {
-        "dense": lambda i: dense(**sample[i], mode="gather", record=False),
+        "dense": lambda i: stock(**sample[i]),
+        "dense_harness": lambda i: dense(**sample[i], mode="gather", record=False),
         "pruned": lambda i: pruned(**sample[i], mode="gather", record=False),
-        "dense_at_pruned_lengths": lambda i: shortened[i](**sample[i], mode="gather", record=False),
+        "ideal": lambda i: pruned.forward_at_lengths(sample[i]["input_ids"], sample[i].get("token_type_ids"), *lengths[i]),
     }
     timings = measure_interleaved(
         runners, items, warmup=lat["warmup"], repeats=lat["repeats"], reference="dense", seed=lat["sample_seed"], progress=True
     )
     runners_out = timings["runners"]
+    throughput = {}
+    for size in lat.get("batch_sizes", [8, 32]):
+        batches = latency_batches(cfg, task, tokenizer, int(size))
+        batch_timings = measure_interleaved(
+            {"dense": lambda b: stock(**b), "pruned": lambda b: pruned(**b, mode="gather", record=False)},
+            batches,
+            warmup=lat["warmup"],
+            repeats=lat["repeats"],
+            reference="dense",
+            seed=lat["sample_seed"],
+            progress=True,
+        )
+        throughput[str(size)] = {"batch_size": int(size), **_throughput(batch_timings, batches)}
+        log.info("batch %d: %.2fx the dense model's examples/s", size, throughput[str(size)]["speedup"])
+    memory = measure_peak_memory(runners, items)
+    memory["parameter_bytes"] = {"dense": parameter_bytes(dense.hf), "pruned": parameter_bytes(pruned)}
     result = {
         **run_info,
         "batch_size": 1,
+        "reference": "dense: the stock Hugging Face model with SDPA",
         "speedup": runners_out["pruned"]["speedup"],
-        "speedup_at_pruned_lengths": runners_out["dense_at_pruned_lengths"]["speedup"],
+        "speedup_ideal": runners_out["ideal"]["speedup"],
+        "speedup_harness": runners_out["dense_harness"]["speedup"],
+        "pruned_vs_ideal": runners_out["ideal"]["median_ms"] / runners_out["pruned"]["median_ms"],
         "timings": timings,
+        "throughput": throughput,
+        "memory": memory,
         "environment": environment_info(cores, threads),
         "mean_input_length": float(np.mean([x["input_ids"].shape[1] for x in sample])),
         "mean_lengths_kept": np.mean(np.array(kept, dtype=np.float64), axis=0).tolist(),

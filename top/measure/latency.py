@@ -16,9 +16,13 @@ still only comparable within one run.
 
 The honest limit: at batch size 1 on a CPU, short sequences are bound by reading the weights
 from memory, not by FLOPs, so a FLOPs reduction does not translate one-to-one into a latency
-reduction. To make pruning overhead visible, callers should add a runner that feeds a dense
-model the already-shortened per-layer lengths; its speedup is the ceiling that the pruned
-model's selection and gathering overhead is measured against.
+reduction. To make pruning overhead visible, callers add the ideal runner
+(:meth:`top.encoder.PrunableModel.forward_at_lengths`: the stock SDPA layers at the pruned
+per-layer lengths, no scoring, no gather); the pruned model's scoring, selection and gathering
+overhead is measured against it.
+
+Beside time, :func:`measure_peak_memory` records each runner's peak resident memory and
+:func:`environment_info` the CPU, its frequency governor and clock where readable.
 
 Pinning follows a two-step protocol: :func:`top.measure.pinning.pin_process` (before torch is
 imported) sets the affinity and the thread environment, and :func:`check_pinning` (after)
@@ -27,12 +31,16 @@ fixes ``torch.set_num_threads`` and refuses to go on if anything differs.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import datetime
 import gc
 import importlib.metadata
 import logging
 import os
 import platform
 import random
+import resource
 import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -40,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import torch
 from tqdm import tqdm
 
@@ -96,20 +105,66 @@ def environment_info(cores: Sequence[int], threads: int) -> dict[str, Any]:
         threads: the intra-op thread count.
 
     Returns:
-        ``{"cpu_model": str, "cores": list[int], "threads": int, "torch_version": str,
-        "transformers_version": str, "python_version": str, "platform": str,
-        "hostname": str}``; ``cpu_model`` comes from ``/proc/cpuinfo``'s "model name"
-        and falls back to ``platform.processor()`` (possibly ``""``) where that is missing.
+        ``{"cpu_model": str, "cores": list[int], "threads": int, "logical_cpus": int | None,
+        "physical_cores": int | None, "cpu_frequency": dict, "torch_version": str,
+        "transformers_version": str, "python_version": str, "platform": str, "hostname": str,
+        "date": str}``; ``cpu_model`` comes from ``/proc/cpuinfo``'s "model name" and falls
+        back to ``platform.processor()`` (possibly ``""``) where that is missing; core counts
+        from psutil; ``cpu_frequency`` from :func:`cpu_frequency` for the pinned cores; ``date``
+        in UTC, ISO 8601.
     """
     return {
         "cpu_model": _cpu_model(),
         "cores": sorted(set(cores)),
         "threads": threads,
+        "logical_cpus": psutil.cpu_count(logical=True),
+        "physical_cores": psutil.cpu_count(logical=False),
+        "cpu_frequency": cpu_frequency(cores),
         "torch_version": torch.__version__,
         "transformers_version": importlib.metadata.version("transformers"),
         "python_version": platform.python_version(),
         "platform": platform.platform(),
         "hostname": socket.gethostname(),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+
+
+def cpu_frequency(cores: Sequence[int], sysfs: Path = Path("/sys/devices/system/cpu")) -> dict[str, Any]:
+    """The frequency governor and clock of each pinned core, where the system shows them.
+
+    Reads ``cpu<i>/cpufreq/scaling_governor``, ``scaling_cur_freq`` and ``scaling_max_freq``
+    (kHz) under ``sysfs``; virtual machines often have no ``cpufreq`` at all, and then the
+    per-core entries are None. psutil's view (``psutil.cpu_freq()``, MHz, often from
+    ``/proc/cpuinfo``) is recorded beside it.
+
+    Returns:
+        ``{"governor": {core: str | None}, "cur_mhz": {core: float | None}, "max_mhz":
+        {core: float | None}, "psutil_mhz": {"current", "min", "max"} | None}`` with the core
+        ids as strings (JSON keys).
+    """
+
+    def read(core: int, name: str) -> str | None:
+        try:
+            return (sysfs / f"cpu{core}" / "cpufreq" / name).read_text().strip() or None
+        except OSError:
+            return None
+
+    def mhz(text: str | None) -> float | None:
+        try:
+            return None if text is None else int(text) / 1000.0
+        except ValueError:
+            return None
+
+    ids = sorted(set(cores))
+    try:
+        freq = psutil.cpu_freq()
+    except (OSError, NotImplementedError, RuntimeError):
+        freq = None
+    return {
+        "governor": {str(core): read(core, "scaling_governor") for core in ids},
+        "cur_mhz": {str(core): mhz(read(core, "scaling_cur_freq")) for core in ids},
+        "max_mhz": {str(core): mhz(read(core, "scaling_max_freq")) for core in ids},
+        "psutil_mhz": None if freq is None else {"current": freq.current, "min": freq.min, "max": freq.max},
     }
 
 
@@ -135,6 +190,7 @@ def measure_interleaved(
     reference: str,
     seed: int = 0,
     progress: bool | None = None,
+    keep_samples: bool = False,
 ) -> dict[str, Any]:
     """Time several runners interleaved on the same inputs (docs/design.md, "Latency protocol").
 
@@ -158,6 +214,8 @@ def measure_interleaved(
         seed: seeds the call order.
         progress: show a tqdm bar over rounds on stderr: ``True`` always, ``False`` never,
             ``None`` only when stderr is a terminal.
+        keep_samples: also return every timing, ``samples_ms`` (``[repeats][inputs]``), per
+            runner (e.g. for the spread over rounds of a single input).
 
     Returns:
         ``{"runners": {name: stats}, "reference": str, "warmup": int, "repeats": int,
@@ -213,6 +271,9 @@ def measure_interleaved(
                 gc.enable()
 
     stats = {name: _summarise(times_ns[name]) for name in names}
+    if keep_samples:
+        for name in names:
+            stats[name]["samples_ms"] = (times_ns[name] / _NS_PER_MS).tolist()
     reference_median = stats[reference]["median_ms"]
     for name, runner_stats in stats.items():
         runner_stats["speedup"] = _speedup(reference_median, runner_stats["median_ms"], name, reference)
@@ -282,3 +343,96 @@ def _speedup(reference_median_ms: float, median_ms: float, name: str, reference:
         logger.warning("runner %r has a median of 0 ns (below timer resolution); speedup is NaN", name)
         return float("nan")
     return reference_median_ms / median_ms
+
+
+# ---------------------------------------------------------------------------------------------
+# memory
+
+
+def process_memory() -> dict[str, int]:
+    """This process's resident memory now and its peak so far, in bytes: ``rss_bytes``
+    (psutil) and ``peak_rss_bytes`` (``getrusage``'s ``ru_maxrss``, kB on Linux)."""
+    return {
+        "rss_bytes": int(psutil.Process().memory_info().rss),
+        "peak_rss_bytes": int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024,
+    }
+
+
+def _status_kib(field: str, status: Path = Path("/proc/self/status")) -> int | None:
+    """A ``kB`` field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``), or None."""
+    try:
+        for line in status.read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key == field:
+                return int(value.split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _reset_peak_rss(clear_refs: Path = Path("/proc/self/clear_refs")) -> bool:
+    """Reset the kernel's resident high-water mark (``VmHWM``) of this process; False where
+    that is impossible (not Linux >= 4.0, or no permission)."""
+    try:
+        clear_refs.write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def _trim_heap() -> None:
+    """Hand freed heap memory back to the system (glibc ``malloc_trim``), so that a runner's
+    allocations show up as new resident pages; nothing where glibc is missing."""
+    name = ctypes.util.find_library("c")
+    try:
+        ctypes.CDLL(name).malloc_trim(0)
+    except (OSError, AttributeError, TypeError):
+        pass
+
+
+def measure_peak_memory(runners: Mapping[str, Callable[[Any], Any]], inputs: Sequence[Any]) -> dict[str, Any]:
+    """Peak resident memory of each runner, one runner at a time, in this process.
+
+    Per runner: collect garbage, return the freed heap to the system (glibc ``malloc_trim``),
+    reset the kernel's resident high-water mark (``/proc/self/clear_refs``), call the runner
+    once on every input under ``torch.inference_mode()``, read the high-water mark
+    (``VmHWM``). ``peak_rss_bytes`` is then the whole process's peak while that runner ran
+    (every loaded model included); ``rise_bytes``, its rise over the resident size just before,
+    is the runner's transient working memory (activations, attention tiles). Memory an
+    allocator keeps cached between calls does not show in the rise, so it is a lower bound.
+
+    Where the high-water mark cannot be reset, per-runner peaks cannot be separated in one
+    process: ``method`` is ``"process_peak_only"`` and only the process peak is given.
+
+    Returns:
+        ``{"method": "clear_refs" | "process_peak_only", "runners": {name: {"peak_rss_bytes",
+        "rss_before_bytes", "rise_bytes"}} | {}, "process": process_memory()}``.
+    """
+    per_runner: dict[str, dict[str, int]] = {}
+    method = "clear_refs"
+    with torch.inference_mode():
+        for name, runner in runners.items():
+            gc.collect()
+            _trim_heap()
+            before = _status_kib("VmRSS")
+            if before is None or not _reset_peak_rss():
+                method, per_runner = "process_peak_only", {}
+                break
+            for example in inputs:
+                runner(example)
+            peak = _status_kib("VmHWM")
+            if peak is None:
+                method, per_runner = "process_peak_only", {}
+                break
+            per_runner[name] = {"peak_rss_bytes": peak * 1024, "rss_before_bytes": before * 1024, "rise_bytes": max(0, peak - before) * 1024}
+    return {"method": method, "runners": per_runner, "process": process_memory()}
+
+
+def parameter_bytes(model: torch.nn.Module) -> int:
+    """Bytes of a model's parameters and buffers (each tensor counted once)."""
+    seen, total = set(), 0
+    for tensor in [*model.parameters(), *model.buffers()]:
+        if id(tensor) not in seen:
+            seen.add(id(tensor))
+            total += tensor.numel() * tensor.element_size()
+    return total

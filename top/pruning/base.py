@@ -37,20 +37,39 @@ class LayerContext:
     Attributes:
         layer: index of the encoder layer.
         attention_probs: ``[B, H, n, n]`` softmax attention probabilities of this layer (keys
-            that are not alive have probability exactly 0).
+            that are not alive have probability exactly 0), or None when the selector declared
+            it does not read them (:attr:`TokenSelector.needs_attention_probs`) and nothing else
+            asked for them.
         hidden: ``[B, n, d]`` output of the attention sublayer (after its residual LayerNorm).
         alive: ``[B, n]`` bool, the tokens entering this layer (padding and earlier drops are
             False).
         positions: ``[B, n]`` long, each slot's position in the original input.
         input_lengths: ``[B]`` long, each example's real (unpadded) input length.
+        token_scores: ``[B, n]``, :func:`attention_token_scores` of this layer's probabilities,
+            filled by the encoder for selectors that read only that
+            (``needs_attention_probs = False``); None otherwise. Read it through
+            :meth:`attention_token_scores`, which computes it from ``attention_probs`` when the
+            context was built by hand.
+        all_alive: every slot is alive (no padding, nothing dropped before: batch 1 in gather
+            mode), so a selector may skip masking; False when unknown.
     """
 
     layer: int
-    attention_probs: torch.Tensor
+    attention_probs: torch.Tensor | None
     hidden: torch.Tensor
     alive: torch.Tensor
     positions: torch.Tensor
     input_lengths: torch.Tensor
+    token_scores: torch.Tensor | None = None
+    all_alive: bool = False
+
+    def attention_token_scores(self) -> torch.Tensor:
+        """``[B, n]`` attention each token receives (:func:`attention_token_scores`)."""
+        if self.token_scores is not None:
+            return self.token_scores
+        if self.attention_probs is None:
+            raise ValueError(f"layer {self.layer}: the context has neither token_scores nor attention_probs")
+        return attention_token_scores(self.attention_probs, self.alive)
 
 
 @dataclass
@@ -101,24 +120,30 @@ def attention_token_scores(attention_probs: torch.Tensor, alive: torch.Tensor) -
     return received.masked_fill(~alive, float("-inf"))
 
 
-def keep_top_k(scores: torch.Tensor, alive: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+def keep_top_k(scores: torch.Tensor, alive: torch.Tensor, k: torch.Tensor, *, all_alive: bool = False) -> torch.Tensor:
     """Keep [CLS] plus the ``k - 1`` best-scoring other alive tokens of each example.
+
+    A stable sort rather than ``topk``, so that ``k`` never has to be read on the host (no
+    device synchronisation); equal scores keep the earlier slot.
 
     Args:
         scores: ``[B, n]``, higher is more important.
         alive: ``[B, n]`` bool.
         k: ``[B]`` long, how many tokens to keep per example, [CLS] included (clamped to
             ``[1, alive count]``).
+        all_alive: every slot is known to be alive (:attr:`LayerContext.all_alive`): nothing
+            to mask. Same result.
 
     Returns:
         ``[B, n]`` bool keep mask, a subset of ``alive`` that always contains slot 0.
     """
-    scores = scores.masked_fill(~alive, float("-inf"))
+    scores = scores.clone() if all_alive else scores.masked_fill(~alive, float("-inf"))
     scores[:, 0] = float("inf")  # [CLS] first, whatever its score
-    k = torch.minimum(k.clamp_min(1), alive.sum(dim=1))
-    best = scores.topk(int(k.max()), dim=1).indices  # [B, k_max], best first
-    wanted = torch.arange(best.shape[1], device=k.device)[None, :] < k[:, None]
-    return torch.zeros_like(alive).scatter(1, best, wanted) & alive
+    k = k.clamp_min(1) if all_alive else torch.minimum(k.clamp_min(1), alive.sum(dim=1))
+    order = scores.argsort(dim=1, descending=True, stable=True)  # [B, n], best first
+    wanted = torch.arange(order.shape[1], device=k.device)[None, :] < k[:, None]
+    keep = torch.zeros_like(alive).scatter(1, order, wanted)
+    return keep if all_alive else keep & alive
 
 
 def reject_unknown_settings(method: str, values: Mapping[str, Any], settings_class: type) -> None:
@@ -133,11 +158,32 @@ def reject_unknown_settings(method: str, values: Mapping[str, Any], settings_cla
 
 
 class TokenSelector(nn.Module, abc.ABC):
-    """Decides, at one layer, which tokens survive. Subclasses implement :meth:`forward`."""
+    """Decides, at one layer, which tokens survive. Subclasses implement :meth:`forward`.
+
+    :attr:`needs_attention_probs` says what the selector reads from its :class:`LayerContext`:
+    True (the default, safe for any selector): ``ctx.attention_probs``, the full ``[B, H, n, n]``
+    probabilities, so the layer runs eager attention and keeps them. False: at most
+    ``ctx.attention_token_scores()`` (the attention each token receives); the encoder then
+    computes only those scores and passes ``attention_probs=None`` unless something else asked
+    for the probabilities. Neither changes what a selector decides; it decides how much the
+    layer computes (docs/design.md, "Latency protocol").
+    """
+
+    needs_attention_probs: ClassVar[bool] = True
 
     @abc.abstractmethod
     def forward(self, ctx: LayerContext) -> KeepDecision | None:
         """Return the decision for this layer, or None to keep every alive token."""
+
+    def kept_slots(self, ctx: LayerContext) -> torch.Tensor | None:
+        """Optional fast path for gather mode at batch 1 with every slot alive
+        (``ctx.all_alive``, no protected tokens): the indices ``[n']`` of the slots to keep, in
+        increasing order, exactly the slots :meth:`forward`'s decision keeps ([CLS], slot 0,
+        included). The encoder then gathers them without a decision (its entry in
+        ``EncoderOutput.decisions`` is None). None, the default: the encoder calls
+        :meth:`forward`. Saves building a mask only to find its nonzero slots again; a test
+        must show that both paths keep the same slots."""
+        return None
 
 
 @dataclass

@@ -10,6 +10,7 @@ in place (``finetune_epochs``), which lets it adapt to the missing tokens.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +23,6 @@ from top.pruning.base import (
     PruningMethod,
     Stage,
     TokenSelector,
-    attention_token_scores,
     keep_top_k,
     reject_unknown_settings,
 )
@@ -59,14 +59,25 @@ def validate_schedule(keep_ratios: Sequence[float], num_layers: int) -> list[flo
 class TopKSelector(TokenSelector):
     """Keeps ``ceil(ratio * input_length)`` best-scoring tokens at one layer."""
 
+    needs_attention_probs = False  # reads only ctx.attention_token_scores()
+
     def __init__(self, ratio: float):
         super().__init__()
         self.ratio = ratio
 
     def forward(self, ctx: LayerContext) -> KeepDecision:
-        scores = attention_token_scores(ctx.attention_probs, ctx.alive)  # [B, n]
+        scores = ctx.attention_token_scores()  # [B, n]
         k = torch.ceil(ctx.input_lengths.to(torch.float64) * self.ratio).long()
-        return KeepDecision(hard=keep_top_k(scores, ctx.alive, k), aux={"scores": scores})
+        return KeepDecision(hard=keep_top_k(scores, ctx.alive, k, all_alive=ctx.all_alive), aux={"scores": scores})
+
+    def kept_slots(self, ctx: LayerContext) -> torch.Tensor:
+        """The slots :meth:`forward` keeps, for batch 1 with every slot alive: [CLS] and the
+        best-scoring others, equal scores keeping the earlier slot (as :func:`keep_top_k`)."""
+        n = ctx.alive.shape[1]
+        k = min(max(1, math.ceil(float(ctx.input_lengths[0]) * self.ratio)), n)  # the layer's one host synchronisation
+        scores = ctx.attention_token_scores()[0].clone()
+        scores[0] = float("inf")  # [CLS] first, whatever its score
+        return scores.argsort(descending=True, stable=True)[:k].sort().values
 
 
 def _selectors(ratios: Sequence[float]) -> dict[int, TokenSelector]:

@@ -143,17 +143,7 @@ def collect(
                 }
             )
     for path in latency_files:
-        lat = _read(path)
-        runners = lat["timings"]["runners"]
-        rows[tuple(lat[k] for k in KEYS)].update(
-            latency_ms=runners["pruned"]["median_ms"],
-            dense_latency_ms=runners["dense"]["median_ms"],
-            latency_iqr_ms=runners["pruned"]["iqr_ms"],
-            speedup=lat["speedup"],
-            speedup_at_pruned_lengths=lat["speedup_at_pruned_lengths"],
-            cpu=lat["environment"]["cpu_model"],
-            threads=lat["environment"]["threads"],
-        )
+        rows[tuple(_read(path)[k] for k in KEYS)].update(_latency_columns(_read(path)))
     frame = pd.DataFrame(list(rows.values()))
     frame = frame.sort_values(["task", "flops_reduction", "setting", "seed"])
     frame = frame.sort_values(["task", "method"], key=lambda col: col.map(method_rank) if col.name == "method" else col, kind="stable")
@@ -162,6 +152,38 @@ def collect(
     if out_layers_csv is not None:
         atomic_write_text(out_layers_csv, pd.DataFrame(layers).to_csv(index=False, float_format="%.6g"))
     return frame
+
+
+def _latency_columns(lat: dict) -> dict:
+    """The ``results.csv`` columns of one ``latency.json`` (docs/design.md, "Latency protocol"):
+    batch-1 medians of the pruned model, the stock dense model (the reference), the harness's
+    own dense path and the ideal (SDPA layers at the pruned lengths); the speedups over the
+    stock model; ``pruned_vs_ideal`` (ideal ms / pruned ms, 1 = no pruning overhead); per batch
+    size ``b``, the throughput speedup and both models' examples/s; the peak resident memory of
+    each runner where measured. Files written before these existed give NaN for what they lack
+    (their ``dense`` was the harness's eager path, not the stock model)."""
+    runners = lat["timings"]["runners"]
+    nan = math.nan
+    memory = lat.get("memory", {}).get("runners", {})
+    columns = {
+        "latency_ms": runners["pruned"]["median_ms"],
+        "dense_latency_ms": runners["dense"]["median_ms"],
+        "dense_harness_latency_ms": runners.get("dense_harness", {}).get("median_ms", nan),
+        "ideal_latency_ms": runners.get("ideal", {}).get("median_ms", nan),
+        "latency_iqr_ms": runners["pruned"]["iqr_ms"],
+        "speedup": lat["speedup"],
+        "speedup_ideal": lat.get("speedup_ideal", nan),
+        "pruned_vs_ideal": lat.get("pruned_vs_ideal", nan),
+    }
+    for size, entry in sorted(lat.get("throughput", {}).items(), key=lambda item: int(item[0])):
+        columns[f"throughput_speedup_b{size}"] = entry["speedup"]
+        columns[f"examples_per_s_b{size}"] = entry["examples_per_s"]["pruned"]
+        columns[f"dense_examples_per_s_b{size}"] = entry["examples_per_s"]["dense"]
+    for name in ("pruned", "dense", "ideal"):
+        if name in memory:
+            columns[f"peak_rss_mb_{name}"] = memory[name]["peak_rss_bytes"] / 2**20
+    columns.update(cpu=lat["environment"]["cpu_model"], threads=lat["environment"]["threads"])
+    return columns
 
 
 def summarise(frame: pd.DataFrame) -> pd.DataFrame:
@@ -351,6 +373,17 @@ def _wide(long: pd.DataFrame, tasks: Sequence[str], metrics: dict[str, str], tex
     return _by_row(long, tex, cells)
 
 
+def _throughput_columns(frame: pd.DataFrame) -> list[str]:
+    """``throughput_speedup_b<size>`` columns of ``frame``, by batch size."""
+    found = [c for c in frame.columns if c.startswith("throughput_speedup_b") and c[len("throughput_speedup_b") :].isdigit()]
+    return sorted(found, key=lambda c: int(c[len("throughput_speedup_b") :]))
+
+
+def _get(row, column: str) -> float:
+    """A summary row's value, NaN where the column is missing (runs measured before it existed)."""
+    return getattr(row, column, math.nan)
+
+
 def _latency_long(summary: pd.DataFrame, paper: pd.DataFrame, sources: dict) -> pd.DataFrame:
     """One row per (task, method, setting) with FLOPs reduction, measured speedups and the
     paper's reported speedup for the same task and method where it has one."""
@@ -368,10 +401,13 @@ def _latency_long(summary: pd.DataFrame, paper: pd.DataFrame, sources: dict) -> 
                 "flops_reduction": r.flops_reduction,
                 "speedup": r.speedup,
                 "speedup_std": r.speedup_std,
-                "speedup_at_pruned_lengths": r.speedup_at_pruned_lengths,
+                "speedup_ideal": _get(r, "speedup_ideal"),
+                "pruned_vs_ideal": _get(r, "pruned_vs_ideal"),
+                **{column: getattr(r, column) for column in _throughput_columns(summary)},
                 "latency_ms": r.latency_ms,
                 "latency_iqr_ms": r.latency_iqr_ms,
                 "dense_latency_ms": r.dense_latency_ms,
+                "ideal_latency_ms": _get(r, "ideal_latency_ms"),
                 "paper_source": _source_label(sources, ref["source"]) if ref is not None else "",
                 "paper_speedup": ref["latency_speedup"] if ref is not None else math.nan,
                 "paper_flops_reduction": ref["flops_reduction"] if ref is not None else math.nan,
@@ -381,6 +417,7 @@ def _latency_long(summary: pd.DataFrame, paper: pd.DataFrame, sources: dict) -> 
 
 
 def _latency_wide(long: pd.DataFrame, tex: bool) -> pd.DataFrame:
+    throughput = _throughput_columns(long)
     out = []
     for r in long.itertuples(index=False):
         speedup = _times(r.speedup, tex) + (
@@ -395,9 +432,11 @@ def _latency_wide(long: pd.DataFrame, tex: bool) -> pd.DataFrame:
                 "Task": TASK_LABELS.get(r.task, r.task),
                 "Method": method_label(r.method),
                 "Setting": r.setting,
-                "FLOPs reduction (ideal speedup)": _times(r.flops_reduction, tex),
+                "FLOPs reduction": _times(r.flops_reduction, tex),
                 "Measured speedup": speedup,
-                "Speedup at pruned lengths": _times(r.speedup_at_pruned_lengths, tex),
+                "Ideal speedup": _times(r.speedup_ideal, tex),
+                "Pruned / ideal": _num(r.pruned_vs_ideal, 2),
+                "Throughput speedup": ", ".join(f"b{c[len('throughput_speedup_b') :]} {_times(getattr(r, c), tex)}" for c in throughput) or "–",
                 "Latency ms (IQR)": f"{_num(r.latency_ms, 2)} ({_num(r.latency_iqr_ms, 2)})",
                 "Dense ms": _num(r.dense_latency_ms, 2),
                 "Paper speedup": paper,
@@ -423,7 +462,8 @@ def _latency_note(summary: pd.DataFrame) -> str:
     """How latency was measured, for the notes under tables."""
     return (
         f"Latency: batch 1, median per example, {int(summary['threads'].iloc[0])} pinned thread(s) on {summary['cpu'].iloc[0]}; "
-        f"speedups are ratios of medians measured interleaved with the dense model in the same process."
+        f"speedups are ratios of medians measured interleaved in one process with the dense reference, the stock "
+        f"Hugging Face model with SDPA."
     )
 
 
@@ -457,8 +497,12 @@ def build_tables(results_csv: str | Path, paper_yaml: str | Path | None, table: 
             raise ValueError(f"{results_csv}: no runs for the latency table")
         wide_md, wide_tex = _latency_wide(long, tex=False), _latency_wide(long, tex=True)
         note_md = (
-            f"{_latency_note(summary)} 'At pruned lengths' is a dense model fed the pruned per-layer lengths (the "
-            f"speedup without pruning overhead). Paper speedups come from other hardware."
+            f"{_latency_note(summary)} Ideal: the same SDPA layers run at the pruned model's per-layer lengths with no "
+            f"scoring and no gather (the speedup without pruning overhead); pruned / ideal = ideal ms / pruned ms (1 = no "
+            f"overhead). Throughput speedup (bN: batches of N): examples/s of the pruned over the dense model on the same "
+            f"sample in ragged batches, each padded to its longest row (a batch runs at its longest row's kept length in "
+            f"every layer). "
+            f"Paper speedups come from other hardware."
         )
         shown = paper[paper["latency_speedup"].notna() & paper["task"].isin(summary["task"])]
     else:
@@ -539,17 +583,17 @@ def _undefined_notes(frame: pd.DataFrame) -> list[str]:
 
 def markdown_table(results_csv: str | Path, out_md: str | Path) -> str:
     """Every run's row (mean over seeds where several ran): score, FLOPs reduction, measured and
-    ideal speedups, latencies."""
+    ideal speedups, pruned / ideal, latencies."""
     frame = pd.read_csv(results_csv)
     summary = summarise(frame)
     lines = [
-        "| task | method | setting | metric | score | FLOPs reduction | latency speedup | speedup at pruned lengths | latency (ms) | dense latency (ms) | seeds |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| task | method | setting | metric | score | FLOPs reduction | latency speedup | ideal speedup | pruned / ideal | latency (ms) | dense latency (ms) | seeds |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in summary.itertuples():
         lines.append(
             f"| {r.task} | {method_label(r.method)} | {r.setting} | {r.metric} | {_pm(r.score, r.score_std, False) if r.seeds > 1 else _num(r.score, 2)} | "
-            f"{r.flops_reduction:.2f}x | {r.speedup:.2f}x | {r.speedup_at_pruned_lengths:.2f}x | "
+            f"{r.flops_reduction:.2f}x | {r.speedup:.2f}x | {_times(_get(r, 'speedup_ideal'), False)} | {_num(_get(r, 'pruned_vs_ideal'), 2)} | "
             f"{r.latency_ms:.2f} | {r.dense_latency_ms:.2f} | {r.seeds} |"
         )
     lines += ["", f"Score: primary dev metric x100. FLOPs reduction: dense / pruned FLOPs at real lengths. {_latency_note(summary)}"]

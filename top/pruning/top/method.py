@@ -39,6 +39,8 @@ class ToPSelector(TokenSelector):
     prune).
     """
 
+    needs_attention_probs = False  # reads only ctx.attention_token_scores()
+
     def __init__(self, layer: int, gates: ToPLayerGates | None, frozen: bool = False):
         super().__init__()
         self.layer = layer
@@ -46,7 +48,7 @@ class ToPSelector(TokenSelector):
         self.frozen = frozen
 
     def forward(self, ctx: LayerContext) -> KeepDecision:
-        scores = attention_token_scores(ctx.attention_probs, ctx.alive)
+        scores = ctx.attention_token_scores()
         aux = {"scores": scores, "alive": ctx.alive, "positions": ctx.positions}
         if self.gates is None:
             return KeepDecision(hard=ctx.alive.clone(), aux=aux)
@@ -63,13 +65,15 @@ class ToPSelector(TokenSelector):
 class ToPInferenceSelector(TokenSelector):
     """Deterministic selector rebuilt from :meth:`ToP.export`: keeps the tokens of the kept bins."""
 
+    needs_attention_probs = False  # reads only ctx.attention_token_scores()
+
     def __init__(self, layer: int, bin_mask: Sequence[int]):
         super().__init__()
         self.layer = layer
         self.register_buffer("bin_mask", torch.tensor([float(bool(v)) for v in bin_mask]))
 
     def forward(self, ctx: LayerContext) -> KeepDecision:
-        scores = attention_token_scores(ctx.attention_probs, ctx.alive)
+        scores = ctx.attention_token_scores()
         keep = bin_keep_values(scores, ctx.alive, self.bin_mask.to(device=scores.device, dtype=scores.dtype))
         return KeepDecision(hard=(keep > 0) & ctx.alive, aux={"scores": scores})
 
