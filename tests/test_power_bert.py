@@ -131,7 +131,7 @@ def reference_forward(model: PrunableModel, inputs, weights: torch.Tensor, befor
     alive = inputs["attention_mask"].bool()
     x = model.hf.base_model.embeddings(input_ids=inputs["input_ids"], token_type_ids=inputs["token_type_ids"])
     for index, layer in enumerate(model.layers):
-        context, probs = PrunableModel._self_attention(layer, x, alive)
+        context, probs = PrunableModel._self_attention(layer, x, alive[:, None, None, :], eager=True)
         h = layer.attention.output(context, x)
         ranks = power_bert_scores(probs, alive).masked_fill(~alive, float("-inf"))
         ranks[:, 0] = float("inf")

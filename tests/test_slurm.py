@@ -223,7 +223,7 @@ def cluster_run(cluster, tmp_path_factory) -> ClusterRun:
             seen = max(stamp, checkpoint.stat().st_mtime)
         first.wait(300)
         # Snakemake empties a job's log before each attempt: keep the second attempt's
-        first_teacher_log = (remote / "logs/teacher/sst2/seed3.log").read_text()
+        first_teacher_log = (remote / "results/logs/teacher/sst2/seed3.log").read_text()
         first_done = time.monotonic()
 
         second = start(on_cluster, "second")
@@ -420,7 +420,7 @@ def test_cancelled_training_resumes_from_its_checkpoint(cluster_run):
     resumed = re.findall(r"resuming stage 'finetune' after epoch (\d+)", cluster_run.first_teacher_log)
     assert resumed == ["0"], cluster_run.first_teacher_log[-3000:]
     # The same command again: rerun-incomplete; the teacher's third attempt resumed after epoch 2.
-    log = (cluster_run.remote / "logs/teacher/sst2/seed3.log").read_text()
+    log = (cluster_run.remote / "results/logs/teacher/sst2/seed3.log").read_text()
     resumed = re.findall(r"resuming stage 'finetune' after epoch (\d+)", log)
     assert resumed == ["1"], log[-3000:]
     assert not (cluster_run.remote / "results/teachers/sst2/seed3.ckpt").exists()  # dropped once saved
