@@ -321,6 +321,14 @@ class TrainData:
         return DataLoader(self.dataset, batch_size=batch_size, sampler=sampler, collate_fn=self.collate, generator=generator)
 
 
+def _clip_grad_norm(params: Sequence[nn.Parameter], max_norm: float) -> None:
+    """``nn.utils.clip_grad_norm_`` over ``params``, where a sparse gradient (a frozen embedding's,
+    in no optimiser) counts in the norm but is not scaled: nothing reads it afterwards."""
+    grads = [p.grad.coalesce().values() if p.grad.is_sparse else p.grad for p in params if p.grad is not None]
+    total = nn.utils.get_total_norm(grads)
+    nn.utils.clip_grads_with_norm_([p for p in params if p.grad is not None and not p.grad.is_sparse], max_norm, total)
+
+
 class StageStep:
     """One stage's optimisation, a batch at a time: what the loop does per batch (forward pass,
     losses, backward, unscaling, clipping, both optimisers' and schedules' steps). Building it
@@ -357,6 +365,21 @@ class StageStep:
             (self.model_optimizer, encoder, [p for p in encoder if id(p) not in optimised]),
             (self.method_optimizer, method_clipped, []),
         ]
+        # A frozen embedding's gradient only enters the clipping norm: computed sparse (the rows
+        # of the batch's tokens), not as a zero-filled [vocab, d] matrix that is then normed and
+        # scaled every step (ToP's frozen word embeddings: about a tenth of a MiniLM step on the
+        # CPU). Undone by close().
+        self._sparse = [
+            m for m in model.hf.modules() if isinstance(m, nn.Embedding) and not m.sparse and m.weight.requires_grad and id(m.weight) not in optimised
+        ]
+        for module in self._sparse:
+            module.sparse = True
+
+    def close(self) -> None:
+        """Give the frozen embeddings their dense gradients back."""
+        for module in self._sparse:
+            module.sparse = False
+        self._sparse = []
 
     def __call__(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, Any]:
         """Train on ``batch`` at 0-based stage step ``step``; the step's record (floats or 0-dim
@@ -374,7 +397,7 @@ class StageStep:
                         if param.grad is not None:
                             param.grad.mul_(inverse)
             if params:
-                nn.utils.clip_grad_norm_(params, self.settings.max_grad_norm)
+                _clip_grad_norm(params, self.settings.max_grad_norm)
             if scaler is not None:
                 scaler.step(optimizer)
             else:
@@ -517,42 +540,45 @@ def _run_stage(model, method, stage_index, stage, data, settings, teachers, devi
     )
     model.train()
     method.module.train()
-    for epoch in range(start_epoch, epochs):
-        batches = tqdm(loader, desc=f"{stage.name} epoch {epoch + 1}/{epochs}", disable=not settings.progress, mininterval=10)
-        for batch in batches:
-            if step >= total_steps:
-                break
-            record = optimise(batch, step)
-            if step % settings.log_every == 0 or step == total_steps - 1:
-                record = {k: float(v) for k, v in record.items()}  # read only here: no device sync per step
-                record.update(stage=stage.name, epoch=epoch, step=step)
-                history.append(record)
-                log.info("%s", {k: (round(v, 5) if isinstance(v, float) else v) for k, v in record.items()})
-            step += 1
-        if selection is not None and candidates:  # evaluated without disturbing the training
-            rng = _rng_state()
-            selection.consider(model, method, stage.name, epoch + 1, epochs)
-            _set_rng_state(rng)
-            model.train()
-            method.module.train()
-        if checkpoint is not None:
-            checkpoint.parent.mkdir(parents=True, exist_ok=True)
-            _atomic_save(
-                {
-                    "stage_index": stage_index,
-                    "epoch": epoch,
-                    "step": step,
-                    "model": model.state_dict(),
-                    "method": method.module.state_dict(),
-                    **optimise.state_dict(),
-                    "generator": generator.get_state(),
-                    "rng": _rng_state(),
-                    "history": history,
-                    "selection": selection.state_dict(current=(stage.name, epoch + 1)) if selection is not None else None,
-                    "settings": asdict(settings),
-                },
-                checkpoint,
-            )
+    try:
+        for epoch in range(start_epoch, epochs):
+            batches = tqdm(loader, desc=f"{stage.name} epoch {epoch + 1}/{epochs}", disable=not settings.progress, mininterval=10)
+            for batch in batches:
+                if step >= total_steps:
+                    break
+                record = optimise(batch, step)
+                if step % settings.log_every == 0 or step == total_steps - 1:
+                    record = {k: float(v) for k, v in record.items()}  # read only here: no device sync per step
+                    record.update(stage=stage.name, epoch=epoch, step=step)
+                    history.append(record)
+                    log.info("%s", {k: (round(v, 5) if isinstance(v, float) else v) for k, v in record.items()})
+                step += 1
+            if selection is not None and candidates:  # evaluated without disturbing the training
+                rng = _rng_state()
+                selection.consider(model, method, stage.name, epoch + 1, epochs)
+                _set_rng_state(rng)
+                model.train()
+                method.module.train()
+            if checkpoint is not None:
+                checkpoint.parent.mkdir(parents=True, exist_ok=True)
+                _atomic_save(
+                    {
+                        "stage_index": stage_index,
+                        "epoch": epoch,
+                        "step": step,
+                        "model": model.state_dict(),
+                        "method": method.module.state_dict(),
+                        **optimise.state_dict(),
+                        "generator": generator.get_state(),
+                        "rng": _rng_state(),
+                        "history": history,
+                        "selection": selection.state_dict(current=(stage.name, epoch + 1)) if selection is not None else None,
+                        "settings": asdict(settings),
+                    },
+                    checkpoint,
+                )
+    finally:
+        optimise.close()
     for param in model.hf.parameters():
         param.requires_grad_(True)
     model.eval()
