@@ -10,7 +10,8 @@ each, warm-up steps first), through the training loop's own step (:class:`top.tr
 ``before``
     the loop as it was before these changes (commit ad4cfa3), emulated: uniform shuffling, a
     teacher forward pass per step keeping every layer's attention probabilities, the per-tensor
-    AdamW loop, the student carrying every position's state.
+    AdamW loop, the student carrying every position's state, dense gradients for frozen
+    embedding tables.
 ``off``
     this loop with ``group_by_length: false`` and ``teacher_cache: false``.
 ``group``, ``cache``, ``group+cache``
@@ -286,6 +287,8 @@ class Phase:
             if legacy:
                 stack.enter_context(mock.patch("top.train._adamw", lambda groups, **kw: torch.optim.AdamW(groups, **kw)))
             step = StageStep(student, method, stage, settings, total_steps, teacher_fn, self.device)
+        if legacy:
+            step.close()  # the old loop's dense gradients of frozen embedding tables
         student.train()
         method.module.train()
         return Case(variant, step, data, batches, record)
