@@ -4,8 +4,8 @@ Real data and weights: all-MiniLM-L6-v2 on the full SST-2, MRPC and RTE training
 settings of ``config/benchmark.yaml``, the first setting of each method; its ``train_limit`` is
 ignored so that batches are drawn from the whole training set). Phases: the teacher fine-tune,
 ToP ``prune``, LTP ``soft``, PoWER-BERT ``search``, top-k ``finetune``. Each phase is measured
-in variants, interleaved in one process (a shuffled order every round, a fixed number of steps
-each, warm-up steps first), through the training loop's own step (:class:`top.train.StageStep`):
+in variants, interleaved in one process (a shuffled order every round, one step of each variant
+per round, warm-up steps first), through the training loop's own step (:class:`top.train.StageStep`):
 
 ``before``
     the loop as it was before these changes (commit ad4cfa3), emulated: uniform shuffling, a
@@ -27,7 +27,7 @@ whole training set and spread over the stage's configured epochs, gives an amort
 cached signals are checked against a per-step teacher pass on real data (``cache_max_abs_diff``).
 
     python benchmarks/train_throughput.py                 # full: sst2 mrpc rte, 20 timed steps per variant
-    python benchmarks/train_throughput.py --quick         # smoke: 4 timed steps per variant
+    python benchmarks/train_throughput.py --quick         # smoke: 4 timed steps per variant (noise)
     python benchmarks/train_throughput.py --profile       # torch.profiler of one ToP prune step, before and after
 
 Writes ``benchmarks/results/train_throughput.json`` (``train_throughput_quick.json`` with
@@ -69,6 +69,7 @@ from top.pruning.dense import Dense
 from top.pruning.registry import build_method
 from top.tasks.base import get_task
 from top.tasks.settings import TaskConfig
+from top.teacher import TeacherRunner
 from top.train import MODEL_INPUTS, StageStep, TeacherSource, TrainData, TrainSettings, resolve_device, resolve_precision
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,7 +94,8 @@ VARIANTS = {
     "group+cache+amp": (False, True, True, "auto"),
     "group+amp": (False, True, False, "auto"),
 }
-MODES = {"full": {"warmup": 3, "rounds": 5, "steps": 4, "batches": 20}, "quick": {"warmup": 1, "rounds": 2, "steps": 2, "batches": 8}}
+#: Each timed batch is stepped once (rounds x steps = batches), one step per variant per round.
+MODES = {"full": {"warmup": 2, "rounds": 20, "steps": 1, "batches": 20}, "quick": {"warmup": 1, "rounds": 4, "steps": 1, "batches": 4}}
 
 
 class Finetune(Dense):
@@ -266,6 +268,9 @@ class Phase:
             if legacy:
                 teacher_fn = _legacy_teacher(self.teacher, signals)
             else:
+                if cache:  # a warm teacher, so that the cache's build time is not a cold start's
+                    warm = data.collate(data.dataset.__getitems__(batches[0]))
+                    TeacherRunner(self.teacher, signals)({k: warm[k].to(self.device) for k in MODEL_INPUTS if k in warm})
                 source = TeacherSource(self.teacher, method, [stage], subset, settings, self.collate, self.device)
                 teacher_fn = source.for_stage(stage.name)
                 if cache:
@@ -294,8 +299,6 @@ class Phase:
         return Case(variant, step, data, batches, record)
 
     def _check_cache(self, source: TeacherSource, data: TrainData, batches, signals) -> dict[str, float]:
-        from top.teacher import TeacherRunner
-
         runner = TeacherRunner(self.teacher, signals)
         worst: dict[str, float] = {}
         for rows in batches:
