@@ -25,6 +25,7 @@ from top.pruning.registry import build_method
 from top.pruning.top import ToP
 from top.pruning.top.gates import bin_keep_values, bin_occupancy, rank_bins
 from top.pruning.top.method import ToPInferenceSelector, logit_distillation_loss
+from top.teacher import TeacherRunner
 
 VOCAB = 60
 BIG = 50.0  # |log_alpha| that makes a gate's P(z > 0) 1 - 1e-6 or 1e-6 (the clamp)
@@ -342,7 +343,7 @@ def test_parameter_groups_and_teacher_signals():
     assert {id(p) for p in lambdas["params"]} == {id(method.module.lambda_1), id(method.module.lambda_2)}
     n_gates = sum(p.numel() for p in gates["params"])
     assert n_gates == len(method.resolved.prune_layers) * (method.resolved.bin_num + 1)
-    assert method.teacher_signals("prune") == ("logits", "attentions")
+    assert method.teacher_signals("prune") == ("logits", "final_token_scores")
     assert method.teacher_signals("finetune") == ("logits",)
     assert method.parameter_groups("finetune") == []
     assert gates["clip"] is False and lambdas["clip"] is False  # the reference clips neither
@@ -648,7 +649,7 @@ def test_short_training_moves_sparsity_to_target_and_export_reproduces_eval():
 
 
 def test_extra_loss_by_hand_without_the_loop():
-    """extra_loss works with any loop: teacher attentions in, finite loss and logs out."""
+    """extra_loss works with any loop: teacher signals in, finite loss and logs out."""
     model = tiny_model(layers=4)
     teacher = copy.deepcopy(model)
     method = ToP(model.config, {"bin_num": 4, "prune_layers": [1, 2], "rank_distill_layers": [1, 2]})
@@ -657,8 +658,7 @@ def test_extra_loss_by_hand_without_the_loop():
     batch = {**make_batch([15, 11, 9]), "labels": torch.tensor([0, 1, 0])}
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
     student = model(**inputs, mode="mask")
-    with torch.no_grad():
-        t_out = teacher(**inputs, mode="mask", output_attentions=True)
+    t_out = TeacherRunner(teacher, method.teacher_signals("prune"))(inputs)
     task = torch.nn.functional.cross_entropy(student.logits, batch["labels"])
     loss, logs = method.extra_loss("prune", StepContext(student, t_out, batch, task, step=3, total_steps=10))
     assert torch.isfinite(loss) and loss.requires_grad
@@ -774,10 +774,12 @@ def test_rank_loss_follows_rank_padding_with_k_from_the_input_lengths():
         model.eval()
         with torch.no_grad():
             student = model(**batch, mode="mask")
-            t_out = teacher(**batch, mode="mask", output_attentions=True)
+            t_all = teacher(**batch, mode="mask", output_attentions=True)
+        t_out = TeacherRunner(teacher, ("final_token_scores",))(batch)
         totals[padding] = float(method.rank_loss(student, t_out, batch["attention_mask"]))
         alive = batch["attention_mask"].bool()
-        t_scores = attention_token_scores(t_out.attentions[-1], alive)
+        t_scores = attention_token_scores(t_all.attentions[-1], alive)  # the last layer's, as the runner keeps
+        torch.testing.assert_close(t_out.final_token_scores, t_scores, rtol=0, atol=0)
         expected, without_list_length = 0.0, 0.0
         for layer in (1, 2):
             decision = student.decisions[layer]
@@ -857,12 +859,15 @@ def test_top_clips_the_encoder_gradients_but_never_the_gates_or_multipliers(monk
         assert norm > 100 * clip, group  # clipping would have scaled them down
         for a, b in zip(ids, free_ids):  # not scaled
             assert torch.equal(clipped[1]["grads"][a], free[1]["grads"][b]), group
-    # the encoder's: scaled to the norm, which counts the frozen embeddings' gradients too
+    # the encoder's: scaled to the norm, which counts the frozen embeddings' gradients too (the
+    # frozen embedding tables' sparse, in no optimiser, are not scaled: nothing reads them)
     unclipped = free[0]["encoder"]
     assert any("embeddings" in n for n in unclipped)
-    total = torch.linalg.vector_norm(torch.cat([g.flatten() for g in unclipped.values()]))
+    assert unclipped["bert.embeddings.word_embeddings.weight"].is_sparse
+    total = torch.linalg.vector_norm(torch.cat([g.to_dense().flatten() for g in unclipped.values()]))
     for name, grad in clipped[0]["encoder"].items():
-        torch.testing.assert_close(grad, unclipped[name] * (clip / (total + 1e-6)), rtol=1e-4, atol=1e-16)
+        expected = unclipped[name] if grad.is_sparse else unclipped[name] * (clip / (total + 1e-6))
+        torch.testing.assert_close(grad.to_dense(), expected.to_dense(), rtol=1e-4, atol=1e-16)
 
 
 def test_top_freezes_the_embeddings_in_both_stages_as_the_reference(monkeypatch):

@@ -199,6 +199,43 @@ def test_frozen_model_parameters_stay_put_and_count_in_the_clipping_norm(monkeyp
     trained = float(torch.linalg.vector_norm(torch.cat([g.flatten() for n, g in seen.items() if n != "w"])))
     assert trained < 1e-9 * (1 - 1e-3)
 
+
+def test_frozen_embedding_tables_get_sparse_gradients_with_the_dense_norm(monkeypatch):
+    """A frozen embedding table's gradient only counts in the clipping norm: it is computed sparse
+    (the batch's rows), the clipped gradients are those of dense ones, and the tables are dense
+    again after training."""
+    data = toy_data(8)
+    grads = {}
+    for frozen in (("embeddings",), ("embeddings_off",)):  # the second freezes nothing
+        model = make_model()
+        seen = {}
+        original = torch.optim.AdamW.step
+
+        def step(self, *args, _seen=seen, _model=model, _original=original, **kwargs):
+            if not _seen:
+                _seen.update({n: p.grad.clone() for n, p in _model.hf.named_parameters() if p.grad is not None})
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.optim.AdamW, "step", step)
+        run_stages(model, WithParameter(model.config, frozen=frozen), data, TrainSettings(batch_size=8, max_grad_norm=0.05), collate=collate0)
+        monkeypatch.setattr(torch.optim.AdamW, "step", original)
+        grads[frozen[0]] = seen
+        assert not any(m.sparse for m in model.hf.modules() if isinstance(m, torch.nn.Embedding))
+    sparse, dense = grads["embeddings"], grads["embeddings_off"]
+    word = "bert.embeddings.word_embeddings.weight"
+    assert sparse[word].is_sparse and not dense[word].is_sparse
+    used = sorted({i for row in data for i in row["input_ids"]})
+    assert sorted(sparse[word].coalesce().indices()[0].tolist()) == used  # only the batch's rows
+    # the dense run clipped every gradient to the norm 0.05; the sparse one clipped the same
+    # (so the sparse gradients counted in the norm) and left the sparse gradients unscaled
+    norm = torch.linalg.vector_norm(torch.cat([g.flatten() for g in dense.values()]))
+    assert float(norm) == pytest.approx(0.05, rel=1e-4)
+    scale = float(torch.linalg.vector_norm(dense[word]) / torch.linalg.vector_norm(sparse[word].coalesce().values()))
+    assert scale < 0.5
+    for name, grad in sparse.items():
+        torch.testing.assert_close(grad.to_dense() * (scale if grad.is_sparse else 1.0), dense[name], rtol=1e-4, atol=1e-9, msg=name)
+
+
 # --------------------------------------------------------------------------- checkpoint selection
 
 

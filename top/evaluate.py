@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from top.batching import example_lengths
 from top.encoder import Mode, PrunableModel
 from top.train import model_inputs
 
@@ -24,7 +25,8 @@ class Predictions:
 
     Attributes:
         logits: ``[N, C]`` float32, or ``[N, W, 2]`` start/end logits of span extraction, where
-            ``W`` is the longest example and shorter ones are padded with ``-inf``.
+            ``W`` is the longest example and positions past an example's real length are
+            ``-inf``.
         labels: ``[N]`` (int class ids, or float targets for regression); None when the
             dataset has no labels (SQuAD's evaluation features).
         lengths_in, lengths_kept: ``[N, num_layers]`` int64 real token counts per layer.
@@ -46,24 +48,53 @@ def predict(
     mode: Mode = "gather",
     device: torch.device | str = "cpu",
     progress: bool = False,
+    sort_by_length: bool = True,
 ) -> Predictions:
-    """Run ``model`` over ``dataset`` (encoded examples, with or without ``labels``) without
-    shuffling."""
+    """Run ``model`` over ``dataset`` (encoded examples, with or without ``labels``); the outputs
+    are in dataset order.
+
+    With ``sort_by_length`` (the default) the batches are formed from the examples sorted by
+    length, longest first (little padding), and the outputs are put back in dataset order. An
+    example's outputs do not depend on the batch it is padded into (up to rounding; a test
+    checks it); span logits past an example's own length are ``-inf`` either way."""
     model.to(device).eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
+    order = None
+    if sort_by_length:
+        lengths = torch.tensor(example_lengths(dataset), dtype=torch.long)
+        order = torch.argsort(lengths, descending=True, stable=True).numpy()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, sampler=None if order is None else order.tolist(), collate_fn=collate)
     logits, labels, lengths_in, lengths_kept = [], [], [], []
     for batch in tqdm(loader, desc="evaluate", disable=not progress, mininterval=10):
         out = model(**model_inputs(batch, torch.device(device)), mode=mode, record=False)
-        logits.append(out.logits.float().cpu().numpy())
+        block = out.logits.float()
+        if block.dim() == 3:  # span logits: nothing past each example's own length
+            past = torch.arange(block.shape[1], device=block.device)[None, :] >= batch["attention_mask"].to(block.device).sum(dim=1)[:, None]
+            block = block.masked_fill(past[..., None], float("-inf"))
+        logits.append(block.cpu().numpy())
         if "labels" in batch:
             labels.append(batch["labels"].numpy())
         lengths_in.append(out.lengths_in.cpu().numpy())
         lengths_kept.append(out.lengths_kept.cpu().numpy())
-    return Predictions(
+    result = Predictions(
         logits=_concatenate(logits),
         labels=np.concatenate(labels) if labels else None,
         lengths_in=np.concatenate(lengths_in).astype(np.int64),
         lengths_kept=np.concatenate(lengths_kept).astype(np.int64),
+    )
+    if order is not None:
+        result = _reorder(result, order)
+    return result
+
+
+def _reorder(preds: Predictions, order: np.ndarray) -> Predictions:
+    """Put outputs computed in ``order`` (row ``i`` is example ``order[i]``) back in dataset order."""
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(len(order))
+    return Predictions(
+        logits=preds.logits[inverse],
+        labels=None if preds.labels is None else preds.labels[inverse],
+        lengths_in=preds.lengths_in[inverse],
+        lengths_kept=preds.lengths_kept[inverse],
     )
 
 

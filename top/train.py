@@ -17,14 +17,32 @@ the last stage is evaluated on dev (before the checkpoint is written, with the R
 back afterwards, so training is the same with or without it), and the chosen epoch's weights
 and method state are restored after the last stage.
 
+Batches (:mod:`top.batching`): shuffled every epoch from a generator seeded per stage; with
+``group_by_length`` (the default) the order is length-grouped as the Hugging Face Trainer's
+``group_by_length`` does, so a batch holds rows of similar length and little padding.
+
+Teacher signals (:mod:`top.teacher`): a method gets only what
+:meth:`~top.pruning.base.PruningMethod.teacher_signals` names. With ``teacher_cache`` (the
+default) they are computed once per training example before the first stage that needs them
+and reused every epoch; without it the teacher runs on every batch. Both give the same signals
+up to floating-point rounding.
+
+Precision (``precision``): ``fp32``; ``bf16`` or ``fp16`` autocast for the student's forward
+pass and the losses (parameters, gradients and optimiser states stay fp32; fp16 scales the loss
+with a ``GradScaler``); ``auto``: bf16 on a CUDA device that supports it, else fp16 on CUDA, fp32
+on the CPU. The teacher's signals, checkpoint selection's dev evaluations, evaluation, FLOPs and
+latency always run in fp32.
+
 Checkpoints: at the end of every epoch the model, the method's module, both optimisers, the
-schedulers, the RNG states and the selection's state (dev history, best record and its weights)
-are written to ``checkpoint_dir/checkpoint.pt`` (temporary name, then rename); a re-run with the
-same arguments resumes after the last finished epoch.
+schedulers, the loss scaler, the RNG states (the batch order's generator included) and the
+selection's state (dev history, best record and its weights) are written to
+``checkpoint_dir/checkpoint.pt`` (temporary name, then rename); a re-run with the same arguments
+resumes after the last finished epoch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
@@ -39,10 +57,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from top.encoder import EncoderOutput, PrunableModel
+from top.batching import IndexedDataset, LengthGroupedSampler, example_lengths, with_index
+from top.encoder import PrunableModel
 from top.files import atomic_path
-from top.pruning.base import PruningMethod, StepContext
+from top.pruning.base import PruningMethod, Stage, StepContext, TeacherSignals
 from top.selection import CheckpointSelection
+from top.teacher import TeacherCache, TeacherRunner
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +82,12 @@ class TrainSettings:
     log_every: int = 50
     device: str = "cpu"
     progress: bool = False
+    #: Batches of rows of similar length (:mod:`top.batching`); False: uniform shuffling.
+    group_by_length: bool = True
+    #: Compute the teacher's signals once per example and reuse them (:mod:`top.teacher`).
+    teacher_cache: bool = True
+    #: ``auto``, ``fp32``, ``bf16`` or ``fp16`` (:func:`resolve_precision`).
+    precision: str = "auto"
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainSettings:
@@ -90,6 +116,51 @@ def resolve_device(name: str) -> torch.device:
 def model_inputs(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     """The encoder's inputs of a collated batch, moved to ``device``."""
     return {k: batch[k].to(device) for k in MODEL_INPUTS if k in batch}
+
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of training under ``precision: name`` on ``device``; None: fp32.
+
+    ``auto`` is bf16 on a CUDA device that supports it, fp16 on another CUDA device and fp32
+    elsewhere; ``bf16`` and ``fp16`` are taken as asked (the CPU has autocast for both), except
+    that bf16 on a CUDA device without bf16 support is refused."""
+    if name not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {name!r}")
+    cuda = device.type == "cuda"
+    if name == "auto":
+        if not cuda:
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if name == "bf16" and cuda and not torch.cuda.is_bf16_supported():
+        raise ValueError("precision bf16: this CUDA device does not support bfloat16; use fp16 or auto")
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
+class _Precision:
+    """Autocast for the forward pass and losses, and the loss scaler of fp16."""
+
+    def __init__(self, dtype: torch.dtype | None, device: torch.device):
+        self.dtype, self.device = dtype, device
+        self.scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
+
+    def autocast(self):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
+
+def _adamw(groups, **kwargs) -> torch.optim.AdamW:
+    """AdamW, fused where torch has the kernel (CPU and CUDA float32 parameters; on the CPU it is
+    several times faster than the per-tensor loop, the same update up to rounding)."""
+    params = [p for group in groups for p in group["params"]]
+    fused = bool(params) and all(p.dtype == torch.float32 and p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.AdamW(groups, fused=fused, **kwargs)
 
 
 def task_loss(logits: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -184,9 +255,183 @@ def _model_parameter_groups(model: PrunableModel, settings: TrainSettings, lr: f
     ]
 
 
-def _teacher_output(teacher: PrunableModel, inputs: dict[str, torch.Tensor], signals: Sequence[str]) -> EncoderOutput:
-    with torch.no_grad():
-        return teacher(**inputs, mode="mask", output_attentions="attentions" in signals)
+def _ordered_union(groups: Sequence[Sequence[str]]) -> tuple[str, ...]:
+    out: list[str] = []
+    for group in groups:
+        out.extend(s for s in group if s not in out)
+    return tuple(out)
+
+
+class TeacherSource:
+    """Where each stage's teacher signals come from: the cache (built on first use, for every
+    signal the remaining stages need) or a teacher pass per batch (``teacher_cache`` off).
+
+    Args:
+        stages: the stages still to run, in order.
+    """
+
+    def __init__(
+        self, teacher: PrunableModel | None, method: PruningMethod, stages: Sequence[Stage], train_data, settings: TrainSettings, collate, device
+    ):
+        self.teacher, self.train_data, self.settings, self.collate, self.device = teacher, train_data, settings, collate, device
+        self.needed = {stage.name: tuple(method.teacher_signals(stage.name)) for stage in stages}
+        self.order = [stage.name for stage in stages]
+        self.cache: TeacherCache | None = None
+
+    def for_stage(self, stage: str) -> Callable[[dict[str, torch.Tensor], dict[str, torch.Tensor]], TeacherSignals] | None:
+        """``f(batch, inputs)``: the stage's signals of a batch (``inputs``: its model inputs on
+        the device); None when the stage needs none."""
+        signals = self.needed[stage]
+        if not signals:
+            return None
+        if self.teacher is None:
+            raise ValueError(f"stage {stage!r} needs a teacher ({', '.join(signals)})")
+        if not self.settings.teacher_cache:
+            runner = TeacherRunner(self.teacher, signals)
+            return lambda batch, inputs: runner(inputs)
+        if self.cache is None or any(s not in self.cache.signals for s in signals):
+            remaining = _ordered_union([self.needed[name] for name in self.order[self.order.index(stage) :]])
+            self.cache = None  # free the old one before building
+            self.cache = TeacherCache(
+                TeacherRunner(self.teacher, remaining), self.train_data, self.collate, batch_size=self.settings.batch_size, device=self.device
+            )
+        cache = self.cache
+        return lambda batch, inputs: cache(batch, signals)
+
+
+@dataclass
+class TrainData:
+    """The training examples as the loop batches them: items carry their dataset index
+    (:class:`~top.batching.IndexedDataset`), ``collate`` adds it to the batch; ``lengths`` for
+    length grouping (None: uniform shuffling)."""
+
+    dataset: IndexedDataset
+    collate: Callable
+    lengths: list[int] | None
+
+    @classmethod
+    def of(cls, train_data, collate, group_by_length: bool) -> TrainData:
+        return cls(IndexedDataset(train_data), with_index(collate), example_lengths(train_data) if group_by_length else None)
+
+    def loader(self, batch_size: int, generator: torch.Generator) -> DataLoader:
+        """A stage's batches: shuffled (or length-grouped) afresh every epoch from ``generator``."""
+        if self.lengths is None:
+            return DataLoader(self.dataset, batch_size=batch_size, shuffle=True, collate_fn=self.collate, generator=generator)
+        sampler = LengthGroupedSampler(self.lengths, batch_size, generator)
+        return DataLoader(self.dataset, batch_size=batch_size, sampler=sampler, collate_fn=self.collate, generator=generator)
+
+
+def _clip_grad_norm(params: Sequence[nn.Parameter], max_norm: float) -> None:
+    """``nn.utils.clip_grad_norm_`` over ``params``, where a sparse gradient (a frozen embedding's,
+    in no optimiser) counts in the norm but is not scaled: nothing reads it afterwards."""
+    grads = [p.grad.coalesce().values() if p.grad.is_sparse else p.grad for p in params if p.grad is not None]
+    total = nn.utils.get_total_norm(grads)
+    nn.utils.clip_grads_with_norm_([p for p in params if p.grad is not None and not p.grad.is_sparse], max_norm, total)
+
+
+class StageStep:
+    """One stage's optimisation, a batch at a time: what the loop does per batch (forward pass,
+    losses, backward, unscaling, clipping, both optimisers' and schedules' steps). Building it
+    installs nothing but sets which encoder parameters need gradients (``trains_model_weights``).
+
+    Args:
+        total_steps: the stage's optimiser steps (the schedules' length).
+        teacher_fn: :meth:`TeacherSource.for_stage`'s function, or None.
+    """
+
+    def __init__(self, model: PrunableModel, method: PruningMethod, stage: Stage, settings: TrainSettings, total_steps: int, teacher_fn, device):
+        self.model, self.method, self.stage, self.settings = model, method, stage, settings
+        self.total_steps, self.teacher_fn, self.device = total_steps, teacher_fn, device
+        self.precision = _Precision(resolve_precision(settings.precision, device), device)
+        trains_model = method.trains_model_weights(stage.name)
+        for param in model.hf.parameters():
+            param.requires_grad_(trains_model)
+        self.model_optimizer = self.scheduler = None
+        if trains_model:
+            lr = stage.learning_rate if stage.learning_rate is not None else settings.learning_rate
+            self.model_optimizer = _adamw(_model_parameter_groups(model, settings, lr, method.frozen_model_parameters(stage.name)))
+            self.scheduler = _linear_schedule(self.model_optimizer, int(settings.warmup_ratio * total_steps), total_steps)
+        method_groups = method.parameter_groups(stage.name)
+        self.method_optimizer = _adamw(method_groups, weight_decay=0.0) if method_groups else None
+        self.method_scheduler = _method_schedule(self.method_optimizer, settings, total_steps) if self.method_optimizer else None
+        # Clipped separately, so a method's gradients never shrink the model's: the model's norm
+        # over every encoder parameter with a gradient (frozen ones too), the method's over its
+        # groups without "clip": False. Each entry: the optimiser, the parameters in its norm, and
+        # those of them in no optimiser (frozen: fp16's loss scaler does not unscale them).
+        optimised = {id(p) for g in self.model_optimizer.param_groups for p in g["params"]} if self.model_optimizer else set()
+        encoder = [p for p in model.hf.parameters() if p.requires_grad]
+        method_clipped = [p for g in self.method_optimizer.param_groups if g.get("clip", True) for p in g["params"]] if self.method_optimizer else []
+        self.clipped = [
+            (self.model_optimizer, encoder, [p for p in encoder if id(p) not in optimised]),
+            (self.method_optimizer, method_clipped, []),
+        ]
+        # A frozen embedding's gradient only enters the clipping norm: computed sparse (the rows
+        # of the batch's tokens), not as a zero-filled [vocab, d] matrix that is then normed and
+        # scaled every step (ToP's frozen word embeddings: about a tenth of a MiniLM step on the
+        # CPU). Undone by close().
+        self._sparse = [
+            m for m in model.hf.modules() if isinstance(m, nn.Embedding) and not m.sparse and m.weight.requires_grad and id(m.weight) not in optimised
+        ]
+        for module in self._sparse:
+            module.sparse = True
+
+    def close(self) -> None:
+        """Give the frozen embeddings their dense gradients back."""
+        for module in self._sparse:
+            module.sparse = False
+        self._sparse = []
+
+    def __call__(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, Any]:
+        """Train on ``batch`` at 0-based stage step ``step``; the step's record (floats or 0-dim
+        tensors, :func:`_train_step`)."""
+        record = _train_step(self.model, self.method, self.stage.name, batch, step, self.total_steps, self.teacher_fn, self.device, self.precision)
+        scaler = self.precision.scaler
+        for optimizer, params, frozen in self.clipped:
+            if optimizer is None:
+                continue
+            if scaler is not None:
+                scaler.unscale_(optimizer)
+                if frozen:  # in no optimiser, so not unscaled by the scaler, but in the norm
+                    inverse = 1.0 / scaler.get_scale()
+                    for param in frozen:
+                        if param.grad is not None:
+                            param.grad.mul_(inverse)
+            if params:
+                _clip_grad_norm(params, self.settings.max_grad_norm)
+            if scaler is not None:
+                scaler.step(optimizer)
+            else:
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.update()
+        self.model.hf.zero_grad(set_to_none=True)  # frozen parameters are in no optimiser
+        for schedule in (self.scheduler, self.method_scheduler):
+            if schedule is not None:
+                schedule.step()
+        return record
+
+    def state_dict(self) -> dict[str, Any]:
+        """The optimisers', schedules' and loss scaler's states (checkpoint entries)."""
+        scaler = self.precision.scaler
+        return {
+            "model_optimizer": self.model_optimizer.state_dict() if self.model_optimizer else None,
+            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+            "method_optimizer": self.method_optimizer.state_dict() if self.method_optimizer else None,
+            "method_scheduler": self.method_scheduler.state_dict() if self.method_scheduler else None,
+            "scaler": scaler.state_dict() if scaler is not None else None,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.model_optimizer is not None:
+            self.model_optimizer.load_state_dict(state["model_optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+        if self.method_optimizer is not None:
+            self.method_optimizer.load_state_dict(state["method_optimizer"])
+        if self.method_scheduler is not None and state.get("method_scheduler") is not None:
+            self.method_scheduler.load_state_dict(state["method_scheduler"])
+        if self.precision.scaler is not None and state.get("scaler") is not None:
+            self.precision.scaler.load_state_dict(state["scaler"])
 
 
 def run_stages(
@@ -221,6 +466,7 @@ def run_stages(
         One log record per ``log_every`` steps (stage, epoch, step, losses, method scalars).
     """
     device = resolve_device(settings.device)
+    resolve_precision(settings.precision, device)  # refuse a bad setting before any work
     set_seed(settings.seed)
     model.to(device)
     method.module.to(device)
@@ -235,12 +481,19 @@ def run_stages(
             selection.load_state_dict(state["selection"], checkpoint_model=state["model"])
 
     stages = method.stages()
+    for stage in stages:
+        signals = method.teacher_signals(stage.name)
+        if signals and teacher is None:
+            raise ValueError(f"method {method.name!r} needs a teacher ({', '.join(signals)}) in stage {stage.name!r}")
+    first = state["stage_index"] if state else 0
+    data = TrainData.of(train_data, collate, settings.group_by_length)
+    teachers = TeacherSource(teacher, method, stages[first:], train_data, settings, collate, device)
     for stage_index, stage in enumerate(stages):
         last = stage_index == len(stages) - 1
-        if state and stage_index < state["stage_index"]:
+        if stage_index < first:
             model.set_selectors(method.selectors(stage.name))
             continue
-        _run_stage(model, method, stage_index, stage, train_data, settings, collate, teacher, device, checkpoint, state, history, selection, last)
+        _run_stage(model, method, stage_index, stage, data, settings, teachers, device, checkpoint, state, history, selection, last)
         state = None
         if selection is not None and not last:
             rng = _rng_state()
@@ -253,120 +506,100 @@ def run_stages(
     return history
 
 
-def _run_stage(model, method, stage_index, stage, train_data, settings, collate, teacher, device, checkpoint, state, history, selection, candidates):
+def _run_stage(model, method, stage_index, stage, data, settings, teachers, device, checkpoint, state, history, selection, candidates):
     model.set_selectors(method.selectors(stage.name))
     model.selectors.to(device)
-    signals = method.teacher_signals(stage.name)
-    if signals and teacher is None:
-        raise ValueError(f"method {method.name!r} needs a teacher ({', '.join(signals)}) in stage {stage.name!r}")
+    teacher_fn = teachers.for_stage(stage.name)
 
     generator = torch.Generator().manual_seed(settings.seed + stage_index)
-    loader = DataLoader(train_data, batch_size=settings.batch_size, shuffle=True, collate_fn=collate, generator=generator)
+    loader = data.loader(settings.batch_size, generator)
     steps_per_epoch = len(loader)
     total_steps = max(1, math.ceil(stage.epochs * steps_per_epoch))
     epochs = math.ceil(stage.epochs)
-
-    trains_model = method.trains_model_weights(stage.name)
-    for param in model.hf.parameters():
-        param.requires_grad_(trains_model)
-    model_optimizer = scheduler = None
-    if trains_model:
-        lr = stage.learning_rate if stage.learning_rate is not None else settings.learning_rate
-        model_optimizer = torch.optim.AdamW(_model_parameter_groups(model, settings, lr, method.frozen_model_parameters(stage.name)))
-        scheduler = _linear_schedule(model_optimizer, int(settings.warmup_ratio * total_steps), total_steps)
-    method_groups = method.parameter_groups(stage.name)
-    method_optimizer = torch.optim.AdamW(method_groups, weight_decay=0.0) if method_groups else None
-    method_scheduler = _method_schedule(method_optimizer, settings, total_steps) if method_optimizer else None
+    optimise = StageStep(model, method, stage, settings, total_steps, teacher_fn, device)
 
     start_epoch, step = 0, 0
     if state is not None and state["stage_index"] == stage_index:
         model.load_state_dict(state["model"])  # the method's module was restored by run_stages
-        if model_optimizer is not None:
-            model_optimizer.load_state_dict(state["model_optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-        if method_optimizer is not None:
-            method_optimizer.load_state_dict(state["method_optimizer"])
-        if method_scheduler is not None and state.get("method_scheduler") is not None:
-            method_scheduler.load_state_dict(state["method_scheduler"])
+        optimise.load_state_dict(state)
         generator.set_state(state["generator"])
         _set_rng_state(state["rng"])
         start_epoch, step = state["epoch"] + 1, state["step"]
         log.info("resuming stage %r after epoch %d (step %d) from %s", stage.name, state["epoch"], step, checkpoint)
-    # Clipped separately, so a method's gradients never shrink the model's: the model's norm over
-    # every encoder parameter with a gradient (frozen ones too), the method's over its groups
-    # without "clip": False.
-    clipped = [
-        (model_optimizer, [p for p in model.hf.parameters() if p.requires_grad]),
-        (method_optimizer, [p for g in method_optimizer.param_groups if g.get("clip", True) for p in g["params"]] if method_optimizer else []),
-    ]
 
-    log.info("stage %r: %s epochs, %d steps, %d examples", stage.name, stage.epochs, total_steps, len(train_data))
+    dtype = optimise.precision.dtype
+    log.info(
+        "stage %r: %s epochs, %d steps, %d examples (group_by_length %s, teacher %s, precision %s)",
+        stage.name,
+        stage.epochs,
+        total_steps,
+        len(data.dataset),
+        data.lengths is not None,
+        "none" if teacher_fn is None else ("cached" if settings.teacher_cache else "per step"),
+        "fp32" if dtype is None else str(dtype).removeprefix("torch."),
+    )
     model.train()
     method.module.train()
-    for epoch in range(start_epoch, epochs):
-        batches = tqdm(loader, desc=f"{stage.name} epoch {epoch + 1}/{epochs}", disable=not settings.progress, mininterval=10)
-        for batch in batches:
-            if step >= total_steps:
-                break
-            record = _train_step(model, method, stage.name, batch, step, total_steps, teacher, signals, device)
-            for optimizer, params in clipped:
-                if optimizer is not None:
-                    if params:
-                        nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-            model.hf.zero_grad(set_to_none=True)  # frozen parameters are in no optimiser
-            for schedule in (scheduler, method_scheduler):
-                if schedule is not None:
-                    schedule.step()
-            if step % settings.log_every == 0 or step == total_steps - 1:
-                record.update(stage=stage.name, epoch=epoch, step=step)
-                history.append(record)
-                log.info("%s", {k: (round(v, 5) if isinstance(v, float) else v) for k, v in record.items()})
-            step += 1
-        if selection is not None and candidates:  # evaluated without disturbing the training
-            rng = _rng_state()
-            selection.consider(model, method, stage.name, epoch + 1, epochs)
-            _set_rng_state(rng)
-            model.train()
-            method.module.train()
-        if checkpoint is not None:
-            checkpoint.parent.mkdir(parents=True, exist_ok=True)
-            _atomic_save(
-                {
-                    "stage_index": stage_index,
-                    "epoch": epoch,
-                    "step": step,
-                    "model": model.state_dict(),
-                    "method": method.module.state_dict(),
-                    "model_optimizer": model_optimizer.state_dict() if model_optimizer else None,
-                    "scheduler": scheduler.state_dict() if scheduler else None,
-                    "method_optimizer": method_optimizer.state_dict() if method_optimizer else None,
-                    "method_scheduler": method_scheduler.state_dict() if method_scheduler else None,
-                    "generator": generator.get_state(),
-                    "rng": _rng_state(),
-                    "history": history,
-                    "selection": selection.state_dict(current=(stage.name, epoch + 1)) if selection is not None else None,
-                    "settings": asdict(settings),
-                },
-                checkpoint,
-            )
+    try:
+        for epoch in range(start_epoch, epochs):
+            batches = tqdm(loader, desc=f"{stage.name} epoch {epoch + 1}/{epochs}", disable=not settings.progress, mininterval=10)
+            for batch in batches:
+                if step >= total_steps:
+                    break
+                record = optimise(batch, step)
+                if step % settings.log_every == 0 or step == total_steps - 1:
+                    record = {k: float(v) for k, v in record.items()}  # read only here: no device sync per step
+                    record.update(stage=stage.name, epoch=epoch, step=step)
+                    history.append(record)
+                    log.info("%s", {k: (round(v, 5) if isinstance(v, float) else v) for k, v in record.items()})
+                step += 1
+            if selection is not None and candidates:  # evaluated without disturbing the training
+                rng = _rng_state()
+                selection.consider(model, method, stage.name, epoch + 1, epochs)
+                _set_rng_state(rng)
+                model.train()
+                method.module.train()
+            if checkpoint is not None:
+                checkpoint.parent.mkdir(parents=True, exist_ok=True)
+                _atomic_save(
+                    {
+                        "stage_index": stage_index,
+                        "epoch": epoch,
+                        "step": step,
+                        "model": model.state_dict(),
+                        "method": method.module.state_dict(),
+                        **optimise.state_dict(),
+                        "generator": generator.get_state(),
+                        "rng": _rng_state(),
+                        "history": history,
+                        "selection": selection.state_dict(current=(stage.name, epoch + 1)) if selection is not None else None,
+                        "settings": asdict(settings),
+                    },
+                    checkpoint,
+                )
+    finally:
+        optimise.close()
     for param in model.hf.parameters():
         param.requires_grad_(True)
     model.eval()
     method.module.eval()
 
 
-def _train_step(model, method, stage, batch, step, total_steps, teacher, signals, device) -> dict[str, float]:
+def _train_step(model, method, stage, batch, step, total_steps, teacher_fn, device, precision: _Precision) -> dict[str, Any]:
+    """Forward, losses and backward of one batch; the record's values are floats or 0-dim
+    tensors, read only when logged."""
     inputs = model_inputs(batch, device)
     labels = batch["labels"].to(device)
-    output = model(**inputs, mode="mask")
-    loss_task = task_loss(output.logits, labels, inputs["attention_mask"])
-    teacher_out = _teacher_output(teacher, inputs, signals) if signals else None
-    context = StepContext(student=output, teacher=teacher_out, batch=batch, task_loss=loss_task, step=step, total_steps=total_steps)
-    extra, scalars = method.extra_loss(stage, context)
-    loss = method.task_loss_weight(stage) * loss_task + (extra if extra is not None else 0.0)
+    teacher_out = teacher_fn(batch, inputs) if teacher_fn is not None else None  # fp32, outside autocast
+    with precision.autocast():
+        # record=False: nothing in training reads every position's carried state (a QA head
+        # still gets every position, the encoder keeps them for it)
+        output = model(**inputs, mode="mask", record=False)
+        loss_task = task_loss(output.logits, labels, inputs["attention_mask"])
+        context = StepContext(student=output, teacher=teacher_out, batch=batch, task_loss=loss_task, step=step, total_steps=total_steps)
+        extra, scalars = method.extra_loss(stage, context)
+        loss = method.task_loss_weight(stage) * loss_task + (extra if extra is not None else 0.0)
     if not torch.isfinite(loss):
         raise NonFiniteLossError(f"stage {stage!r}, step {step}: loss is {loss.item()} (task loss {loss_task.item()})")
-    loss.backward()
-    return {"loss": float(loss.detach()), "task_loss": float(loss_task.detach()), **{k: float(v) for k, v in scalars.items()}}
+    precision.backward(loss)
+    return {"loss": loss.detach(), "task_loss": loss_task.detach(), **{k: (v.detach() if torch.is_tensor(v) else v) for k, v in scalars.items()}}

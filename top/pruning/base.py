@@ -186,15 +186,40 @@ class TokenSelector(nn.Module, abc.ABC):
         return None
 
 
+#: What a method can ask the frozen teacher for (:meth:`PruningMethod.teacher_signals`).
+TEACHER_SIGNALS = ("logits", "final_token_scores")
+
+
+@dataclass
+class TeacherSignals:
+    """The frozen teacher's outputs on one training batch, only those the method asked for.
+
+    The teacher runs in eval mode without selectors, so these depend only on each example's own
+    tokens: the training loop may compute them once per example and reuse them every epoch
+    (:class:`top.teacher.TeacherCache`). Slots past an example's real length are padding.
+
+    Attributes:
+        logits: ``"logits"``: the task head's outputs, ``[B, C]`` (classification, regression)
+            or ``[B, L, 2]`` (span extraction; padding positions hold 0 when cached, so a loss
+            must mask them); None when not asked for.
+        final_token_scores: ``"final_token_scores"``: ``[B, L]``,
+            :func:`attention_token_scores` of the last layer's attention probabilities (the
+            attention each token receives, averaged over heads and real queries); ``-inf`` on
+            padding. None when not asked for.
+    """
+
+    logits: torch.Tensor | None = None
+    final_token_scores: torch.Tensor | None = None
+
+
 @dataclass
 class StepContext:
     """What a method's :meth:`PruningMethod.extra_loss` sees at one training step.
 
     Attributes:
         student: the trained model's :class:`top.encoder.EncoderOutput` (mask mode).
-        teacher: the frozen fine-tuned teacher's output on the same batch (mask mode, no
-            selectors, attentions included when the method asks for ``"attentions"``), or None
-            when the method asks for no teacher signal.
+        teacher: the frozen fine-tuned teacher's :class:`TeacherSignals` on the same batch (eval
+            mode, no selectors), or None when the method asks for no teacher signal.
         batch: the collated batch (``input_ids``, ``attention_mask``, ``labels``, ...).
         task_loss: the task loss (cross-entropy, or MSE for regression), a scalar.
         step: 0-based optimiser step within the stage; total_steps: steps in the stage.
@@ -266,7 +291,8 @@ class PruningMethod(abc.ABC):
         """Selectors to install for training stage ``stage``, keyed by layer index."""
 
     def extra_loss(self, stage: str, step: StepContext) -> tuple[torch.Tensor | None, dict[str, float]]:
-        """The method's loss added to the weighted task loss, and scalars to log. Default: none."""
+        """The method's loss added to the weighted task loss, and scalars to log (floats or 0-dim
+        tensors; the loop reads them only at the steps it logs). Default: none."""
         return None, {}
 
     def task_loss_weight(self, stage: str) -> float:
@@ -300,8 +326,10 @@ class PruningMethod(abc.ABC):
         return True
 
     def teacher_signals(self, stage: str) -> tuple[str, ...]:
-        """What the method needs from the teacher in ``stage``: any of ``"logits"``,
-        ``"attentions"``. Empty (the default): the teacher is not run."""
+        """What the method needs from the frozen teacher in ``stage``, any of
+        :data:`TEACHER_SIGNALS` (the fields of :class:`TeacherSignals`): ``"logits"``,
+        ``"final_token_scores"``. Only these are computed (and, with ``train.teacher_cache``,
+        kept per example). Empty (the default): the teacher is not run."""
         return ()
 
     def prepare(self, lengths: Mapping[str, torch.Tensor], head_kind: str) -> None:

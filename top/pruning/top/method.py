@@ -271,7 +271,7 @@ class ToP(PruningMethod):
         self._check_stage(stage)
         signals = ("logits",) if self.resolved.logit_distill_weight > 0 else ()
         if stage == "prune" and self._ranks():
-            signals += ("attentions",)
+            signals += ("final_token_scores",)
         return signals
 
     def task_loss_weight(self, stage: str) -> float:
@@ -381,11 +381,14 @@ class ToP(PruningMethod):
 
     # -- losses -------------------------------------------------------------------------------
     def rank_loss(self, student, teacher, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Ranking distillation summed over ``rank_distill_layers`` (see module docstring)."""
-        if teacher is None or not getattr(teacher, "attentions", None):
-            raise ValueError("ToP's ranking distillation needs the teacher's attentions (teacher_signals)")
-        alive = attention_mask.to(teacher.attentions[-1].device).bool()
-        teacher_scores = attention_token_scores(teacher.attentions[-1], alive)  # [B, L]
+        """Ranking distillation summed over ``rank_distill_layers`` (see module docstring).
+
+        ``teacher``: the teacher's :class:`~top.pruning.base.TeacherSignals` with
+        ``final_token_scores`` ``[B, L]`` (its last layer's token scores)."""
+        teacher_scores = getattr(teacher, "final_token_scores", None)
+        if teacher_scores is None:
+            raise ValueError("ToP's ranking distillation needs the teacher's final_token_scores (teacher_signals)")
+        alive = attention_mask.to(teacher_scores.device).bool()
         longest = int(alive.sum(dim=1).max()) - 1  # the reference's K before the top-k cap: real tokens but [CLS]
         total = student.logits.new_zeros(())
         for layer in self.resolved.rank_distill_layers:
