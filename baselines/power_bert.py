@@ -27,7 +27,7 @@ Stages
     ``configuration_search_step`` ~148-169: one ``AdamWarmup`` for the model and the retention
     weights, whose ``lr_mult`` gives the model ``LR_BERT``; ``utils/Adam_mult.py``
     ``calc_train_steps`` ~15-28, ``warmup_proportion=0.1``, and the rate ~85-91). The shape is the
-    encoder's (:func:`top.train.linear_factor`): after the warm-up the reference decays as
+    encoder's (:func:`top.optim.linear_factor`): after the warm-up the reference decays as
     ``1 - t / total`` (so it drops from 1 to about 0.9 at the end of the warm-up), here as
     ``(total - t) / (total - warmup)``; the two differ by at most about the warm-up fraction of the
     peak rate.

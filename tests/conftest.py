@@ -49,10 +49,10 @@ def random_batch(batch: int = 3, length: int = 12, vocab: int = 64, seed: int = 
     ids[:, 0] = 2
     mask = torch.ones(batch, length, dtype=torch.long)
     for row in range(1, batch):
-        mask[row, length - 3 * row:] = 0
+        mask[row, length - 3 * row :] = 0
     ids = ids.masked_fill(mask == 0, 0)
     types = torch.zeros_like(ids)
-    types[:, length // 2:] = 1
+    types[:, length // 2 :] = 1
     return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types * mask}
 
 
@@ -142,11 +142,12 @@ def write_tiny_squad(squad_dir: Path, train_questions: int = 40, dev_questions: 
             after = " ".join(WORDS[int(j)] for j in torch.randint(0, 8, (int(torch.randint(3, 30, (1,), generator=g)),), generator=g))
             context = f"{before} {answer} . {after}"
             question = f"which {answer.split()[1]} was it"
-            paragraphs.append({
-                "context": context,
-                "qas": [{"id": f"{prefix}{i}", "question": question,
-                         "answers": [{"text": answer, "answer_start": len(before) + 1}]}],
-            })
+            paragraphs.append(
+                {
+                    "context": context,
+                    "qas": [{"id": f"{prefix}{i}", "question": question, "answers": [{"text": answer, "answer_start": len(before) + 1}]}],
+                }
+            )
         return {"version": "1.1", "data": [{"title": f"{prefix}article", "paragraphs": paragraphs}]}
 
     squad_dir.mkdir(parents=True, exist_ok=True)

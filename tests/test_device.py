@@ -29,8 +29,17 @@ LAYERS = 4
 
 SETTINGS = {
     "topk": {"keep_ratios": [1.0, 0.7, 0.5, 0.4], "finetune_epochs": 1},
-    "top": {"target_sparsity": 0.4, "bin_num": 4, "prune_layers": [1, 2], "rank_distill_layers": [1], "epochs": 4,
-            "lagrangian_warmup_epochs": 1, "reg_learning_rate": 0.5, "lambda_learning_rate": 0.5, "finetune_epochs": 1},
+    "top": {
+        "target_sparsity": 0.4,
+        "bin_num": 4,
+        "prune_layers": [1, 2],
+        "rank_distill_layers": [1],
+        "epochs": 4,
+        "lagrangian_warmup_epochs": 1,
+        "reg_learning_rate": 0.5,
+        "lambda_learning_rate": 0.5,
+        "finetune_epochs": 1,
+    },
     "ltp": {"soft_epochs": 1, "hard_epochs": 1, "threshold_lr": 0.05, "reg_lambda": 1.0},
     "power_bert": {"search_epochs": 1, "retrain_epochs": 1, "retention_lr": 0.1, "reg_lambda": 0.05},
 }
@@ -38,8 +47,17 @@ SETTINGS = {
 
 def _tiny_model() -> PrunableModel:
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=LAYERS, num_attention_heads=4, intermediate_size=48,
-                        max_position_embeddings=64, num_labels=2, initializer_range=0.2, attn_implementation="eager")
+    config = BertConfig(
+        vocab_size=64,
+        hidden_size=32,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=4,
+        intermediate_size=48,
+        max_position_embeddings=64,
+        num_labels=2,
+        initializer_range=0.2,
+        attn_implementation="eager",
+    )
     return PrunableModel(BertForSequenceClassification(config).eval())
 
 

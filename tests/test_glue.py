@@ -24,9 +24,7 @@ from top.tasks.sources import DataError
 
 # The real GLUE files sit beside the project (../shared/data/glue from its root); GLUE_DIR
 # points the tests at another copy of the same layout.
-GLUE_DIR = Path(
-    os.environ.get("GLUE_DIR", Path(__file__).resolve().parents[2] / "shared" / "data" / "glue")
-)
+GLUE_DIR = Path(os.environ.get("GLUE_DIR", Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"))
 needs_glue = pytest.mark.skipif(not GLUE_DIR.is_dir(), reason=f"no GLUE data at {GLUE_DIR}")
 
 # Row counts of the official splits (shared/data/README.md).
@@ -152,9 +150,7 @@ def test_real_split_loads_with_official_row_count(task: str, split: str, rows: i
 def test_quote_characters_survive() -> None:
     mrpc = load_split("mrpc", "validation", data_dir=GLUE_DIR)
     # The first dev pair's second sentence opens with an unbalanced quote.
-    assert mrpc[0]["sentence2"] == (
-        '" The foodservice pie business does not fit our long-term growth strategy .'
-    )
+    assert mrpc[0]["sentence2"] == ('" The foodservice pie business does not fit our long-term growth strategy .')
     cola = load_split("cola", "train", data_dir=GLUE_DIR)
     assert cola[3056]["sentence"] == 'Susan whispered "Shut up".'
 
@@ -214,9 +210,7 @@ def test_synthetic_mnli_matched_and_mismatched(tmp_path: Path) -> None:
             mnli_row(2, "P2", "H2", [*votes, "entailment"]),
         ],
     )
-    write_tsv(
-        mnli / "dev_mismatched.tsv", [dev_header, mnli_row(0, "M0", "N0", [*votes, "entailment"])]
-    )
+    write_tsv(mnli / "dev_mismatched.tsv", [dev_header, mnli_row(0, "M0", "N0", [*votes, "entailment"])])
     write_tsv(mnli / "test_matched.tsv", [MNLI_PREFIX, mnli_row(0, "T0", "U0", [])])
 
     train = load_split("mnli", "train", data_dir=tmp_path)
@@ -442,9 +436,7 @@ def test_encode_pairs_and_collate_right_pads(tokenizer: BertTokenizerFast) -> No
     )
     encoded = encode(dataset, tokenizer, spec)
     cls, sep = ids("[CLS]"), ids("[SEP]")
-    assert encoded[0]["input_ids"] == [
-        *cls, *ids("the", "cat", "sat", "."), *sep, *ids("the", "dog", "ran", "."), *sep
-    ]
+    assert encoded[0]["input_ids"] == [*cls, *ids("the", "cat", "sat", "."), *sep, *ids("the", "dog", "ran", "."), *sep]
     assert encoded[0]["token_type_ids"] == [0] * 6 + [1] * 5
     assert encoded[1]["input_ids"] == [*cls, *ids("a", "dog"), *sep, *ids("ran"), *sep]
     assert encoded.features["labels"] == datasets.Value("int64")

@@ -43,9 +43,7 @@ def test_matthews_correlation_perfect_and_inverted() -> None:
     refs = [0, 1, 1, 0]
     assert compute_glue_metrics("cola", refs, refs)["matthews_correlation"] == pytest.approx(1.0)
     inverted = [1 - r for r in refs]
-    assert compute_glue_metrics("cola", inverted, refs)["matthews_correlation"] == pytest.approx(
-        -1.0
-    )
+    assert compute_glue_metrics("cola", inverted, refs)["matthews_correlation"] == pytest.approx(-1.0)
 
 
 @pytest.mark.parametrize("task", ["mrpc", "qqp"])

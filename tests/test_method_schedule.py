@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from tests.conftest import collate_pad0, tiny_config, toy_rows
-from top import train
+from top import optim, train
 from top.encoder import PrunableModel
 from top.pruning.base import PruningMethod, Stage
 
@@ -27,9 +27,9 @@ def _rates(optimizer, schedule, steps):
 
 
 def test_linear_factor_values():
-    factor = train.linear_factor(2, 10)
+    factor = optim.linear_factor(2, 10)
     assert [factor(s) for s in (0, 1, 2, 6, 9, 10)] == pytest.approx([0.5, 1.0, 1.0, 0.5, 0.125, 0.0])
-    no_warmup = train.linear_factor(0, 4)
+    no_warmup = optim.linear_factor(0, 4)
     assert [no_warmup(s) for s in range(4)] == pytest.approx([1.0, 0.75, 0.5, 0.25])
 
 
@@ -41,7 +41,7 @@ def test_groups_get_their_own_schedules():
         {"lr": 4.0, "schedule": "linear", "warmup_ratio": 0.0},
         {"lr": 8.0, "schedule": "constant"},
     )
-    schedule = train._method_schedule(optimizer, settings, total=10)
+    schedule = optim.method_schedule(optimizer, settings, total=10)
     rates = _rates(optimizer, schedule, 10)
     assert [r[0] for r in rates] == [1.0] * 10
     assert [r[3] for r in rates] == [8.0] * 10
@@ -51,11 +51,11 @@ def test_groups_get_their_own_schedules():
 
 def test_constant_groups_need_no_scheduler_and_bad_values_raise():
     settings = train.TrainSettings()
-    assert train._method_schedule(_optimizer({"lr": 1.0}, {"lr": 1.0, "schedule": "constant"}), settings, 10) is None
+    assert optim.method_schedule(_optimizer({"lr": 1.0}, {"lr": 1.0, "schedule": "constant"}), settings, 10) is None
     with pytest.raises(ValueError, match="schedule must be"):
-        train._method_schedule(_optimizer({"lr": 1.0, "schedule": "cosine"}), settings, 10)
+        optim.method_schedule(_optimizer({"lr": 1.0, "schedule": "cosine"}), settings, 10)
     with pytest.raises(ValueError, match="warmup_ratio"):
-        train._method_schedule(_optimizer({"lr": 1.0, "schedule": "linear", "warmup_ratio": 1.5}), settings, 10)
+        optim.method_schedule(_optimizer({"lr": 1.0, "schedule": "linear", "warmup_ratio": 1.5}), settings, 10)
 
 
 class _Interrupted(RuntimeError):
@@ -66,13 +66,13 @@ def spy_on_method_optimizers(monkeypatch) -> list[torch.optim.Optimizer]:
     """Every method optimiser the training loop builds, in order (a resumed run's optimiser
     replaces its group dicts when it loads its state, so the method's own dicts go stale)."""
     optimizers: list[torch.optim.Optimizer] = []
-    real = train._method_schedule
+    real = optim.method_schedule
 
     def spy(optimizer, settings, total):
         optimizers.append(optimizer)
         return real(optimizer, settings, total)
 
-    monkeypatch.setattr(train, "_method_schedule", spy)
+    monkeypatch.setattr(train, "method_schedule", spy)
     return optimizers
 
 
@@ -131,7 +131,7 @@ def test_schedule_in_the_training_loop_and_after_resuming(tmp_path, monkeypatch)
     train.run_stages(_model(), whole, toy_rows(), settings, collate=collate_pad0)
     total, warmup = 12, 3  # 24 rows / 4, 2 epochs; int(0.25 * 12)
     assert sorted(whole.rates) == list(range(total))
-    expected = [0.1 * train.linear_factor(warmup, total)(s) for s in range(total)]
+    expected = [0.1 * optim.linear_factor(warmup, total)(s) for s in range(total)]
     assert [whole.rates[s][0] for s in range(total)] == pytest.approx(expected)
     assert [whole.rates[s][0] for s in (0, 2, 3, 11)] == pytest.approx([0.1 / 3, 0.1, 0.1, 0.1 / 9])
     assert {whole.rates[s][1] for s in range(total)} == {0.2}

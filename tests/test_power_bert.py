@@ -363,7 +363,7 @@ class RecordingPoWERBERT(PoWERBERT):
 
 def test_retention_learning_rate_warms_up_then_decays(monkeypatch):
     """The reference's schedule for the retention weights: linear warm-up over 10% of the search
-    steps, then linear decay to 0 (the encoder's shape, top.train.linear_factor)."""
+    steps, then linear decay to 0 (the encoder's shape, top.optim.linear_factor)."""
     method = RecordingPoWERBERT(tiny_config(), {"search_epochs": 2, "retrain_epochs": 0, "retention_lr": 0.01, "reg_lambda": 0.05})
     method.rates, method.optimizers = [], spy_on_method_optimizers(monkeypatch)
     settings = train.TrainSettings(batch_size=2, learning_rate=1e-3, warmup_ratio=0.0, seed=0)

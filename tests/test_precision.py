@@ -15,10 +15,11 @@ from transformers import BertForSequenceClassification
 from tests.conftest import collate_pad0, tiny_config, toy_rows
 from tests.test_teacher_cache import TOP
 from top.encoder import PrunableModel
+from top.optim import resolve_precision
 from top.pruning.base import Stage
 from top.pruning.dense import Dense
 from top.pruning.top import ToP
-from top.train import TrainSettings, resolve_precision, run_stages
+from top.train import TrainSettings, run_stages
 
 SCHEMA = "workflow/schemas/config.schema.yaml"
 

@@ -602,7 +602,7 @@ def test_undefined_metric_is_explained_in_the_tables(tmp_path):
 
 
 def test_a_failed_job_prints_its_reason_on_the_console(capfd, monkeypatch):
-    from top.logs import reported_errors
+    from top.files import reported_errors
     from top.tasks.sources import DataError
 
     monkeypatch.setattr(sys, "__stderr__", sys.stderr)

@@ -26,7 +26,7 @@ DEFAULT = str(ROOT / "profiles/default")
 # Runs the snakemake command line with the dry-run executor patched to print, for each job it
 # plans, the sbatch command line snakemake-executor-plugin-slurm builds for that job. Only the
 # job name, log file, account and working directory are stand-ins (they need a live cluster).
-SBATCH_DRIVER = r'''
+SBATCH_DRIVER = r"""
 import logging
 import sys
 from types import SimpleNamespace
@@ -59,7 +59,7 @@ def run_job(self, job):
 
 dryrun.Executor.run_job = run_job
 main(sys.argv[1:])
-'''
+"""
 
 
 def snakemake(*args: str, cwd: Path = ROOT, driver: str | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -86,7 +86,7 @@ def sbatch_calls(result: subprocess.CompletedProcess) -> dict[str, list[list[str
     calls: dict[str, list[list[str]]] = {}
     for line in result.stdout.splitlines():
         if line.startswith("SBATCH "):
-            rule, _, call = line[len("SBATCH "):].partition(" :: ")
+            rule, _, call = line[len("SBATCH ") :].partition(" :: ")
             calls.setdefault(rule, []).append(shlex.split(call))
     return calls
 
@@ -97,7 +97,7 @@ def option(argv: list[str], flag: str) -> str | None:
         if arg == flag:
             return argv[i + 1]
         if arg.startswith(flag + "="):
-            return arg[len(flag) + 1:]
+            return arg[len(flag) + 1 :]
     return None
 
 
@@ -105,8 +105,7 @@ def plan_sbatch(config: Path, workdir: Path, *profile_args: str) -> tuple[dict[s
     """The sbatch calls of a dry run with the given profile arguments, and its stderr."""
     # A dry run without --cores caps every job's threads at 1; a real cluster run (no --cores)
     # has no cap, so --cores 64 here shows the threads the jobs are really submitted with.
-    result = snakemake("-n", "--cores", "64", *profile_args, "--configfile", str(config),
-                       "--directory", str(workdir), driver=SBATCH_DRIVER)
+    result = snakemake("-n", "--cores", "64", *profile_args, "--configfile", str(config), "--directory", str(workdir), driver=SBATCH_DRIVER)
     return sbatch_calls(result), result.stderr
 
 
@@ -115,7 +114,11 @@ def test_slurm_profile_sends_training_to_gpus_and_latency_to_an_exclusive_cpu_no
     calls, log = plan_sbatch(config, workdir, "--workflow-profile", SLURM)
     assert "Using workflow specific profile" in log and "profiles/slurm" in log and "profiles/default" not in log
     assert {rule: len(jobs) for rule, jobs in calls.items() if rule in ("teacher", "train", "evaluate", "latency")} == {
-        "teacher": 1, "train": 2, "evaluate": 3, "latency": 3}
+        "teacher": 1,
+        "train": 2,
+        "evaluate": 3,
+        "latency": 3,
+    }
 
     profile = slurm_profile()
     assert profile["set-threads"] == {"teacher": 8, "train": 8, "evaluate": 4}
@@ -132,9 +135,9 @@ def test_slurm_profile_sends_training_to_gpus_and_latency_to_an_exclusive_cpu_no
 
     for argv in calls["latency"]:
         assert option(argv, "-p") == "cpu"
-        assert "--exclusive" in argv                      # the node to itself
+        assert "--exclusive" in argv  # the node to itself
         assert option(argv, "--gpus") is None and option(argv, "--gres") is None
-        assert option(argv, "--cpus-per-task") == "1"     # latency.threads (it pins itself to them)
+        assert option(argv, "--cpus-per-task") == "1"  # latency.threads (it pins itself to them)
         assert option(argv, "-t") == "240"
 
     for argv in calls["evaluate"]:
@@ -161,8 +164,7 @@ def test_slurm_profile_as_global_profile_needs_the_workstation_profile_turned_of
     alone, log = plan_sbatch(config, workdir, "--profile", SLURM, "--workflow-profile", "none")
     assert "profiles/default" not in log
     reference, _ = plan_sbatch(config, workdir, "--workflow-profile", SLURM)
-    assert {rule: sorted(map(tuple, jobs)) for rule, jobs in alone.items()} == {
-        rule: sorted(map(tuple, jobs)) for rule, jobs in reference.items()}
+    assert {rule: sorted(map(tuple, jobs)) for rule, jobs in alone.items()} == {rule: sorted(map(tuple, jobs)) for rule, jobs in reference.items()}
 
 
 def test_cluster_run_parses_without_cores(cluster_config):
@@ -170,8 +172,7 @@ def test_cluster_run_parses_without_cores(cluster_config):
     # rule whose threads depend on workflow.cores stops the whole workflow before any job.
     # --summary builds the plan exactly like such a run (a dry run would set cores=1).
     config, workdir = cluster_config
-    result = snakemake("--workflow-profile", SLURM, "--summary", "--configfile", str(config),
-                       "--directory", str(workdir))
+    result = snakemake("--workflow-profile", SLURM, "--summary", "--configfile", str(config), "--directory", str(workdir))
     assert result.returncode == 0, result.stderr[-3000:]
     planned = [line.split("\t") for line in result.stdout.splitlines()[1:]]
     assert sum(row[2] == "latency" and row[0].endswith("latency.json") for row in planned) == 3
@@ -184,9 +185,9 @@ def job_resources(result: subprocess.CompletedProcess) -> dict[str, list[dict[st
     rule = None
     for line in result.stdout.splitlines():
         if line.startswith("rule ") and line.endswith(":"):
-            rule = line[len("rule "):-1]
+            rule = line[len("rule ") : -1]
         elif rule and line.strip().startswith("resources: "):
-            pairs = (item.split("=", 1) for item in line.strip()[len("resources: "):].split(", "))
+            pairs = (item.split("=", 1) for item in line.strip()[len("resources: ") :].split(", "))
             jobs.setdefault(rule, []).append(dict(pairs))
             rule = None
     return jobs
@@ -204,8 +205,7 @@ def test_default_profile_is_loaded_by_itself_and_gives_latency_every_bench_slot(
     assert others and all(job["bench_slot"] == "1" for job in others)
 
     # A smaller pool given on the command line still goes to the latency jobs whole.
-    smaller = job_resources(snakemake("-n", "--cores", "8", "--resources", "bench_slot=4", "--configfile",
-                                      str(config), "--directory", str(workdir)))
+    smaller = job_resources(snakemake("-n", "--cores", "8", "--resources", "bench_slot=4", "--configfile", str(config), "--directory", str(workdir)))
     assert all(job["bench_slot"] == "4" for job in smaller["latency"])
 
 
@@ -237,7 +237,7 @@ def test_default_profile_sets_threads_capped_at_cores(cluster_config):
     assert small["teacher"] == small["train"] == small["evaluate"] == {2} and small["latency"] == {1}
 
 
-SLEEPERS = '''
+SLEEPERS = """
 rule all:
     input: expand("done/other{i}", i=range(4)), expand("done/latency{i}", i=range(2))
 
@@ -250,7 +250,7 @@ rule latency:
     output: "done/latency{i}"
     threads: 1
     shell: "date +%s.%N > {output}; sleep 1; date +%s.%N >> {output}"
-'''
+"""
 
 
 def run_sleepers(folder: Path, *profile_args: str) -> dict[str, tuple[float, float]]:
@@ -273,8 +273,10 @@ def overlapping(times: dict[str, tuple[float, float]]) -> set[tuple[str, str]]:
     """Pairs of jobs (one of them a latency job) that ran at the same time."""
     return {
         (a, b)
-        for a, (start_a, end_a) in times.items() if a.startswith("latency")
-        for b, (start_b, end_b) in times.items() if b != a and start_a < end_b and start_b < end_a
+        for a, (start_a, end_a) in times.items()
+        if a.startswith("latency")
+        for b, (start_b, end_b) in times.items()
+        if b != a and start_a < end_b and start_b < end_a
     }
 
 
@@ -287,8 +289,10 @@ def test_default_profile_runs_nothing_beside_a_latency_job(tmp_path):
     # ...while the other jobs still ran side by side,
     assert any(
         start_a < end_b and start_b < end_a
-        for a, (start_a, end_a) in guarded.items() if a.startswith("other")
-        for b, (start_b, end_b) in guarded.items() if b.startswith("other") and b != a
+        for a, (start_a, end_a) in guarded.items()
+        if a.startswith("other")
+        for b, (start_b, end_b) in guarded.items()
+        if b.startswith("other") and b != a
     )
     # and without the profile, Snakemake does put jobs beside a latency job.
     unguarded = run_sleepers(tmp_path / "none", "--workflow-profile", "none")

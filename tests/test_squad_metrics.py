@@ -90,9 +90,7 @@ def test_primary_metric_is_f1() -> None:
 def test_max_over_gold_answers() -> None:
     # pred [cat, sat]: vs "the cat" -> [cat]: P 1/2, R 1, F1 2/3; vs "cat sat down": P 1, R 2/3,
     # F1 0.8; vs "dog": 0. Max F1 = 0.8. EM: "Cat Sat." normalises to "cat sat" -> 1.
-    result = compute_squad_metrics(
-        {"q": "cat sat"}, [ref("q", "the cat", "cat sat down", "dog")]
-    )
+    result = compute_squad_metrics({"q": "cat sat"}, [ref("q", "the cat", "cat sat down", "dog")])
     assert result["f1"] == pytest.approx(80.0)
     assert result["exact_match"] == 0.0
     result = compute_squad_metrics({"q": "cat sat"}, [ref("q", "dog", "Cat Sat.")])
@@ -165,9 +163,7 @@ def test_squad_v2_toy_set_without_null_scores() -> None:
 
 
 def test_squad_v2_best_thresholds() -> None:
-    result = compute_squad_metrics(
-        V2_PREDICTIONS, V2_REFERENCES, version_2=True, null_scores=V2_NULL_SCORES
-    )
+    result = compute_squad_metrics(V2_PREDICTIONS, V2_REFERENCES, version_2=True, null_scores=V2_NULL_SCORES)
     # The main figures are not re-thresholded.
     assert result["exact"] == pytest.approx(50.0)
     # Sweep in increasing null score, starting from "all abstain" = 3 (the unanswerable ones
@@ -254,9 +250,7 @@ def test_null_scores_must_cover_the_references() -> None:
             null_scores={"a": 0.0},
         )  # fmt: skip
     with pytest.raises(ValueError, match="finite"):
-        compute_squad_metrics(
-            {"a": "y"}, [ref("a", "y")], version_2=True, null_scores={"a": float("nan")}
-        )
+        compute_squad_metrics({"a": "y"}, [ref("a", "y")], version_2=True, null_scores={"a": float("nan")})
 
 
 def test_null_scores_need_version_2() -> None:

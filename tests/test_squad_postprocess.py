@@ -127,12 +127,8 @@ def two_window_inputs(score_a: float, score_b: float) -> tuple:
     ]
     width = 10
     # A: start = end = "cat" (token 4), each score_a / 2. B: start "the" (5), end "mat" (6).
-    start = np.stack(
-        [logits({0: 1.0, 4: score_a / 2}, width), logits({0: 3.0, 5: score_b / 2}, width)]
-    )
-    end = np.stack(
-        [logits({0: 1.0, 4: score_a / 2}, width), logits({0: 4.0, 6: score_b / 2}, width)]
-    )
+    start = np.stack([logits({0: 1.0, 4: score_a / 2}, width), logits({0: 3.0, 5: score_b / 2}, width)])
+    end = np.stack([logits({0: 1.0, 4: score_a / 2}, width), logits({0: 4.0, 6: score_b / 2}, width)])
     return examples, features, start, end
 
 
@@ -172,9 +168,7 @@ def test_several_examples_keep_their_order_and_features() -> None:
     ],
 )
 def test_v2_null_threshold(version_2: bool, threshold: float, expected: str) -> None:
-    result = run_one(
-        {0: 6.0, 5: 5.0}, {0: 4.0, 6: 4.0}, version_2=version_2, null_threshold=threshold
-    )
+    result = run_one({0: 6.0, 5: 5.0}, {0: 4.0, 6: 4.0}, version_2=version_2, null_threshold=threshold)
     assert result.predictions["ex"] == expected
     assert result.null_scores["ex"] == pytest.approx(1.0)
     assert result.nbest["ex"][0]["text"] == "cat sat"
@@ -218,7 +212,7 @@ def test_matches_a_brute_force_search_on_random_inputs() -> None:
     examples, features = [], []
     for k in range(30):
         examples.append({"id": f"e{k}", "context": context})
-        for window in range(2):
+        for _window in range(2):
             first = int(rng.integers(0, 200))
             n_context = int(rng.integers(20, 90))
             offsets = [NO] * 5 + word_spans[first : first + n_context] + [NO]
@@ -226,14 +220,9 @@ def test_matches_a_brute_force_search_on_random_inputs() -> None:
     width = 128
     start = rng.normal(size=(len(features), width))
     end = rng.normal(size=(len(features), width))
-    result = postprocess_qa_predictions(
-        examples, features, start, end, n_best_size=7, max_answer_length=12
-    )
+    result = postprocess_qa_predictions(examples, features, start, end, n_best_size=7, max_answer_length=12)
     for k in range(30):
-        candidates = [
-            brute_force(start[f], end[f], features[f]["offset_mapping"], 7, 12)
-            for f in (2 * k, 2 * k + 1)
-        ]
+        candidates = [brute_force(start[f], end[f], features[f]["offset_mapping"], 7, 12) for f in (2 * k, 2 * k + 1)]
         score, s, e = max(c for c in candidates if c is not None)
         assert result.nbest[f"e{k}"][0]["score"] == pytest.approx(score)
         assert result.predictions[f"e{k}"] == context[s:e]

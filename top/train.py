@@ -6,7 +6,7 @@ selectors, the task loss (cross-entropy, or MSE for regression) is weighted by t
 the method's extra loss is added, and one optimiser updates the encoder (linear warm-up and
 decay) while a second one updates the method's own parameters at their own learning rates
 (``maximize`` groups do gradient ascent, as Lagrange multipliers need), constant or on their own
-linear schedule (a group's ``"schedule"`` and ``"warmup_ratio"``; :func:`_method_schedule`).
+linear schedule (a group's ``"schedule"`` and ``"warmup_ratio"``; :func:`method_schedule`).
 Each optimiser's gradients are clipped to ``max_grad_norm`` on their own; a method's group with
 ``"clip": False`` is never clipped, and encoder parameters the method freezes
 (:meth:`~top.pruning.base.PruningMethod.frozen_model_parameters`) are in no optimiser but
@@ -42,7 +42,6 @@ resumes after the last finished epoch.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import random
@@ -60,6 +59,7 @@ from tqdm.auto import tqdm
 from top.batching import IndexedDataset, LengthGroupedSampler, example_lengths, with_index
 from top.encoder import PrunableModel
 from top.files import atomic_path
+from top.optim import Precision, adamw, clip_grad_norm, linear_schedule, method_schedule, resolve_precision
 from top.pruning.base import PruningMethod, Stage, StepContext, TeacherSignals
 from top.selection import CheckpointSelection
 from top.teacher import TeacherCache, TeacherRunner
@@ -118,51 +118,6 @@ def model_inputs(batch: dict[str, torch.Tensor], device: torch.device) -> dict[s
     return {k: batch[k].to(device) for k in MODEL_INPUTS if k in batch}
 
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-
-
-def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of training under ``precision: name`` on ``device``; None: fp32.
-
-    ``auto`` is bf16 on a CUDA device that supports it, fp16 on another CUDA device and fp32
-    elsewhere; ``bf16`` and ``fp16`` are taken as asked (the CPU has autocast for both), except
-    that bf16 on a CUDA device without bf16 support is refused."""
-    if name not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {name!r}")
-    cuda = device.type == "cuda"
-    if name == "auto":
-        if not cuda:
-            return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if name == "bf16" and cuda and not torch.cuda.is_bf16_supported():
-        raise ValueError("precision bf16: this CUDA device does not support bfloat16; use fp16 or auto")
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
-
-
-class _Precision:
-    """Autocast for the forward pass and losses, and the loss scaler of fp16."""
-
-    def __init__(self, dtype: torch.dtype | None, device: torch.device):
-        self.dtype, self.device = dtype, device
-        self.scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
-
-    def autocast(self):
-        if self.dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
-
-    def backward(self, loss: torch.Tensor) -> None:
-        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
-
-
-def _adamw(groups, **kwargs) -> torch.optim.AdamW:
-    """AdamW, fused where torch has the kernel (CPU and CUDA float32 parameters; on the CPU it is
-    several times faster than the per-tensor loop, the same update up to rounding)."""
-    params = [p for group in groups for p in group["params"]]
-    fused = bool(params) and all(p.dtype == torch.float32 and p.device.type in ("cpu", "cuda") for p in params)
-    return torch.optim.AdamW(groups, fused=fused, **kwargs)
-
-
 def task_loss(logits: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
     """The task's loss.
 
@@ -201,44 +156,6 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def linear_factor(warmup: int, total: int) -> Callable[[int], float]:
-    """The learning-rate multiplier at 0-based step ``step``: linear warm-up over ``warmup``
-    steps (``(step + 1) / warmup``), then linear decay to 0 at step ``total``."""
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / max(1, warmup)
-        return max(0.0, (total - step) / max(1, total - warmup))
-
-    return factor
-
-
-def _linear_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, linear_factor(warmup, total))
-
-
-def _method_schedule(optimizer: torch.optim.Optimizer, settings: TrainSettings, total: int) -> torch.optim.lr_scheduler.LambdaLR | None:
-    """Per-group schedules of a method's optimiser (:meth:`PruningMethod.parameter_groups`):
-    ``"schedule": "linear"`` groups get :func:`linear_factor` with their ``"warmup_ratio"``
-    (default ``settings.warmup_ratio``); ``"constant"`` (or no key) groups keep their ``lr``.
-    None when every group is constant."""
-    factors = []
-    for index, group in enumerate(optimizer.param_groups):
-        kind = group.get("schedule", "constant")
-        if kind == "constant":
-            factors.append(lambda step: 1.0)
-        elif kind == "linear":
-            ratio = float(group.get("warmup_ratio", settings.warmup_ratio))
-            if not 0.0 <= ratio <= 1.0:
-                raise ValueError(f"method parameter group {index}: warmup_ratio must be in [0, 1], got {ratio}")
-            factors.append(linear_factor(int(ratio * total), total))
-        else:
-            raise ValueError(f"method parameter group {index}: schedule must be 'constant' or 'linear', got {kind!r}")
-    if all(group.get("schedule", "constant") == "constant" for group in optimizer.param_groups):
-        return None
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factors)
 
 
 def _model_parameter_groups(model: PrunableModel, settings: TrainSettings, lr: float, frozen: Sequence[str] = ()) -> list[dict[str, Any]]:
@@ -321,14 +238,6 @@ class TrainData:
         return DataLoader(self.dataset, batch_size=batch_size, sampler=sampler, collate_fn=self.collate, generator=generator)
 
 
-def _clip_grad_norm(params: Sequence[nn.Parameter], max_norm: float) -> None:
-    """``nn.utils.clip_grad_norm_`` over ``params``, where a sparse gradient (a frozen embedding's,
-    in no optimiser) counts in the norm but is not scaled: nothing reads it afterwards."""
-    grads = [p.grad.coalesce().values() if p.grad.is_sparse else p.grad for p in params if p.grad is not None]
-    total = nn.utils.get_total_norm(grads)
-    nn.utils.clip_grads_with_norm_([p for p in params if p.grad is not None and not p.grad.is_sparse], max_norm, total)
-
-
 class StageStep:
     """One stage's optimisation, a batch at a time: what the loop does per batch (forward pass,
     losses, backward, unscaling, clipping, both optimisers' and schedules' steps). Building it
@@ -342,18 +251,18 @@ class StageStep:
     def __init__(self, model: PrunableModel, method: PruningMethod, stage: Stage, settings: TrainSettings, total_steps: int, teacher_fn, device):
         self.model, self.method, self.stage, self.settings = model, method, stage, settings
         self.total_steps, self.teacher_fn, self.device = total_steps, teacher_fn, device
-        self.precision = _Precision(resolve_precision(settings.precision, device), device)
+        self.precision = Precision(resolve_precision(settings.precision, device), device)
         trains_model = method.trains_model_weights(stage.name)
         for param in model.hf.parameters():
             param.requires_grad_(trains_model)
         self.model_optimizer = self.scheduler = None
         if trains_model:
             lr = stage.learning_rate if stage.learning_rate is not None else settings.learning_rate
-            self.model_optimizer = _adamw(_model_parameter_groups(model, settings, lr, method.frozen_model_parameters(stage.name)))
-            self.scheduler = _linear_schedule(self.model_optimizer, int(settings.warmup_ratio * total_steps), total_steps)
+            self.model_optimizer = adamw(_model_parameter_groups(model, settings, lr, method.frozen_model_parameters(stage.name)))
+            self.scheduler = linear_schedule(self.model_optimizer, int(settings.warmup_ratio * total_steps), total_steps)
         method_groups = method.parameter_groups(stage.name)
-        self.method_optimizer = _adamw(method_groups, weight_decay=0.0) if method_groups else None
-        self.method_scheduler = _method_schedule(self.method_optimizer, settings, total_steps) if self.method_optimizer else None
+        self.method_optimizer = adamw(method_groups, weight_decay=0.0) if method_groups else None
+        self.method_scheduler = method_schedule(self.method_optimizer, settings, total_steps) if self.method_optimizer else None
         # Clipped separately, so a method's gradients never shrink the model's: the model's norm
         # over every encoder parameter with a gradient (frozen ones too), the method's over its
         # groups without "clip": False. Each entry: the optimiser, the parameters in its norm, and
@@ -397,7 +306,7 @@ class StageStep:
                         if param.grad is not None:
                             param.grad.mul_(inverse)
             if params:
-                _clip_grad_norm(params, self.settings.max_grad_norm)
+                clip_grad_norm(params, self.settings.max_grad_norm)
             if scaler is not None:
                 scaler.step(optimizer)
             else:
@@ -585,7 +494,7 @@ def _run_stage(model, method, stage_index, stage, data, settings, teachers, devi
     method.module.eval()
 
 
-def _train_step(model, method, stage, batch, step, total_steps, teacher_fn, device, precision: _Precision) -> dict[str, Any]:
+def _train_step(model, method, stage, batch, step, total_steps, teacher_fn, device, precision: Precision) -> dict[str, Any]:
     """Forward, losses and backward of one batch; the record's values are floats or 0-dim
     tensors, read only when logged."""
     inputs = model_inputs(batch, device)

@@ -308,7 +308,7 @@ class PruningMethod(abc.ABC):
         apart from the model's, to ``max_grad_norm``) and a learning-rate schedule over the
         stage's steps: ``"schedule": "constant"`` (the default) or ``"linear"`` (linear warm-up
         over ``"warmup_ratio"`` of the steps, default the run's ``train.warmup_ratio``, then
-        linear decay to 0: the encoder's schedule, :func:`top.train.linear_factor`).
+        linear decay to 0: the encoder's schedule, :func:`top.optim.linear_factor`).
         Default: none.
         """
         return []

@@ -1,6 +1,6 @@
 """Rule `collect`: one CSV row per run, and one per run and layer."""
 
-from top.logs import job_name, log_to_file, reported_errors
+from top.files import job_name, log_to_file, reported_errors
 from top.report.tables import collect
 
 with reported_errors(job_name(snakemake), snakemake.log[0]):

@@ -2,7 +2,7 @@
 
 import torch
 
-from top.logs import job_name, log_to_file, reported_errors
+from top.files import job_name, log_to_file, reported_errors
 from top.pipeline import evaluate_run
 
 with reported_errors(job_name(snakemake), snakemake.log[0]):

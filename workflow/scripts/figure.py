@@ -1,6 +1,6 @@
 """Rule `figure`: one of the paper's figures as PNG, SVG and PDF."""
 
-from top.logs import job_name, log_to_file, reported_errors
+from top.files import job_name, log_to_file, reported_errors
 from top.report.plots import draw_figure
 
 with reported_errors(job_name(snakemake), snakemake.log[0]):

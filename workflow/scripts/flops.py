@@ -1,6 +1,6 @@
 """Rule `flops`: analytic FLOPs from the evaluation's per-example lengths."""
 
-from top.logs import job_name, log_to_file, reported_errors
+from top.files import job_name, log_to_file, reported_errors
 from top.pipeline import count_flops
 
 with reported_errors(job_name(snakemake), snakemake.log[0]):

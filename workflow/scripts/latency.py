@@ -1,13 +1,13 @@
 """Rule `latency`: pin the process BEFORE torch is imported, then time dense vs pruned."""
 
-from top.logs import job_name, reported_errors  # no torch import (torch must come after pinning)
+from top.files import job_name, reported_errors  # no torch import (torch must come after pinning)
 from top.measure.pinning import parse_cores, pin_process
 
 with reported_errors(job_name(snakemake), snakemake.log[0]):
     lat = snakemake.config["latency"]
     pin_process(parse_cores(str(lat["cores"])), int(lat["threads"]))
 
-    from top.logs import log_to_file
+    from top.files import log_to_file
     from top.pipeline import measure_latency
 
     log_to_file(snakemake.log[0])

@@ -1,6 +1,6 @@
 """Rule `table`: one of the paper's tables as CSV, Markdown and LaTeX."""
 
-from top.logs import job_name, log_to_file, reported_errors
+from top.files import job_name, log_to_file, reported_errors
 from top.report.tables import write_table
 
 with reported_errors(job_name(snakemake), snakemake.log[0]):

@@ -20,7 +20,6 @@ from top.pruning.base import (
     Stage,
     StepContext,
     TokenSelector,
-    attention_token_scores,
 )
 from top.pruning.ranking import ranking_distillation_loss
 from top.pruning.top.gates import ToPGates, ToPLayerGates, bin_keep_values, bin_occupancy
