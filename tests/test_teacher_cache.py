@@ -52,8 +52,10 @@ def test_the_runner_keeps_only_the_last_layers_scores():
     out = TeacherRunner(model, SIGNALS)(inputs)
     with torch.no_grad():
         full = model(**inputs, mode="mask", output_attentions=True)
-    torch.testing.assert_close(out.logits, full.logits, rtol=0, atol=0)
-    torch.testing.assert_close(out.final_token_scores, attention_token_scores(full.attentions[-1], inputs["attention_mask"].bool()), rtol=0, atol=0)
+    # the runner's layers use SDPA where no probabilities are read, the reference call eager
+    # attention everywhere: the same values up to float rounding
+    torch.testing.assert_close(out.logits, full.logits, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.final_token_scores, attention_token_scores(full.attentions[-1], inputs["attention_mask"].bool()), rtol=1e-5, atol=1e-6)
     assert TeacherRunner(model, ("logits",))(inputs).final_token_scores is None
     assert TeacherRunner(model, ("final_token_scores",))(inputs).logits is None
     with pytest.raises(ValueError, match="unknown teacher signals"):

@@ -779,7 +779,9 @@ def test_rank_loss_follows_rank_padding_with_k_from_the_input_lengths():
         totals[padding] = float(method.rank_loss(student, t_out, batch["attention_mask"]))
         alive = batch["attention_mask"].bool()
         t_scores = attention_token_scores(t_all.attentions[-1], alive)  # the last layer's, as the runner keeps
-        torch.testing.assert_close(t_out.final_token_scores, t_scores, rtol=0, atol=0)
+        # the runner's scoring layer uses the head-grouped scores path, the reference call eager
+        # attention: the same values up to float rounding
+        torch.testing.assert_close(t_out.final_token_scores, t_scores, rtol=1e-5, atol=1e-6)
         expected, without_list_length = 0.0, 0.0
         for layer in (1, 2):
             decision = student.decisions[layer]
