@@ -55,7 +55,9 @@ def test_the_runner_keeps_only_the_last_layers_scores():
     # the runner's layers use SDPA where no probabilities are read, the reference call eager
     # attention everywhere: the same values up to float rounding
     torch.testing.assert_close(out.logits, full.logits, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(out.final_token_scores, attention_token_scores(full.attentions[-1], inputs["attention_mask"].bool()), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        out.final_token_scores, attention_token_scores(full.attentions[-1], inputs["attention_mask"].bool()), rtol=1e-5, atol=1e-6
+    )
     assert TeacherRunner(model, ("logits",))(inputs).final_token_scores is None
     assert TeacherRunner(model, ("final_token_scores",))(inputs).logits is None
     with pytest.raises(ValueError, match="unknown teacher signals"):
