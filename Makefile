@@ -34,7 +34,7 @@ lint: setup
 	$(BIN)/ruff format --check .
 
 paper-dry-run: setup
-	$(BIN)/snakemake -n --configfile config/config.yaml
+	$(BIN)/snakemake -n --configfile config/config.yaml --config preflight=False
 
 clean-demo:
 	rm -rf results/demo logs
