@@ -28,8 +28,9 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import FuncFormatter, PercentFormatter  # noqa: E402
 
 from top.files import atomic_path  # noqa: E402
+from top.report.labels import GROUP, METRIC_LABELS, TASK_LABELS, method_label, method_rank  # noqa: E402
 from top.report.paper import load_paper_results, same_model  # noqa: E402
-from top.report.tables import GROUP, METRIC_LABELS, TASK_LABELS, method_label, method_rank, summarise  # noqa: E402
+from top.report.tables import summarise  # noqa: E402
 
 log = logging.getLogger(__name__)
 

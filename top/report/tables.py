@@ -20,42 +20,12 @@ from pathlib import Path
 import pandas as pd
 
 from top.files import atomic_write_text
+from top.report.labels import GROUP, KEYS, METRIC_LABELS, TASK_LABELS, method_label, method_rank
 from top.report.paper import comparable, empty_paper_results, load_paper_results
 from top.tasks import is_qa_task
 
 log = logging.getLogger(__name__)
 
-KEYS = ["task", "method", "setting", "seed"]
-GROUP = ["task", "method", "setting"]
-METHOD_ORDER = ["dense", "topk", "ltp", "power_bert", "top"]
-METHOD_LABELS = {
-    "dense": "Dense (teacher)",
-    "topk": "Top-k (static)",
-    "ltp": "LTP",
-    "power_bert": "PoWER-BERT",
-    "top": "ToP",
-}
-TASK_LABELS = {
-    "cola": "CoLA",
-    "sst2": "SST-2",
-    "mrpc": "MRPC",
-    "stsb": "STS-B",
-    "qqp": "QQP",
-    "mnli": "MNLI",
-    "qnli": "QNLI",
-    "rte": "RTE",
-    "wnli": "WNLI",
-    "squad": "SQuAD v1.1",
-    "squad_v2": "SQuAD v2.0",
-}
-METRIC_LABELS = {
-    "accuracy": "acc.",
-    "f1": "F1",
-    "matthews_correlation": "MCC",
-    "pearson": "Pearson",
-    "spearmanr": "Spearman",
-    "exact_match": "EM",
-}
 TABLES = ("glue", "squad", "latency")
 #: What ``metrics.json`` says about the checkpoint a run kept, copied into ``results.csv``.
 SELECTION_COLUMNS = ("selection", "selected_epoch", "selection_epochs", "selection_fallback")
@@ -65,15 +35,6 @@ UNDEFINED_NOTE = (
     "–: the metric is undefined for this run (null in its metrics.json), e.g. Pearson or Spearman correlation when "
     "the predictions or the labels are constant"
 )
-
-
-def method_label(method: str) -> str:
-    """Display name of a method (paper-only methods: their config-style name, upper-cased)."""
-    return METHOD_LABELS.get(method, method.replace("_", "-").upper() if len(method) <= 4 else method.replace("_", " ").title())
-
-
-def method_rank(method: str) -> int:
-    return METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
 
 
 def _read(path: str | Path) -> dict:
