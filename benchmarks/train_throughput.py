@@ -64,13 +64,14 @@ from snakemake.utils import validate
 from top.config import resolve_run, teacher_settings
 from top.files import atomic_write_text
 from top.models import load_pretrained
-from top.pruning.base import Stage, TeacherSignals, attention_token_scores
-from top.pruning.dense import Dense
+from top.optim import resolve_precision
+from top.pruning.base import TeacherSignals, attention_token_scores
+from top.pruning.dense import Finetune
 from top.pruning.registry import build_method
 from top.tasks.base import get_task
 from top.tasks.settings import TaskConfig
 from top.teacher import TeacherRunner
-from top.train import MODEL_INPUTS, StageStep, TeacherSource, TrainData, TrainSettings, resolve_device, resolve_precision
+from top.train import MODEL_INPUTS, StageStep, TeacherSource, TrainData, TrainSettings, resolve_device
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "workflow/schemas/config.schema.yaml"
@@ -96,17 +97,6 @@ VARIANTS = {
 }
 #: Each timed batch is stepped once (rounds x steps = batches), one step per variant per round.
 MODES = {"full": {"warmup": 2, "rounds": 20, "steps": 1, "batches": 20}, "quick": {"warmup": 1, "rounds": 4, "steps": 1, "batches": 4}}
-
-
-class Finetune(Dense):
-    """The teacher fine-tune: the dense method with one ``finetune`` stage."""
-
-    def __init__(self, model_config, epochs: float):
-        super().__init__(model_config)
-        self.epochs = epochs
-
-    def stages(self) -> list[Stage]:
-        return [Stage("finetune", self.epochs)]
 
 
 @dataclass

@@ -11,8 +11,7 @@ from transformers import BertForSequenceClassification
 
 from tests.conftest import tiny_config
 from top.encoder import PrunableModel
-from top.pruning.base import Stage
-from top.pruning.dense import Dense
+from top.pruning.dense import Finetune
 from top.pruning.topk import TopK
 from top.tasks.glue import collate
 from top.train import NonFiniteLossError, TrainSettings, run_stages
@@ -33,15 +32,6 @@ def toy_data(n: int = 64, seed: int = 0) -> datasets.Dataset:
         rows["attention_mask"].append([1] * length)
         rows["labels"].append(label)
     return datasets.Dataset.from_dict(rows)
-
-
-class Finetune(Dense):
-    def __init__(self, config, epochs):
-        super().__init__(config)
-        self.epochs = epochs
-
-    def stages(self):
-        return [Stage("finetune", self.epochs)]
 
 
 def make_model(seed: int = 0) -> PrunableModel:

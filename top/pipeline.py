@@ -24,8 +24,8 @@ from top.evaluate import predict
 from top.files import atomic_path, atomic_write_text, json_text
 from top.measure.flops import flops_summary, head_kind
 from top.models import PRUNING_FILE, load_pretrained, load_run, save_run
-from top.pruning.base import PruningMethod, Stage
-from top.pruning.dense import Dense
+from top.pruning.base import PruningMethod
+from top.pruning.dense import Finetune
 from top.pruning.registry import build_method, method_class
 from top.selection import CheckpointSelection, Evaluator
 from top.tasks.base import Task, get_task
@@ -45,17 +45,6 @@ def write_json(path: str | Path, payload: Any) -> None:
 def _task(cfg: Mapping[str, Any], name: str) -> Task:
     """The task ``name``, with the task settings of the workflow configuration ``cfg``."""
     return get_task(TaskConfig.from_config(cfg), name)
-
-
-class _FinetuneOnly(Dense):
-    """The teacher fine-tune: the dense method with one ``finetune`` stage."""
-
-    def __init__(self, model_config, epochs: float):
-        super().__init__(model_config)
-        self.epochs = epochs
-
-    def stages(self) -> list[Stage]:
-        return [Stage("finetune", self.epochs)]
 
 
 def dev_evaluator(cfg: Mapping[str, Any], spec: Task, tokenizer) -> Evaluator:
@@ -98,7 +87,7 @@ def finetune_teacher(cfg: Mapping[str, Any], task: str, seed: int, out_dir: str 
     model, tokenizer = load_pretrained(cfg["model"], num_labels=spec.num_labels, head=spec.head)
     train = spec.train_features(tokenizer, settings.get("train_limit"), seed)
     train_settings = TrainSettings.from_dict({**settings, "seed": seed, "device": cfg["device"], "progress": True})
-    method = _FinetuneOnly(model.config, settings["epochs"])
+    method = Finetune(model.config, settings["epochs"])
     selection = CheckpointSelection(dev_evaluator(cfg, spec, tokenizer), settings["selection"])
     out_dir = Path(out_dir)
     history = run_stages(

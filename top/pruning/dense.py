@@ -36,3 +36,14 @@ class Dense(PruningMethod):
     @classmethod
     def inference_selectors(cls, exported: Mapping[str, Any], model_config) -> dict[int, TokenSelector]:
         return {}
+
+
+class Finetune(Dense):
+    """The teacher fine-tune: the dense method with one ``finetune`` stage of ``epochs`` epochs."""
+
+    def __init__(self, model_config, epochs: float):
+        super().__init__(model_config)
+        self.epochs = epochs
+
+    def stages(self) -> list[Stage]:
+        return [Stage("finetune", self.epochs)]
