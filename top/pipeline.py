@@ -47,15 +47,21 @@ def _task(cfg: Mapping[str, Any], name: str) -> Task:
     return get_task(TaskConfig.from_config(cfg), name)
 
 
-def dev_evaluator(cfg: Mapping[str, Any], spec: Task, tokenizer) -> Evaluator:
-    """The dev evaluation that checkpoint selection (:mod:`top.selection`) scores each candidate
+def _dev_features(cfg: Mapping[str, Any], spec: Task, tokenizer):
+    """The features of the dev split that FLOPs are counted on and checkpoints are selected on:
+    the task's first dev split, with the evaluation's ``limit``."""
+    return spec.dev_features(spec.dev_splits[0], tokenizer, cfg["eval"].get("limit"))
+
+
+def dev_evaluator(cfg: Mapping[str, Any], spec: Task, tokenizer, dataset=None) -> Evaluator:
+    """The dev evaluation (on ``dataset``, default :func:`_dev_features`) that checkpoint selection (:mod:`top.selection`) scores each candidate
     with: what :func:`evaluate_run` and :func:`count_flops` would measure on the run saved at that
     point. The first dev split with ``eval.limit`` and ``eval.batch_size``, gather mode, the
     selectors rebuilt from ``method.export()``, the task's primary metric, and the FLOPs
     sparsity from the per-example lengths (:func:`top.measure.flops.flops_summary`)."""
     split = spec.dev_splits[0]
     limit = cfg["eval"].get("limit")
-    dataset = spec.dev_features(split, tokenizer, limit)
+    dataset = _dev_features(cfg, spec, tokenizer) if dataset is None else dataset
     collate = spec.collate(tokenizer)
     device = resolve_device(cfg["device"])
 
@@ -129,9 +135,10 @@ def train_method(cfg: Mapping[str, Any], task: str, method_name: str, setting: s
         teacher, _, _ = load_run(teacher_dir)
         spec = _task(cfg, task)
         train = spec.train_features(tokenizer, run["train"].get("train_limit"), seed)
-        method.prepare(_token_counts(cfg, spec, tokenizer, train), spec.head)
+        dev = _dev_features(cfg, spec, tokenizer)  # read once: the constraint's lengths and the selection's evaluation
+        method.prepare(_token_counts(train, dev), spec.head)
         settings = TrainSettings.from_dict({**run["train"], "seed": seed, "device": cfg["device"], "progress": True})
-        selection = CheckpointSelection(dev_evaluator(cfg, spec, tokenizer), run["train"]["selection"])
+        selection = CheckpointSelection(dev_evaluator(cfg, spec, tokenizer, dev), run["train"]["selection"])
         out_dir = Path(out_dir)
         history = run_stages(
             student,
@@ -150,10 +157,8 @@ def train_method(cfg: Mapping[str, Any], task: str, method_name: str, setting: s
     _drop_checkpoint(Path(out_dir))
 
 
-def _token_counts(cfg: Mapping[str, Any], spec: Task, tokenizer, train) -> dict[str, torch.Tensor]:
-    """Real lengths ``[N]`` of the training features and of the dev split that FLOPs are counted
-    on (the task's first dev split, with the evaluation's ``limit``)."""
-    dev = spec.dev_features(spec.dev_splits[0], tokenizer, cfg["eval"].get("limit"))
+def _token_counts(train, dev) -> dict[str, torch.Tensor]:
+    """Real lengths ``[N]`` of the training features and of the dev features (:func:`_dev_features`)."""
     return {
         "train": torch.tensor([len(ids) for ids in train["input_ids"]]),
         "validation": torch.tensor([len(ids) for ids in dev["input_ids"]]),
