@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("benchmark")
 
 
-def run_workflow(config: Path, glue_dir: Path, squad_dir: Path, cores: int) -> None:
+def run_workflow(config: Path, glue_dir: Path, squad_dir: Path, cores: int, overrides: list[str]) -> None:
     command = [
         sys.executable,
         "-m",
@@ -43,6 +43,7 @@ def run_workflow(config: Path, glue_dir: Path, squad_dir: Path, cores: int) -> N
         "--config",
         f"glue_dir={glue_dir}",
         f"squad_dir={squad_dir}",
+        *overrides,
         "--rerun-incomplete",
     ]
     log.info("running %s", " ".join(command))
@@ -83,11 +84,19 @@ def main() -> None:
         help="config/benchmark.yaml (GLUE) or config/squad_benchmark.yaml (SQuAD)",
     )
     parser.add_argument("--cores", type=int, default=2)
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra --config entry for Snakemake, merged into the configuration (e.g. 'latency={cores: \"1\"}' to pin the latency job to core 1)",
+    )
     parser.add_argument("--skip-run", action="store_true", help="only summarise existing results")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if not args.skip_run:
-        run_workflow(args.config, args.glue_dir.resolve(), args.squad_dir.resolve(), args.cores)
+        run_workflow(args.config, args.glue_dir.resolve(), args.squad_dir.resolve(), args.cores, args.overrides)
     results_dir = ROOT / yaml.safe_load(args.config.read_text())["results_dir"]
     frame = summarise(results_dir)
     table = markdown(frame)
