@@ -280,7 +280,7 @@ class Phase:
             student.forward = _carrying(student)
         with ExitStack() as stack:
             if legacy:
-                stack.enter_context(mock.patch("top.train._adamw", lambda groups, **kw: torch.optim.AdamW(groups, **kw)))
+                stack.enter_context(mock.patch("top.train.adamw", lambda groups, **kw: torch.optim.AdamW(groups, **kw)))
             step = StageStep(student, method, stage, settings, total_steps, teacher_fn, self.device)
         if legacy:
             step.close()  # the old loop's dense gradients of frozen embedding tables
