@@ -52,6 +52,10 @@ class LayerContext:
             context was built by hand.
         all_alive: every slot is alive (no padding, nothing dropped before: batch 1 in gather
             mode), so a selector may skip masking; False when unknown.
+        protected: ``[B, n]`` bool, the alive slots the encoder keeps whatever the selector
+            decides (``protect_mask``, e.g. a SQuAD question with its separators; [CLS] is kept
+            in any case); None when nothing is protected. A selector whose decision depends on
+            how many tokens it may drop (ToP's rank bins) leaves them out of its candidates.
     """
 
     layer: int
@@ -62,6 +66,7 @@ class LayerContext:
     input_lengths: torch.Tensor
     token_scores: torch.Tensor | None = None
     all_alive: bool = False
+    protected: torch.Tensor | None = None
 
     def attention_token_scores(self) -> torch.Tensor:
         """``[B, n]`` attention each token receives (:func:`attention_token_scores`)."""
