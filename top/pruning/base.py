@@ -340,7 +340,10 @@ class PruningMethod(abc.ABC):
     def prepare(self, lengths: Mapping[str, torch.Tensor], head_kind: str) -> None:
         """Hook before training: the real token counts of the ``"train"`` split (the rows the
         run trains on) and of the ``"validation"`` split, ``[N]`` long each (counts only, never
-        texts or labels); ``head_kind`` is ``"classification"`` or ``"qa"``.
+        texts or labels); ``head_kind`` is ``"classification"`` or ``"qa"``. When the inputs
+        protect tokens (``protect_mask``, SQuAD's ``qa.protect_question``), ``lengths`` also
+        holds ``"train_protected"`` and ``"validation_protected"``: ``[N]`` the tokens each
+        example keeps whatever the method decides ([CLS] and its protected tokens).
 
         Methods with a FLOPs constraint check here that their target is reachable (raising a
         ``ValueError`` before any training) and may evaluate the constraint on these counts.

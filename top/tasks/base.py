@@ -37,6 +37,9 @@ class Task(abc.ABC):
         dev_splits: evaluation splits; FLOPs and latency use the first.
         primary_metric: the metric key reported as a run's ``score``.
         metric_scale: the full scale of the task's metrics (1 for GLUE's, 100 for SQuAD's).
+        protects_tokens: whether the batches carry a ``protect_mask`` (tokens the encoder never
+            drops: SQuAD's question with ``qa.protect_question``); every feature then has a
+            ``protect_mask`` column.
     """
 
     name: str
@@ -45,6 +48,7 @@ class Task(abc.ABC):
     dev_splits: tuple[str, ...]
     primary_metric: str
     metric_scale: float = 1.0
+    protects_tokens: bool = False
 
     def __init__(self, cfg: TaskConfig, name: str):
         self.cfg = cfg
@@ -113,6 +117,7 @@ class QATask(Task):
         self.settings = cfg.qa
         self.dev_splits = self.spec.dev_splits
         self.primary_metric = primary_qa_metric(self.spec.version_2)
+        self.protects_tokens = bool(self.settings.protect_question)
         self._dev_cache: dict[tuple[str, int | None], Any] = {}
 
     def _rows(self, split: str, limit: int | None, seed: int):
