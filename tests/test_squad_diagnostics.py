@@ -145,6 +145,13 @@ def test_golden_shares_groups_and_head_inputs_when_one_word_is_dropped(tmp_path)
     assert result["predicted_spans"]["exclude"]["start_or_end_dropped"] == 0.0
     assert sum(result["scores"]["zero"][group]["questions"] for group in GROUPS) == 12
     assert set(result["dropped_states"]) == {"carry", "zero", "exclude"}
+    # the dropping layer's own states: a pass each, the same groups
+    more = squad_token_diagnostics(model, task, tokenizer, batch_size=5, states=("carry", "carry_attention", "carry_layer"))
+    assert set(more["scores"]) == {"carry", "carry_attention", "carry_layer"} and more["groups"] == result["groups"]
+    assert more["scores"]["carry"] == result["scores"]["carry"]
+    assert "f1_answer_dropped_carry_layer" in more["summary"]
+    with pytest.raises(ValueError, match="states must be a non-empty selection"):
+        squad_token_diagnostics(model, task, tokenizer, states=("stale",))
 
 
 def squad_config(tmp_path: Path) -> dict:
