@@ -170,19 +170,23 @@ def test_seeds_given_on_the_command_line_become_integers():
     assert empty == {}
 
 
-def test_top_is_refused_with_protect_question_on_squad(config, tmp_path):
+def test_protect_question_is_refused_only_for_a_method_that_says_why(config, tmp_path, monkeypatch):
+    from top.pruning.topk import TopK
+
     squad = tmp_path / "squad"
     squad.mkdir()
     config.update(tasks=["sst2", "squad"], squad_dir=str(squad))
     config["methods"]["top"] = {"settings": {"t": {"prune_layers": [0]}}}
     validate_config(config)  # protect_question is off by default
     config["qa"]["protect_question"] = True
+    validate_config(config, check_paths=False)  # ToP trains with protected tokens (its constraint counts them as kept)
+    monkeypatch.setattr(TopK, "protected_tokens_unsupported", "its schedule cannot keep them")
     with pytest.raises(ConfigError) as error:
         validate_config(config, check_paths=False)
     message = str(error.value)
-    assert message.startswith("qa.protect_question: true cannot be used with method 'top' (tasks squad): ")
-    assert "FLOPs constraint" in message and "set qa.protect_question: false" in message
-    # without a SQuAD task the option does nothing, and without ToP nothing refuses it
+    assert message == (
+        "qa.protect_question: true cannot be used with method 'topk' (tasks squad): its schedule cannot keep them; "
+        "set qa.protect_question: false or remove 'topk' from methods"
+    )
+    # without a SQuAD task the option does nothing
     validate_config({**config, "tasks": ["sst2"]})
-    del config["methods"]["top"]
-    validate_config(config)

@@ -234,6 +234,34 @@ def test_protected_tokens_survive_every_selector_in_both_modes():
     assert torch.allclose(masked.logits[real], gathered.logits[real], atol=1e-5)
 
 
+@pytest.mark.parametrize("mode", ["mask", "gather"])
+def test_dropped_positions_carry_the_state_the_carry_option_names(mode):
+    """A position dropped at layer 1 carries, at the output: its state entering layer 1 (the
+    default), layer 1's attention-sublayer output, or layer 1's output; the stock model computes
+    all three for it, since nothing is dropped before layer 1."""
+    torch.manual_seed(0)
+    drop = {0: [2, 6], 1: [3], 2: [1, 4]}
+    model = PrunableModel(BertForQuestionAnswering(tiny_config()).eval(), {1: FixedSelector(drop)})
+    batch = random_batch(batch=3, length=12)
+    with torch.no_grad():
+        stock = model.hf(**batch, output_hidden_states=True).hidden_states  # embeddings, then each layer's output
+        additive = (1.0 - batch["attention_mask"][:, None, None, :].float()) * torch.finfo(torch.float32).min  # eager attention's key mask
+        attended = model.layers[1].attention(stock[1], attention_mask=additive)[0]
+        outs = {carry: model(**batch, mode=mode, carry=carry) for carry in ("entering", "attention", "layer")}
+    expected = {"entering": stock[1], "attention": attended, "layer": stock[2]}
+    for carry, out in outs.items():
+        for row, positions in drop.items():
+            for position in positions:
+                assert not out.kept[-1][row, position]
+                torch.testing.assert_close(out.hidden[row, position], expected[carry][row, position], rtol=1e-5, atol=1e-5)
+        assert torch.equal(out.lengths_kept, outs["entering"].lengths_kept)  # the same decisions
+        kept = out.kept[-1]
+        torch.testing.assert_close(out.hidden[kept], outs["entering"].hidden[kept], rtol=0, atol=0)  # survivors unchanged
+    assert not torch.allclose(outs["layer"].hidden[0, 2], outs["entering"].hidden[0, 2])
+    with pytest.raises(ValueError, match="carry must be one of"):
+        model(**batch, carry="final")
+
+
 # --------------------------------------------------------------------------- attention paths
 
 

@@ -49,7 +49,7 @@ def test_best_pair_is_predicted() -> None:
     # start 5 ("cat") = 5, end 6 ("sat") = 4: score 9, text "cat sat"; CLS sum = -20.
     result = run_one({5: 5.0}, {6: 4.0})
     assert result.predictions == {"ex": "cat sat"}
-    assert result.nbest["ex"][0] == {"text": "cat sat", "score": 9.0, "start": 4, "end": 11}
+    assert result.nbest["ex"][0] == {"text": "cat sat", "score": 9.0, "start": 4, "end": 11, "feature": 0, "start_token": 5, "end_token": 6}
     assert result.null_scores == {"ex": pytest.approx(-20.0 - 9.0)}
 
 
@@ -105,9 +105,9 @@ def test_nbest_is_sorted_and_truncated() -> None:
     # tie at 7 keeps grid order (start-major). n_best_size=3 keeps the first three.
     result = run_one({5: 5.0, 6: 3.0}, {6: 4.0, 7: 2.0}, n_best_size=3)
     assert result.nbest["ex"] == [
-        {"text": "cat sat", "score": 9.0, "start": 4, "end": 11},
-        {"text": "cat sat on", "score": 7.0, "start": 4, "end": 14},
-        {"text": "sat", "score": 7.0, "start": 8, "end": 11},
+        {"text": "cat sat", "score": 9.0, "start": 4, "end": 11, "feature": 0, "start_token": 5, "end_token": 6},
+        {"text": "cat sat on", "score": 7.0, "start": 4, "end": 14, "feature": 0, "start_token": 5, "end_token": 7},
+        {"text": "sat", "score": 7.0, "start": 8, "end": 11, "feature": 0, "start_token": 6, "end_token": 6},
     ]
     everything = run_one({5: 5.0, 6: 3.0}, {6: 4.0, 7: 2.0})
     scores = [c["score"] for c in everything.nbest["ex"]]
@@ -136,8 +136,8 @@ def test_the_better_window_wins() -> None:
     # CLS sums: A 1 + 1 = 2, B 3 + 4 = 7; the null score is the smaller, 2.
     result = postprocess_qa_predictions(*two_window_inputs(6.0, 9.0))
     assert result.predictions["ex"] == "the mat"
-    assert result.nbest["ex"][0] == {"text": "the mat", "score": 9.0, "start": 15, "end": 22}
-    assert result.nbest["ex"][1] == {"text": "cat", "score": 6.0, "start": 4, "end": 7}
+    assert result.nbest["ex"][0] == {"text": "the mat", "score": 9.0, "start": 15, "end": 22, "feature": 1, "start_token": 5, "end_token": 6}
+    assert result.nbest["ex"][1] == {"text": "cat", "score": 6.0, "start": 4, "end": 7, "feature": 0, "start_token": 4, "end_token": 4}
     assert result.null_scores["ex"] == pytest.approx(2.0 - 9.0)
     swapped = postprocess_qa_predictions(*two_window_inputs(9.0, 6.0))
     assert swapped.predictions["ex"] == "cat"

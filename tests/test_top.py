@@ -888,13 +888,3 @@ def test_top_freezes_the_embeddings_in_both_stages_as_the_reference(monkeypatch)
     _, _, before, after, _ = _train_top(monkeypatch, max_grad_norm=1.0, settings={"freeze_embeddings": False})
     assert not torch.equal(before["bert.embeddings.word_embeddings.weight"], after["bert.embeddings.word_embeddings.weight"])
     assert not torch.equal(before["bert.embeddings.LayerNorm.weight"], after["bert.embeddings.LayerNorm.weight"])
-
-
-def test_top_refuses_protected_tokens_at_training_time():
-    model = tiny_model(layers=4)
-    method = ToP(model.config, {"bin_num": 4, "prune_layers": [1, 2], "rank_distill_weight": 0.0, "logit_distill_weight": 0.0})
-    batch = make_batch([7, 5])
-    batch["protect_mask"] = torch.zeros_like(batch["attention_mask"])
-    student = model(**{k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")})
-    with pytest.raises(ValueError, match=r"qa.protect_question.*FLOPs constraint"):
-        method.extra_loss("prune", StepContext(student, None, batch, torch.zeros(()), step=0, total_steps=1))

@@ -28,8 +28,14 @@ Two modes give the same predictions for the same hard decisions (a test checks i
 * ``gather`` (evaluation, FLOPs, latency): each example's surviving tokens are physically
   selected, so the sequence shrinks layer by layer and the saved work is real.
 
-Every token's last computed hidden state is carried forward to the output (as the ToP code
-does for span extraction), so a QA head sees all positions.
+Every position keeps a hidden state for a QA head (a span head reads every position): by
+default (``carry="entering"``) a dropped token carries the state it had entering the layer that
+dropped it, the output of the layer before, since it skips that layer's feed-forward block and
+every later layer. ``carry="attention"`` carries the dropping layer's attention-sublayer output
+instead (computed anyway), ``carry="layer"`` its full output, the feed-forward block run for the
+dropped tokens too (what ToP's reference feeds its span head; it costs that feed-forward block,
+which the FLOPs count leaves out). The last two are for evaluation diagnostics
+(:mod:`top.analysis.squad_tokens`); training and every reported number use ``"entering"``.
 """
 
 from __future__ import annotations
@@ -46,6 +52,9 @@ from top.pruning.base import SOFT_PLACEMENTS, KeepDecision, LayerContext, TokenS
 
 Mode = Literal["mask", "gather"]
 Attention = Literal["sdpa", "eager"]
+Carry = Literal["entering", "attention", "layer"]
+#: What a dropped position carries to the output (module docstring; ``PrunableModel.forward``'s ``carry``).
+CARRIES = ("entering", "attention", "layer")
 
 #: Bytes of attention probabilities one head group may span in :meth:`PrunableModel._scored_attention`
 #: on a CPU: about half a core's L2 cache on the machines this was tuned on (a heuristic; it
@@ -246,6 +255,19 @@ class PrunableModel(nn.Module):
         slots = (~keep).to(torch.int8).argsort(dim=1, stable=True)[:, :width]
         return slots, width, low == width
 
+    @staticmethod
+    def _carry_dropped(
+        carried: torch.Tensor, layer: nn.Module, hidden: torch.Tensor, dropped: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor, carry: str
+    ) -> torch.Tensor:
+        """``carried`` ``[B, L, d]`` with the positions dropped at this layer (``dropped`` ``[B, n]``
+        over the current slots, at original ``positions``) set to the layer's attention-sublayer
+        output ``hidden`` ``[B, n, d]`` (``carry="attention"``) or to its full output, the
+        feed-forward block run for them (``carry="layer"``)."""
+        states = hidden[dropped]  # [k, d]
+        if carry == "layer":
+            states = layer.output(layer.intermediate(states), states)
+        return carried.index_put((rows.expand_as(positions)[dropped], positions[dropped]), states)
+
     def _head(self, hidden: torch.Tensor) -> torch.Tensor:
         """Apply the task head to ``[B, L, d]`` hidden states."""
         hf = self.hf
@@ -314,6 +336,7 @@ class PrunableModel(nn.Module):
         output_attentions: bool = False,
         record: bool = True,
         protect_mask: torch.Tensor | None = None,
+        carry: Carry = "entering",
     ) -> EncoderOutput:
         """Run the model.
 
@@ -329,9 +352,16 @@ class PrunableModel(nn.Module):
             protect_mask: ``[B, L]``, 1 for tokens that are never dropped whatever the selectors
                 decide (e.g. a SQuAD question, :func:`top.tasks.squad.prepare_train_features`); [CLS]
                 is always protected. In ``mask`` mode their soft value is 1.
+            carry: the hidden state a position dropped at layer ``l`` keeps in ``hidden``, for a
+                QA head: ``"entering"`` (the default: its state entering layer ``l``),
+                ``"attention"`` (layer ``l``'s attention-sublayer output) or ``"layer"`` (layer
+                ``l``'s output, its feed-forward block run for the dropped positions too: extra
+                work the FLOPs count leaves out). Only read where ``hidden`` is recorded.
         """
         if mode not in ("mask", "gather"):
             raise ValueError(f"mode must be 'mask' or 'gather', got {mode!r}")
+        if carry not in CARRIES:
+            raise ValueError(f"carry must be one of {CARRIES}, got {carry!r}")
         base = self.hf.base_model
         x = base.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)  # [B, L, d]
         batch, length, _ = x.shape
@@ -367,8 +397,8 @@ class PrunableModel(nn.Module):
             count_in = x.shape[1] if full else alive.sum(dim=1)
             decision, slots = None, None
             if selector is not None:
-                ctx = LayerContext(index, probs, hidden, alive, positions, input_lengths, token_scores=scores, all_alive=full)
-                if mode == "gather" and batch == 1 and full and protected is None:
+                ctx = LayerContext(index, probs, hidden, alive, positions, input_lengths, token_scores=scores, all_alive=full, protected=protected)
+                if mode == "gather" and batch == 1 and full and protected is None and carry == "entering":
                     slots = selector.kept_slots(ctx)  # the selector's batch-1 fast path, if it has one
                 if slots is None:
                     decision = selector(ctx)
@@ -382,6 +412,8 @@ class PrunableModel(nn.Module):
                     keep = keep | protected
                 keep[:, 0] = True
                 full = False  # until a gather shows otherwise
+                if record and carry != "entering":
+                    carried = self._carry_dropped(carried, layer, hidden, alive & ~keep, rows, positions, carry)
                 if mode == "gather" and batch == 1:
                     slots = keep[0].nonzero()[:, 0]  # the layer's one host synchronisation; gathered below
                 elif mode == "gather":

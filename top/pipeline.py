@@ -136,7 +136,7 @@ def train_method(cfg: Mapping[str, Any], task: str, method_name: str, setting: s
         spec = _task(cfg, task)
         train = spec.train_features(tokenizer, run["train"].get("train_limit"), seed)
         dev = _dev_features(cfg, spec, tokenizer)  # read once: the constraint's lengths and the selection's evaluation
-        method.prepare(_token_counts(train, dev), spec.head)
+        method.prepare(_token_counts(train, dev, spec.protects_tokens), spec.head)
         settings = TrainSettings.from_dict({**run["train"], "seed": seed, "device": cfg["device"], "progress": True})
         selection = CheckpointSelection(dev_evaluator(cfg, spec, tokenizer, dev), run["train"]["selection"])
         out_dir = Path(out_dir)
@@ -157,12 +157,19 @@ def train_method(cfg: Mapping[str, Any], task: str, method_name: str, setting: s
     _drop_checkpoint(Path(out_dir))
 
 
-def _token_counts(train, dev) -> dict[str, torch.Tensor]:
-    """Real lengths ``[N]`` of the training features and of the dev features (:func:`_dev_features`)."""
-    return {
+def _token_counts(train, dev, protects_tokens: bool = False) -> dict[str, torch.Tensor]:
+    """Real lengths ``[N]`` of the training features and of the dev features (:func:`_dev_features`)
+    and, when the task protects tokens, ``"train_protected"`` and ``"validation_protected"``:
+    the tokens each feature keeps whatever a method decides, its ``protect_mask`` tokens and
+    [CLS] (slot 0) (:meth:`top.pruning.base.PruningMethod.prepare`)."""
+    counts = {
         "train": torch.tensor([len(ids) for ids in train["input_ids"]]),
         "validation": torch.tensor([len(ids) for ids in dev["input_ids"]]),
     }
+    if protects_tokens:
+        for split, features in (("train", train), ("validation", dev)):
+            counts[f"{split}_protected"] = torch.tensor([1 + sum(mask[1:]) for mask in features["protect_mask"]])
+    return counts
 
 
 def evaluate_run(

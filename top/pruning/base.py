@@ -52,6 +52,10 @@ class LayerContext:
             context was built by hand.
         all_alive: every slot is alive (no padding, nothing dropped before: batch 1 in gather
             mode), so a selector may skip masking; False when unknown.
+        protected: ``[B, n]`` bool, the alive slots the encoder keeps whatever the selector
+            decides (``protect_mask``, e.g. a SQuAD question with its separators; [CLS] is kept
+            in any case); None when nothing is protected. A selector whose decision depends on
+            how many tokens it may drop (ToP's rank bins) leaves them out of its candidates.
     """
 
     layer: int
@@ -62,6 +66,7 @@ class LayerContext:
     input_lengths: torch.Tensor
     token_scores: torch.Tensor | None = None
     all_alive: bool = False
+    protected: torch.Tensor | None = None
 
     def attention_token_scores(self) -> torch.Tensor:
         """``[B, n]`` attention each token receives (:func:`attention_token_scores`)."""
@@ -335,7 +340,10 @@ class PruningMethod(abc.ABC):
     def prepare(self, lengths: Mapping[str, torch.Tensor], head_kind: str) -> None:
         """Hook before training: the real token counts of the ``"train"`` split (the rows the
         run trains on) and of the ``"validation"`` split, ``[N]`` long each (counts only, never
-        texts or labels); ``head_kind`` is ``"classification"`` or ``"qa"``.
+        texts or labels); ``head_kind`` is ``"classification"`` or ``"qa"``. When the inputs
+        protect tokens (``protect_mask``, SQuAD's ``qa.protect_question``), ``lengths`` also
+        holds ``"train_protected"`` and ``"validation_protected"``: ``[N]`` the tokens each
+        example keeps whatever the method decides ([CLS] and its protected tokens).
 
         Methods with a FLOPs constraint check here that their target is reachable (raising a
         ``ValueError`` before any training) and may evaluate the constraint on these counts.

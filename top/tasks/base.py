@@ -24,7 +24,7 @@ from top.tasks import glue, is_qa_task, squad, squad_features
 from top.tasks.glue_metrics import compute_glue_metrics, primary_metric
 from top.tasks.settings import TaskConfig
 from top.tasks.squad_metrics import compute_squad_metrics, primary_qa_metric
-from top.tasks.squad_postprocess import postprocess_qa_predictions
+from top.tasks.squad_postprocess import QAPredictions, postprocess_qa_predictions
 
 
 class Task(abc.ABC):
@@ -37,6 +37,9 @@ class Task(abc.ABC):
         dev_splits: evaluation splits; FLOPs and latency use the first.
         primary_metric: the metric key reported as a run's ``score``.
         metric_scale: the full scale of the task's metrics (1 for GLUE's, 100 for SQuAD's).
+        protects_tokens: whether the batches carry a ``protect_mask`` (tokens the encoder never
+            drops: SQuAD's question with ``qa.protect_question``); every feature then has a
+            ``protect_mask`` column.
     """
 
     name: str
@@ -45,6 +48,7 @@ class Task(abc.ABC):
     dev_splits: tuple[str, ...]
     primary_metric: str
     metric_scale: float = 1.0
+    protects_tokens: bool = False
 
     def __init__(self, cfg: TaskConfig, name: str):
         self.cfg = cfg
@@ -113,6 +117,7 @@ class QATask(Task):
         self.settings = cfg.qa
         self.dev_splits = self.spec.dev_splits
         self.primary_metric = primary_qa_metric(self.spec.version_2)
+        self.protects_tokens = bool(self.settings.protect_question)
         self._dev_cache: dict[tuple[str, int | None], Any] = {}
 
     def _rows(self, split: str, limit: int | None, seed: int):
@@ -125,25 +130,30 @@ class QATask(Task):
     def train_features(self, tokenizer, limit, seed):
         return squad_features.prepare_train_features(self._rows("train", limit, seed), tokenizer, **self._window())
 
-    def _dev_rows(self, split: str, limit: int | None):
-        """The dev questions, read once per split and limit: scoring needs the rows that
-        :meth:`dev_features` was built from."""
+    def dev_rows(self, split: str, limit: int | None):
+        """The dev questions (:func:`top.tasks.squad.load_qa_split`), read once per split and
+        limit: scoring needs the rows that :meth:`dev_features` was built from."""
         key = (split, limit)
         if key not in self._dev_cache:
             self._dev_cache[key] = self._rows(split, limit, 0)
         return self._dev_cache[key]
 
     def dev_features(self, split, tokenizer, limit):
-        return squad_features.prepare_eval_features(self._dev_rows(split, limit), tokenizer, **self._window())
+        return squad_features.prepare_eval_features(self.dev_rows(split, limit), tokenizer, **self._window())
 
     def collate(self, tokenizer):
         return functools.partial(_collate_qa, pad_token_id=tokenizer.pad_token_id, protect=self.settings.protect_question)
 
-    def score(self, split, features, logits, labels, limit):
-        rows = self._dev_rows(split, limit)
-        windows = features.select_columns(["example_id", "offset_mapping"]).to_list()
-        result = postprocess_qa_predictions(
-            rows,
+    def answers(self, split: str, windows: list[dict], logits: np.ndarray, limit: int | None) -> QAPredictions:
+        """Each dev question's predicted answer (:func:`top.tasks.squad_postprocess.postprocess_qa_predictions`
+        with the task's ``qa`` settings).
+
+        Args:
+            windows: one ``{"example_id", "offset_mapping"}`` per feature of :meth:`dev_features`.
+            logits: ``[N, W, 2]`` start and end logits of the features.
+        """
+        return postprocess_qa_predictions(
+            self.dev_rows(split, limit),
             windows,
             logits[..., 0],
             logits[..., 1],
@@ -152,6 +162,11 @@ class QATask(Task):
             version_2=self.spec.version_2,
             null_threshold=self.settings.null_threshold,
         )
+
+    def score(self, split, features, logits, labels, limit):
+        rows = self.dev_rows(split, limit)
+        windows = features.select_columns(["example_id", "offset_mapping"]).to_list()
+        result = self.answers(split, windows, logits, limit)
         null_scores = result.null_scores if self.spec.version_2 else None
         return compute_squad_metrics(result.predictions, rows, version_2=self.spec.version_2, null_scores=null_scores)
 

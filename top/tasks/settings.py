@@ -23,8 +23,8 @@ class QASettings:
         null_threshold: ``squad_v2``: predict no answer when the null score minus the best
             span's score exceeds it.
         protect_question: never drop [CLS], the question or the separators, whatever the
-            method decides (methods whose constraint cannot account for it, e.g. ToP, are
-            refused by :func:`top.config.validate_config`).
+            method decides (ToP's constraint counts them as kept; a method that cannot train
+            with them says so and is refused by :func:`top.config.validate_config`).
     """
 
     max_length: int

@@ -153,6 +153,22 @@ def _answer_tokens(
     return start, end
 
 
+def answer_token_span(offset_mapping: Sequence[Sequence[int]], text: str, answer_start: int) -> tuple[int, int] | None:
+    """First and last token of an answer inside an evaluation feature (as training labels are
+    found: :func:`prepare_train_features`), or None when the feature's window does not hold the
+    whole answer.
+
+    Args:
+        offset_mapping: the feature's ``[start, end]`` character span per token, :data:`NO_OFFSET`
+            for tokens outside the context (:func:`prepare_eval_features`).
+        text, answer_start: a gold answer and its character offset in the context; leading and
+            trailing whitespace are left out.
+    """
+    start_char, end_char = _answer_span(text, answer_start)
+    sequence_ids = [None if tuple(offset) == NO_OFFSET else 1 for offset in offset_mapping]
+    return _answer_tokens(offset_mapping, sequence_ids, start_char, end_char)
+
+
 def _answer_span(text: str, start: int) -> tuple[int, int]:
     """Character span ``[start, end)`` of an answer, leading/trailing whitespace excluded."""
     stripped = text.lstrip()

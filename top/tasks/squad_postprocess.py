@@ -45,8 +45,10 @@ class QAPredictions:
             is what ``compute_squad_metrics(null_scores=...)`` uses to search the best
             threshold.
         nbest: up to ``n_best_size`` candidates, best first, as dicts with ``text``, ``score``
-            (start + end logit), and ``start`` and ``end``: the candidate's character span in
-            the context (``context[start:end] == text``). The null answer is not listed.
+            (start + end logit), ``start`` and ``end``: the candidate's character span in
+            the context (``context[start:end] == text``), and ``feature``, ``start_token`` and
+            ``end_token``: the index (in ``features``) of the feature it was read from and its
+            first and last token there. The null answer is not listed.
     """
 
     predictions: dict[str, str] = field(default_factory=dict)
@@ -188,7 +190,7 @@ def postprocess_qa_predictions(
     result = QAPredictions()
     for example_id, context in contexts.items():
         null_score = np.inf
-        scores, start_chars, end_chars = [], [], []
+        scores, start_chars, end_chars, where = [], [], [], []
         for index in features_of[example_id]:
             offsets = _offsets_array(features[index]["offset_mapping"], index)
             length = len(offsets)
@@ -205,10 +207,12 @@ def postprocess_qa_predictions(
             scores.append(feature_scores)
             start_chars.append(offsets[start_tokens, 0])
             end_chars.append(offsets[end_tokens, 1])
+            where.append(np.stack([np.full_like(start_tokens, index), start_tokens, end_tokens], axis=1))
 
         all_scores = np.concatenate(scores)
         all_starts = np.concatenate(start_chars)
         all_ends = np.concatenate(end_chars)
+        all_where = np.concatenate(where)
         order = np.argsort(-all_scores, kind="stable")[:n_best_size]
         nbest = [
             {
@@ -216,6 +220,9 @@ def postprocess_qa_predictions(
                 "score": float(all_scores[i]),
                 "start": int(all_starts[i]),
                 "end": int(all_ends[i]),
+                "feature": int(all_where[i, 0]),
+                "start_token": int(all_where[i, 1]),
+                "end_token": int(all_where[i, 2]),
             }
             for i in order
         ]

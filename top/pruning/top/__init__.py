@@ -8,7 +8,8 @@ bins: a token of rank ``r`` (0 = most important) among ``a`` candidates falls in
 ``floor(r * bin_num / a)`` (exact integer arithmetic). Each bin has a hard-concrete gate
 (:class:`~top.pruning.l0.HardConcreteGate`), and each pruning layer has one more gate that
 decides whether the layer prunes at all (the coarse-to-fine layer selection of ToP §3.3,
-``pruner_z`` in the reference). A token's keep value is ``1 - (1 - z_bin) * g_layer`` where
+``pruner_z`` in the reference; ``layer_gates: false`` removes it). A token's keep value is
+``1 - (1 - z_bin) * g_layer`` where
 ``g_layer`` is the layer gate made binary with a straight-through estimator. A token whose keep
 value is 0 is dropped; otherwise, in training (mask mode), the layer output is multiplied by
 it, which is how the gates receive gradients from the task. At evaluation every gate is
@@ -91,8 +92,20 @@ Stages: ``prune`` (model, gates and multipliers trained jointly) and, when
 ``finetune_epochs > 0``, ``finetune`` (the gates frozen at their deterministic values, logit
 distillation only), the reference's optional fine-tuning after pruning.
 
-Protected tokens (SQuAD's ``qa.protect_question``) are refused: the constraint and the rank bins
-would count them as prunable (configuration validation and :meth:`ToP.extra_loss` say so).
+Protected tokens (SQuAD's ``qa.protect_question``: [CLS], the question and the separators,
+``protect_mask``) are kept by the encoder whatever the gates say. They are no rank-bin
+candidates (:func:`~top.pruning.top.gates.rank_bins`: the ``a`` candidates of a layer are its
+alive unprotected tokens but [CLS]), the ranking loss ranks only the unprotected tokens, and the
+constraint follows ``m_l = p + sum_b q_b occ_b(m_{l-1} - p)`` with ``p`` the example's protected
+count ([CLS] included; :meth:`ToP.prepare` receives those counts beside the lengths, a training
+batch carries its ``protect_mask``), so the deterministic model's FLOPs are again exactly those
+the constraint and the calibration see. The export records ``protected_tokens``; its selectors
+refuse inputs whose protection differs from training's.
+
+Ablations (:class:`~top.pruning.top.settings.ToPSettings`): ``rank_distill_weight: 0`` turns
+ranking distillation off entirely (no loss, no scoring-only layers, no teacher final-layer
+scores); ``layer_gates: false`` drops the layer gates, so every layer of ``prune_layers`` prunes
+with its bin gates alone (``q_b = P(z_b > 0)`` in the constraint and the evaluation gates).
 
 The reference clamps every ``log_alpha`` into ``[log 1e-2, log 1e2]`` after each optimiser step.
 The training loop has no after-step hook, so each training selector clamps its own gates in

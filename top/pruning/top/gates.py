@@ -10,20 +10,32 @@ from top.pruning.l0 import HardConcreteGate
 from top.pruning.top.settings import ToPSettings
 
 
-def rank_bins(scores: torch.Tensor, alive: torch.Tensor, bin_num: int) -> torch.Tensor:
-    """Rank bin of every token slot.
+def prunable(alive: torch.Tensor, protected: torch.Tensor | None = None) -> torch.Tensor:
+    """``[B, n]`` bool: the rank-bin candidates, the alive slots other than slot 0 ([CLS]) and
+    the ``protected`` ones (``[B, n]`` bool or None), which the encoder keeps in any case."""
+    candidates = alive.clone()
+    candidates[:, 0] = False
+    if protected is not None:
+        candidates &= ~protected
+    return candidates
+
+
+def rank_bins(scores: torch.Tensor, alive: torch.Tensor, bin_num: int, protected: torch.Tensor | None = None) -> torch.Tensor:
+    """Rank bin of every token slot (ToP §3.3).
 
     Args:
         scores: ``[B, n]`` importance (higher first); ties are broken by slot order.
         alive: ``[B, n]`` bool.
         bin_num: number of bins.
+        protected: ``[B, n]`` bool or None: slots kept whatever the bins say (a SQuAD question
+            under ``qa.protect_question``); they are no candidates.
 
     Returns:
-        ``[B, n]`` long: ``floor(rank * bin_num / a)`` for the ``a`` alive slots other than slot 0
-        ([CLS]), ranked from 0; ``bin_num`` for slot 0 and for slots that are not alive.
+        ``[B, n]`` long: ``floor(rank * bin_num / a)`` for the ``a`` candidates (alive slots other
+        than slot 0, [CLS], and the protected ones), ranked from 0; ``bin_num`` for every other
+        slot.
     """
-    candidates = alive.clone()
-    candidates[:, 0] = False
+    candidates = prunable(alive, protected)
     keyed = scores.detach().masked_fill(~candidates, float("-inf"))
     order = keyed.argsort(dim=1, descending=True, stable=True)
     rank = order.argsort(dim=1)
@@ -61,17 +73,19 @@ def bin_occupancy(candidates: torch.Tensor, bin_num: int) -> torch.Tensor:
     return lower + frac[..., None] * (upper - lower)
 
 
-def bin_keep_values(scores: torch.Tensor, alive: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """Each slot's keep value: ``values[bin]`` for candidates, 1 for [CLS], 0 if not alive.
+def bin_keep_values(scores: torch.Tensor, alive: torch.Tensor, values: torch.Tensor, protected: torch.Tensor | None = None) -> torch.Tensor:
+    """Each slot's keep value: ``values[bin]`` for candidates, 1 for [CLS] and protected slots,
+    0 if not alive.
 
     Args:
-        scores, alive: ``[B, n]``; values: ``[bin_num]`` keep value of every bin (differentiable).
+        scores, alive: ``[B, n]``; values: ``[bin_num]`` keep value of every bin (differentiable);
+        protected: ``[B, n]`` bool or None (:func:`rank_bins`).
 
     Returns:
         ``[B, n]`` float.
     """
-    bins = rank_bins(scores, alive, values.shape[0])
-    padded = torch.cat([values, values.new_ones(1)])  # index bin_num: [CLS] (and dead slots)
+    bins = rank_bins(scores, alive, values.shape[0], protected)
+    padded = torch.cat([values, values.new_ones(1)])  # index bin_num: [CLS], protected (and dead) slots
     keep = padded[bins]
     return torch.where(alive, keep, torch.zeros_like(keep))
 
@@ -80,7 +94,12 @@ def bin_keep_values(scores: torch.Tensor, alive: torch.Tensor, values: torch.Ten
 
 
 class ToPLayerGates(nn.Module):
-    """The gates of one pruning layer: ``bins`` (one per rank bin) and ``layer`` (prune or not)."""
+    """The gates of one pruning layer: ``bins`` (one per rank bin) and ``layer`` (prune or not,
+    the coarse step of ToP §3.3's coarse-to-fine selection).
+
+    With ``layer_gates: false`` (an ablation) there is no layer gate (``layer`` is None): the
+    layer always prunes with its bins, and a bin survives with probability ``P(z_b > 0)``.
+    """
 
     def __init__(self, s: ToPSettings):
         super().__init__()
@@ -90,18 +109,28 @@ class ToPLayerGates(nn.Module):
             log_alpha_range=None if s.log_alpha_range is None else tuple(s.log_alpha_range),
         )
         self.bins = HardConcreteGate(s.bin_num, droprate_init=s.droprate_init, **common)
-        self.layer = HardConcreteGate(1, droprate_init=s.layer_droprate_init, **common)
+        self.layer = HardConcreteGate(1, droprate_init=s.layer_droprate_init, **common) if s.layer_gates else None
         #: Bins added to (or, if negative, removed from) ``round(bin_num * r)`` by the FLOPs
         #: calibration at the end of the ``prune`` stage (:meth:`ToP.calibrate`).
         self.register_buffer("bin_offset", torch.zeros((), dtype=torch.long))
 
     def constrain_(self) -> None:
         self.bins.constrain_()
-        self.layer.constrain_()
+        if self.layer is not None:
+            self.layer.constrain_()
+
+    def layer_probability(self) -> torch.Tensor:
+        """``P(g > 0)``, the probability that the layer prunes (scalar); 1 without a layer gate."""
+        if self.layer is None:
+            return torch.ones((), dtype=self.bins.log_alpha.dtype, device=self.bins.log_alpha.device)
+        return self.layer.prob_nonzero()[0]
 
     def sampled_keep(self) -> torch.Tensor:
-        """``[bin_num]`` training keep values: sampled bins, straight-through binary layer gate."""
+        """``[bin_num]`` training keep values: sampled bins, straight-through binary layer gate
+        (the sampled bins alone without a layer gate)."""
         z = self.bins.sample()
+        if self.layer is None:
+            return z
         g = self.layer.sample()
         g_hard = (g > 0).to(g.dtype)
         g = g_hard + (g - g.detach())  # forward: 0/1; backward: d/dg = 1
@@ -128,11 +157,11 @@ class ToPLayerGates(nn.Module):
 
     def bin_keep_probability(self, deterministic: bool = False) -> torch.Tensor:
         """``[bin_num]`` probability that each bin's tokens survive: ``1 - (1 - P(z_b>0)) P(g>0)``
-        (a bin is dropped only when the layer prunes and the bin's gate is 0); the 0/1
-        :meth:`deterministic_keep` values if ``deterministic``."""
+        (a bin is dropped only when the layer prunes and the bin's gate is 0; ``P(g>0) = 1``
+        without a layer gate); the 0/1 :meth:`deterministic_keep` values if ``deterministic``."""
         if deterministic:
             return self.deterministic_keep()
-        return 1.0 - (1.0 - self.bins.prob_nonzero()) * self.layer.prob_nonzero()[0]
+        return 1.0 - (1.0 - self.bins.prob_nonzero()) * self.layer_probability()
 
     def keep_ratio(self, deterministic: bool = False) -> torch.Tensor:
         """Expected fraction of bins kept (scalar): the mean of :meth:`bin_keep_probability`."""

@@ -32,10 +32,11 @@ class ToPSelector(TokenSelector):
     """A pruning layer's selector backed by the method's gates (or, without gates, a scorer).
 
     In training mode it samples the gates (after clamping their ``log_alpha``); in eval mode,
-    or when ``frozen``, it uses the deterministic gates. ``aux`` carries the layer's token scores
-    (with gradient, for ranking distillation), ``alive`` and ``positions``. Without gates it keeps
-    every alive token and only records the scores (a ranking-distillation layer that does not
-    prune).
+    or when ``frozen``, it uses the deterministic gates. Protected slots (``ctx.protected``) are
+    no rank-bin candidates and keep the value 1. ``aux`` carries the layer's token scores (with
+    gradient, for ranking distillation), ``alive``, ``positions`` and ``protected``. Without
+    gates it keeps every alive token and only records the scores (a ranking-distillation layer
+    that does not prune).
     """
 
     needs_attention_probs = False  # reads only ctx.attention_token_scores()
@@ -48,7 +49,7 @@ class ToPSelector(TokenSelector):
 
     def forward(self, ctx: LayerContext) -> KeepDecision:
         scores = ctx.attention_token_scores()
-        aux = {"scores": scores, "alive": ctx.alive, "positions": ctx.positions}
+        aux = {"scores": scores, "alive": ctx.alive, "positions": ctx.positions, "protected": ctx.protected}
         if self.gates is None:
             return KeepDecision(hard=ctx.alive.clone(), aux=aux)
         if self.training and not self.frozen:
@@ -56,25 +57,55 @@ class ToPSelector(TokenSelector):
             values = self.gates.sampled_keep()
         else:
             values = self.gates.deterministic_keep()
-        soft = bin_keep_values(scores, ctx.alive, values.to(scores.dtype))
+        soft = bin_keep_values(scores, ctx.alive, values.to(scores.dtype), ctx.protected)
         aux["bin_values"] = values
         return KeepDecision(hard=(soft > 0) & ctx.alive, soft=soft, aux=aux)
 
 
 class ToPInferenceSelector(TokenSelector):
-    """Deterministic selector rebuilt from :meth:`ToP.export`: keeps the tokens of the kept bins."""
+    """Deterministic selector rebuilt from :meth:`ToP.export`: keeps the tokens of the kept bins.
+
+    Args:
+        layer: the encoder layer.
+        bin_mask: ``[bin_num]`` 0/1, the kept rank bins.
+        protected_tokens: whether the run was trained with protected tokens
+            (``qa.protect_question``). The rank bins then count only the unprotected tokens,
+            so the inputs must carry the same ``protect_mask``: a context whose
+            ``ctx.protected`` disagrees (None here, or present without it) is an error.
+    """
 
     needs_attention_probs = False  # reads only ctx.attention_token_scores()
 
-    def __init__(self, layer: int, bin_mask: Sequence[int]):
+    def __init__(self, layer: int, bin_mask: Sequence[int], protected_tokens: bool = False):
         super().__init__()
         self.layer = layer
+        self.protected_tokens = bool(protected_tokens)
         self.register_buffer("bin_mask", torch.tensor([float(bool(v)) for v in bin_mask]))
 
     def forward(self, ctx: LayerContext) -> KeepDecision:
+        if (ctx.protected is not None) != self.protected_tokens:
+            trained = "with" if self.protected_tokens else "without"
+            given = "with" if ctx.protected is not None else "without"
+            raise ValueError(
+                f"layer {self.layer}: this ToP run was trained {trained} protected tokens but is run {given} a protect_mask; "
+                f"its rank bins count only the tokens it may drop, so evaluate it with qa.protect_question: "
+                f"{'true' if self.protected_tokens else 'false'}, as it was trained"
+            )
         scores = ctx.attention_token_scores()
-        keep = bin_keep_values(scores, ctx.alive, self.bin_mask.to(device=scores.device, dtype=scores.dtype))
+        keep = bin_keep_values(scores, ctx.alive, self.bin_mask.to(device=scores.device, dtype=scores.dtype), ctx.protected)
         return KeepDecision(hard=(keep > 0) & ctx.alive, aux={"scores": scores})
+
+
+def protected_counts(attention_mask: torch.Tensor, protect_mask: torch.Tensor) -> torch.Tensor:
+    """``[B]`` long: the tokens each row keeps whatever the gates say, its real tokens with
+    ``protect_mask`` 1 and [CLS] (slot 0), which the encoder always keeps.
+
+    Args:
+        attention_mask, protect_mask: ``[B, L]`` (1 for real, resp. protected, tokens).
+    """
+    fixed = attention_mask.bool() & protect_mask.bool()
+    fixed[:, 0] = True
+    return fixed.sum(dim=1)
 
 
 # --------------------------------------------------------------------------------- losses
@@ -115,10 +146,6 @@ class ToP(PruningMethod):
 
     name = "top"
     settings_class = ToPSettings
-    protected_tokens_unsupported = (
-        "its FLOPs constraint and its rank bins count the protected tokens (the question and the separators) as "
-        "prunable, so the evaluated FLOPs land above target_sparsity"
-    )
 
     def __init__(self, model_config, settings: Mapping[str, Any] | None = None):
         super().__init__(model_config, settings)
@@ -135,48 +162,78 @@ class ToP(PruningMethod):
         #: The lengths that :meth:`calibrate` meets the target on, at the end of ``prune``
         #: (set by :meth:`prepare`; without it there is no calibration).
         self.calibration_lengths: torch.Tensor | None = None
+        #: Whether the inputs protect tokens (``protect_mask``, SQuAD's ``qa.protect_question``):
+        #: set by :meth:`prepare` when it receives protected counts; exported, so that evaluation
+        #: refuses inputs that disagree.
+        self.protected_tokens: bool = False
+        #: ``[N]`` tokens each of :attr:`constraint_lengths`' examples keeps whatever the gates
+        #: say ([CLS] and the protected ones; :func:`protected_counts`), or None (only [CLS]).
+        self.constraint_protected: torch.Tensor | None = None
+        #: The same for :attr:`calibration_lengths`.
+        self.calibration_protected: torch.Tensor | None = None
 
     def prepare(self, lengths: Mapping[str, torch.Tensor], head_kind: str) -> None:
         """Check that ``target_sparsity`` is reachable on the lengths the constraint uses, and
         keep those lengths unless ``flops_lengths`` is ``"batch"``.
 
+        ``lengths`` holds ``"train"`` and ``"validation"`` ``[N]`` real lengths and, when the
+        inputs protect tokens (``qa.protect_question``), ``"train_protected"`` and
+        ``"validation_protected"``: ``[N]`` tokens each example keeps whatever the gates say
+        ([CLS] and its ``protect_mask`` tokens, :func:`protected_counts`). The constraint and the
+        calibration then count those as kept in every layer, and only the rest as candidates.
+
         Raises:
-            ValueError: naming the target, the reachable maximum and the prune layers.
+            ValueError: naming the target, the reachable maximum and the prune layers; or
+                protected counts that do not match the lengths.
         """
         c = self.resolved
         split = "train" if c.flops_lengths == "batch" else c.flops_lengths
         if split not in lengths:
             raise ValueError(f"ToP (flops_lengths={c.flops_lengths!r}) needs the {split!r} lengths")
         chosen = torch.as_tensor(lengths[split], dtype=torch.float64)
-        most = self.max_sparsity(chosen, head_kind)
+        self.protected_tokens = f"{split}_protected" in lengths
+        protected = None
+        if self.protected_tokens:
+            protected = torch.as_tensor(lengths[f"{split}_protected"], dtype=torch.float64)
+            if protected.shape != chosen.shape or bool((protected < 1).any()) or bool((protected > chosen).any()):
+                raise ValueError(
+                    f"ToP: {split}_protected must hold, for each of the {chosen.numel()} {split} examples, the number of "
+                    f"tokens it protects ([CLS] included: between 1 and its length); got shape {tuple(protected.shape)}"
+                )
+        most = self.max_sparsity(chosen, head_kind, protected)
         if c.target_sparsity >= most - 0.01:
+            kept = "everything but [CLS] and the protected tokens" if protected is not None else "everything but [CLS]"
             raise ValueError(
                 f"target_sparsity {c.target_sparsity} ({1 / (1 - c.target_sparsity):.2f}x fewer FLOPs) is out of "
                 f"reach: with prune_layers {c.prune_layers} the most ToP can remove on the {split} inputs is "
-                f"{most:.3f} ({1 / (1 - most):.2f}x, everything but [CLS] dropped), and the target needs a margin "
+                f"{most:.3f} ({1 / (1 - most):.2f}x, {kept} dropped), and the target needs a margin "
                 "of 0.01 below it; lower target_sparsity or prune earlier layers"
             )
-        self.constraint_lengths = None if c.flops_lengths == "batch" else chosen
+        batch = c.flops_lengths == "batch"
+        self.constraint_lengths = None if batch else chosen
+        self.constraint_protected = None if batch else protected
         self.calibration_lengths = chosen
+        self.calibration_protected = protected
         self.head_kind = head_kind
 
     def on_stage_end(self, stage: str) -> None:
         if stage == "prune" and self.resolved.calibrate and self.calibration_lengths is not None:
-            self.calibrate(self.calibration_lengths, self.head_kind)
+            self.calibrate(self.calibration_lengths, self.head_kind, self.calibration_protected)
 
     def compare_stage_end(self, stage: str) -> bool:
         """The dev record keeps the metric and FLOPs before and after the calibration."""
         return stage == "prune" and self.resolved.calibrate and self.calibration_lengths is not None
 
     @torch.no_grad()
-    def calibrate(self, lengths: torch.Tensor, head_kind: str = "classification") -> float:
+    def calibrate(self, lengths: torch.Tensor, head_kind: str = "classification", protected: torch.Tensor | None = None) -> float:
         """Project the deterministic gates onto the FLOPs target, a whole bin at a time.
 
         The Lagrangian keeps the expected sparsity near the target but oscillates around it,
         and the deterministic gates round each layer's keep ratio to whole bins. This greedy
         search changes one pruning layer's kept-bin count by one bin (the next in ``log_alpha``
         order) at a time, taking the change that brings the exact pooled sparsity on
-        ``lengths`` ``[N]`` closest to ``target_sparsity``, until no change helps. The result is
+        ``lengths`` ``[N]`` (``protected``: ``[N]`` tokens each keeps in any case, or None:
+        only [CLS]) closest to ``target_sparsity``, until no change helps. The result is
         stored as each layer's ``bin_offset`` buffer, so export, evaluation and a resumed run
         all see it.
 
@@ -187,7 +244,7 @@ class ToP(PruningMethod):
         layers = [self.module.layers[str(layer)] for layer in c.prune_layers]
 
         def sparsity() -> float:
-            return float(self.sparsity(*self.expected_flops_at_lengths(lengths, head_kind, deterministic=True)))
+            return float(self.sparsity(*self.expected_flops_at_lengths(lengths, head_kind, deterministic=True, protected=protected)))
 
         start = sparsity()
         current = abs(start - c.target_sparsity)
@@ -290,52 +347,75 @@ class ToP(PruningMethod):
         return torch.stack(ratios)
 
     def expected_flops(
-        self, attention_mask: torch.Tensor, head_kind: str = "classification", *, deterministic: bool = False
+        self,
+        attention_mask: torch.Tensor,
+        head_kind: str = "classification",
+        *,
+        deterministic: bool = False,
+        protect_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Expected and dense FLOPs of each example, with :mod:`top.measure.flops`' formula.
+        """Expected and dense FLOPs of each example, with :mod:`top.measure.flops`' formula
+        (ToP §3.3, the FLOPs constraint).
 
         Tokens are followed layer by layer: ``m_{-1} = N`` (the real length) and, at a pruning
-        layer with ``a = m_{l-1} - 1`` candidates, ``m_l = 1 + sum_b q_b occ_b(a)``, where ``q_b``
-        is the probability that bin ``b`` survives (:meth:`ToPLayerGates.bin_keep_probability`)
-        and ``occ_b(a)`` the exact number of candidates in bin ``b`` (:func:`bin_occupancy`);
-        elsewhere ``m_l = m_{l-1}``. For deterministic gates this is the real count of every
-        example at every length, so the evaluated FLOPs are exactly those the constraint saw.
+        layer with ``a = m_{l-1} - p`` candidates, ``m_l = p + sum_b q_b occ_b(a)``, where ``p``
+        is the number of tokens the example keeps in any case ([CLS], and with ``protect_mask``
+        its protected tokens), ``q_b`` the probability that bin ``b`` survives
+        (:meth:`ToPLayerGates.bin_keep_probability`) and ``occ_b(a)`` the exact number of
+        candidates in bin ``b`` (:func:`bin_occupancy`); elsewhere ``m_l = m_{l-1}``. For
+        deterministic gates this is the real count of every example at every length, so the
+        evaluated FLOPs are exactly those the constraint saw.
 
         Args:
             attention_mask: ``[B, L]`` (1 for real tokens).
             head_kind: ``"classification"`` or ``"qa"`` (the head is counted as in
                 :func:`top.measure.flops.example_flops`).
             deterministic: use the evaluation gates (0/1) instead of their probabilities.
+            protect_mask: ``[B, L]`` (1 for tokens the encoder never drops) or None.
 
         Returns:
             ``(expected, dense)``, each ``[B]`` float64 FLOPs (2 x MACs); ``expected`` is
             differentiable in the gates unless ``deterministic``.
         """
         device = self.module.lambda_1.device
-        n = attention_mask.to(device).sum(dim=1).to(torch.float64)  # [B]
-        return self.expected_flops_at_lengths(n, head_kind, deterministic=deterministic)
+        attention_mask = attention_mask.to(device)
+        n = attention_mask.sum(dim=1).to(torch.float64)  # [B]
+        protected = None if protect_mask is None else protected_counts(attention_mask, protect_mask.to(device)).to(torch.float64)
+        return self.expected_flops_at_lengths(n, head_kind, deterministic=deterministic, protected=protected)
 
     def expected_flops_at_lengths(
-        self, lengths: torch.Tensor, head_kind: str = "classification", *, deterministic: bool = False
+        self,
+        lengths: torch.Tensor,
+        head_kind: str = "classification",
+        *,
+        deterministic: bool = False,
+        protected: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`expected_flops` from the real lengths ``[B]`` instead of an attention mask."""
-        n = lengths.to(device=self.module.lambda_1.device, dtype=torch.float64)
+        """:meth:`expected_flops` from the real lengths ``[B]`` instead of an attention mask;
+        ``protected``: ``[B]`` tokens each example keeps in any case ([CLS] included), or None
+        (only [CLS])."""
+        device = self.module.lambda_1.device
+        n = lengths.to(device=device, dtype=torch.float64)
+        fixed = torch.ones_like(n) if protected is None else protected.to(device=device, dtype=torch.float64)
         probabilities = {
             layer: self.module.layers[str(layer)].bin_keep_probability(deterministic).to(torch.float64) for layer in self.resolved.prune_layers
         }
 
         def survivors(layer: int, entering: torch.Tensor) -> torch.Tensor:
-            candidates = (entering - 1.0).clamp_min(0.0)
-            return 1.0 + (bin_occupancy(candidates, self.resolved.bin_num) * probabilities[layer]).sum(-1)
+            candidates = (entering - fixed).clamp_min(0.0)
+            return fixed + (bin_occupancy(candidates, self.resolved.bin_num) * probabilities[layer]).sum(-1)
 
         return self._flops(n, head_kind, survivors)
 
-    def max_sparsity(self, lengths: torch.Tensor, head_kind: str = "classification") -> float:
+    def max_sparsity(self, lengths: torch.Tensor, head_kind: str = "classification", protected: torch.Tensor | None = None) -> float:
         """The largest pooled FLOPs sparsity ToP can reach with these ``prune_layers`` on inputs
-        of real ``lengths`` ``[N]``: every pruning layer keeps only [CLS]. A ``target_sparsity``
-        at or above it cannot be met (e.g. 4x on a 6-layer model whose first pruning layer is 1
-        and whose inputs average 25 tokens: at most 3.9x)."""
-        least, dense = self._flops(lengths.to(torch.float64), head_kind, lambda layer, entering: torch.ones_like(entering))
+        of real ``lengths`` ``[N]``: every pruning layer keeps only [CLS] (and the ``protected``
+        ``[N]`` tokens of each example, when given). A ``target_sparsity`` at or above it cannot
+        be met (e.g. 4x on a 6-layer model whose first pruning layer is 1 and whose inputs
+        average 25 tokens: at most 3.9x)."""
+        lengths = lengths.to(torch.float64)
+        fixed = torch.ones_like(lengths) if protected is None else protected.to(torch.float64)
+        least, dense = self._flops(lengths, head_kind, lambda layer, entering: torch.minimum(fixed, entering))
         return float(1.0 - least.sum() / dense.sum())
 
     def _flops(self, n: torch.Tensor, head_kind: str, survivors) -> tuple[torch.Tensor, torch.Tensor]:
@@ -379,16 +459,22 @@ class ToP(PruningMethod):
         return self.module.lambda_1 * gap + self.module.lambda_2 * gap * gap
 
     # -- losses -------------------------------------------------------------------------------
-    def rank_loss(self, student, teacher, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Ranking distillation summed over ``rank_distill_layers`` (see module docstring).
+    def rank_loss(self, student, teacher, attention_mask: torch.Tensor, protect_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Ranking distillation (ToP §3.2) summed over ``rank_distill_layers`` (see module
+        docstring).
 
         ``teacher``: the teacher's :class:`~top.pruning.base.TeacherSignals` with
-        ``final_token_scores`` ``[B, L]`` (its last layer's token scores)."""
+        ``final_token_scores`` ``[B, L]`` (its last layer's token scores); ``attention_mask``
+        and ``protect_mask`` (or None) ``[B, L]``. Only the tokens the gates may drop are
+        ranked: not [CLS], and not the protected tokens, which no rank bin holds."""
         teacher_scores = getattr(teacher, "final_token_scores", None)
         if teacher_scores is None:
             raise ValueError("ToP's ranking distillation needs the teacher's final_token_scores (teacher_signals)")
-        alive = attention_mask.to(teacher_scores.device).bool()
-        longest = int(alive.sum(dim=1).max()) - 1  # the reference's K before the top-k cap: real tokens but [CLS]
+        candidates = attention_mask.to(teacher_scores.device).bool()
+        if protect_mask is not None:
+            candidates = candidates & ~protect_mask.to(teacher_scores.device).bool()
+        candidates[:, 0] = False
+        longest = int(candidates.sum(dim=1).max())  # the reference's K before the top-k cap: real tokens but [CLS] (and protected ones)
         total = student.logits.new_zeros(())
         for layer in self.resolved.rank_distill_layers:
             decision = student.decisions[layer]
@@ -396,6 +482,8 @@ class ToP(PruningMethod):
                 continue
             valid = decision.aux["alive"].clone()
             valid[:, 0] = False
+            if decision.aux.get("protected") is not None:
+                valid &= ~decision.aux["protected"]
             target = teacher_scores.gather(1, decision.aux["positions"])
             total = total + ranking_distillation_loss(
                 decision.aux["scores"],
@@ -412,23 +500,31 @@ class ToP(PruningMethod):
         self._check_stage(stage)
         c = self.resolved
         student = step.student
-        if "protect_mask" in step.batch:
-            raise ValueError(f"ToP cannot train with protected tokens (qa.protect_question): {self.protected_tokens_unsupported}")
+        protect = step.batch.get("protect_mask")
+        if (protect is not None) != self.protected_tokens:
+            raise ValueError(
+                f"ToP was prepared {'with' if self.protected_tokens else 'without'} protected token counts, but the training batch "
+                f"{'has' if protect is not None else 'has no'} protect_mask: prepare() must receive the '<split>_protected' counts "
+                "exactly when the inputs protect tokens (qa.protect_question), so that the FLOPs constraint counts them as kept"
+            )
         mask = step.batch["attention_mask"].to(student.logits.device)
+        if protect is not None:
+            protect = protect.to(mask.device)
         total = student.logits.new_zeros(())
         logs: dict[str, float] = {}
         if stage == "prune":
             progress = self.warmup_progress(step.step, step.total_steps)
             target = self.scheduled_target(progress)
-            lengths = self.constraint_lengths
+            lengths, protected = self.constraint_lengths, self.constraint_protected
             if lengths is None:
                 lengths = mask.sum(dim=1)
-            expected, dense = self.expected_flops_at_lengths(lengths, self.head_kind)
+                protected = None if protect is None else protected_counts(mask, protect)
+            expected, dense = self.expected_flops_at_lengths(lengths, self.head_kind, protected=protected)
             sparsity = self.sparsity(expected, dense)
             lagrangian = self.lagrangian(sparsity, target)
             total = total + lagrangian
             with torch.no_grad():
-                hard_sparsity = self.sparsity(*self.expected_flops_at_lengths(lengths, self.head_kind, deterministic=True))
+                hard_sparsity = self.sparsity(*self.expected_flops_at_lengths(lengths, self.head_kind, deterministic=True, protected=protected))
             logs.update(
                 expected_sparsity=float(sparsity.detach()),
                 deterministic_sparsity=float(hard_sparsity),
@@ -440,7 +536,7 @@ class ToP(PruningMethod):
                 dense_flops=float(dense.mean()),
             )
             if self._ranks():
-                rank = self.rank_loss(student, step.teacher, mask)
+                rank = self.rank_loss(student, step.teacher, mask, protect)
                 weight = c.rank_distill_weight * max(c.rank_distill_floor, 1.0 - progress)
                 total = total + weight * rank
                 logs.update(rank_loss=float(rank.detach()), rank_weight=float(weight))
@@ -455,7 +551,10 @@ class ToP(PruningMethod):
     # -- export / inference ---------------------------------------------------------------------
     @torch.no_grad()
     def export(self) -> dict[str, Any]:
-        """Plain JSON: per pruning layer whether it prunes and its deterministic 0/1 bin mask."""
+        """Plain JSON: per pruning layer whether it prunes and its deterministic 0/1 bin mask
+        (with the gates' probabilities: ``layer_probability`` is 1 with ``layer_gates: false``),
+        and whether the run protected tokens (``protected_tokens``: evaluation must then pass
+        the same ``protect_mask``, :class:`ToPInferenceSelector`)."""
         layers = []
         for layer in self.resolved.prune_layers:
             gates = self.module.layers[str(layer)]
@@ -468,7 +567,7 @@ class ToP(PruningMethod):
                     "bin_mask": bin_mask,
                     "kept_bins": sum(bin_mask),
                     "bin_keep_probability": [round(float(p), 6) for p in gates.bins.prob_nonzero().tolist()],
-                    "layer_probability": round(float(gates.layer.prob_nonzero()[0]), 6),
+                    "layer_probability": round(float(gates.layer_probability()), 6),
                 }
             )
         ratios = self.keep_ratios(deterministic=True)
@@ -476,6 +575,7 @@ class ToP(PruningMethod):
             "format": EXPORT_FORMAT,
             "num_layers": self.dims.num_layers,
             "bin_num": self.resolved.bin_num,
+            "protected_tokens": self.protected_tokens,
             "layers": layers,
             "keep_ratios": [float(r) for r in ratios.tolist()],
             "cumulative_keep_ratios": [float(r) for r in torch.cumprod(ratios, 0).tolist()],
@@ -496,11 +596,12 @@ class ToP(PruningMethod):
         if int(exported["num_layers"]) != num_layers:
             raise ValueError(f"export is for {exported['num_layers']} layers, the model has {num_layers}")
         bin_num = int(exported["bin_num"])
+        protected = bool(exported.get("protected_tokens", False))
         out: dict[int, TokenSelector] = {}
         for entry in exported["layers"]:
             layer, mask = int(entry["layer"]), list(entry["bin_mask"])
             if len(mask) != bin_num:
                 raise ValueError(f"layer {layer}: bin_mask has {len(mask)} entries, bin_num is {bin_num}")
             if entry["prunes"] and not all(mask):  # a layer keeping every bin keeps every token
-                out[layer] = ToPInferenceSelector(layer, mask)
+                out[layer] = ToPInferenceSelector(layer, mask, protected)
         return out

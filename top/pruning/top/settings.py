@@ -55,12 +55,20 @@ class ToPSettings:
             4.6, the reference's effective start after its clamp).
         layer_droprate_init: initial drop probability of the layer gates (0.99: layers start
             off; the reference initialises them at -10, clamped to -4.6 after the first step).
+            Unused with ``layer_gates: false``.
+        layer_gates: learn a gate per pruning layer that decides whether it prunes at all (the
+            coarse step of ToP §3.3's coarse-to-fine pruning; the reference's ``pruner_z``).
+            ``false`` is an ablation: only the rank-bin gates are learned, every layer of
+            ``prune_layers`` always prunes with them, and the constraint, the evaluation gates
+            and the export all use ``P(g > 0) = 1``.
         temperature: hard-concrete temperature ``beta``.
         magical_number: scale in the deterministic mask (ordering only).
         log_alpha_range: ``[low, high]`` clamp of ``log_alpha`` (reference: ``[log 1e-2,
             log 1e2]``); None disables it.
         rank_distill_weight: weight of the ranking loss (``distill_ce_loss_alpha`` in the
-            reference, grid 1e-2 .. 1e-5).
+            reference, grid 1e-2 .. 1e-5). 0 switches ranking distillation off (an ablation of
+            ToP §3.2): no ranking loss, no scoring-only selectors on ``rank_distill_layers``, and
+            the teacher's final-layer token scores are not computed (only its logits).
         rank_distill_floor: the ranking weight decays as ``max(floor, 1 - warmup progress)``.
         rank_topk: teacher's top-k tokens ranked per example (None: all).
         rank_weighting: ``"arp2"`` (reference) or ``"ndcg2"``.
@@ -103,6 +111,7 @@ class ToPSettings:
     lambda_learning_rate: float | None = None
     droprate_init: float = 0.01
     layer_droprate_init: float = 0.99
+    layer_gates: bool = True
     temperature: float = 2.0 / 3.0
     magical_number: float = 0.8
     log_alpha_range: list[float] | None = dataclasses.field(default_factory=lambda: list(LOG_ALPHA_RANGE))
@@ -179,7 +188,7 @@ class ToPSettings:
             raise ValueError(f"rank_weighting must be one of {WEIGHTINGS}, got {self.rank_weighting!r}")
         if self.rank_padding not in PADDINGS:
             raise ValueError(f"rank_padding must be one of {PADDINGS}, got {self.rank_padding!r}")
-        for key in ("calibrate", "freeze_embeddings"):
+        for key in ("calibrate", "freeze_embeddings", "layer_gates"):
             if not isinstance(getattr(self, key), bool):
                 raise ValueError(f"{key} must be true or false, got {getattr(self, key)!r}")
         if self.flops_lengths not in FLOPS_LENGTHS:
