@@ -7,7 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 from snakemake.utils import validate
+from transformers import BertConfig
 
 from tests.conftest import tiny_config, write_tiny_model, write_tiny_sst2
 from top.budget import (
@@ -25,6 +27,9 @@ from top.preflight import PreflightError, run_preflight
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = str(ROOT / "workflow/schemas/config.schema.yaml")
+# Training rows of the GLUE tasks (the nyu-mll/glue dataset card; the local files have the same)
+GLUE_TRAIN_ROWS = {"cola": 8551, "sst2": 67349, "mrpc": 3668, "stsb": 5749, "rte": 2490}
+MINILM = BertConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536)
 
 
 def config(**changes) -> dict:
@@ -114,6 +119,20 @@ def test_estimate_counts_top_prune_at_its_own_rate():
     assert est.methods_h == pytest.approx((dense_steps * 32 / 32 + prune_steps * 32 / 16) / 3600)
     assert est.runs_per_seed == 5 and est.overhead_h == pytest.approx(5 * 36 / 3600)
     assert est.total_h == pytest.approx(2 * est.per_seed_h)
+
+
+def test_reproduction_config_gives_every_method_the_same_steps():
+    cfg = yaml.safe_load((ROOT / "config/reproduction.yaml").read_text())
+    validate(cfg, SCHEMA)
+    assert cfg["budget_tolerance"] == 0.02
+    methods = {m for m in cfg["methods"] if m != "dense"}
+    assert methods == {"topk", "ltp", "power_bert", "top"}
+    for task in cfg["tasks"]:
+        budgets = task_budgets(cfg, task, GLUE_TRAIN_ROWS[task], MINILM)
+        assert check_budgets(budgets, cfg["budget_tolerance"]) == []
+        assert len({b.total_steps for b in budgets}) == 1, task
+        assert len(budgets) >= 3 * len(methods)  # at least three settings per method
+        assert all({s.batch_size for s in b.stages} == {32} for b in budgets)
 
 
 def test_training_runs_the_counted_steps():

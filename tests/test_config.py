@@ -135,7 +135,7 @@ def test_schema_rejects_bad_types(config, change):
 
 def test_shipped_configs_are_valid():
     root = Path(__file__).resolve().parents[1]
-    for name in ("config.yaml", "demo.yaml", "benchmark.yaml"):
+    for name in ("config.yaml", "demo.yaml", "benchmark.yaml", "reproduction.yaml"):
         cfg = yaml.safe_load((root / "config" / name).read_text())
         validate(cfg, SCHEMA)
         validate_config(cfg, check_paths=False)
