@@ -75,6 +75,11 @@ def test_a_seed_that_cannot_reach_the_target_leaves_the_method_without_a_value()
     (at4,) = readouts(frame, targets=(4.0,))
     assert not at4.available and at4.reason == "seed 2: cannot reach 4x: max 3.6x"
     assert at4.text() == "– (seed 2: cannot reach 4x: max 3.6x)"
+    frame = runs_frame({("ltp", seed): [(1.5, 90.0), (3.1, 82.0)] for seed in (1, 2)} | {("ltp", 3): [(2.5, 85.0), (3.0, 84.0)]})
+    (at2,) = readouts(frame, targets=(2.0,))
+    assert at2.reason == "seed 3: does not go down to 2x: min 2.5x"
+    (at4,) = readouts(frame, targets=(4.0,))
+    assert at4.reason == "seeds 1, 2: cannot reach 4x: max 3.1x; seed 3: cannot reach 4x: max 3x"
 
 
 def test_readouts_need_the_run_columns():

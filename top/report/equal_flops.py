@@ -12,7 +12,7 @@ compared at fixed targets (2x and 4x by default) instead of setting by setting:
    the reason (``cannot reach 4x: max 3.6x``, ``does not go down to 2x: min 2.3x``).
 2. Per (task, method), :func:`readouts` aggregates the seeds: mean, sample standard deviation
    (ddof 1) and min–max. If any seed cannot reach the target the method has no value there, and
-   the reason names that seed.
+   the reason names those seeds.
 3. Per (task, target), :func:`verdict` compares ToP with the best baseline (the baseline method,
    ``topk``, ``ltp`` or ``power_bert``, with the highest mean there). The rule, with ``s`` the
    sample standard deviation over seeds:
@@ -141,9 +141,12 @@ def readouts(frame: pd.DataFrame, targets: Sequence[float] = TARGETS) -> list[Re
 
 def _aggregate(task: str, method: str, target: float, per_seed: Mapping[int, Reading]) -> Readout:
     seeds = tuple(per_seed)
-    failed = [(seed, r) for seed, r in per_seed.items() if r.score is None]
+    failed: dict[str, list[int]] = {}
+    for seed, reading in per_seed.items():
+        if reading.score is None:
+            failed.setdefault(str(reading.reason), []).append(seed)
     if failed:
-        reasons = "; ".join(f"seed {seed}: {r.reason}" for seed, r in failed)
+        reasons = "; ".join(f"seed{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids))}: {reason}" for reason, ids in failed.items())
         return Readout(task, method, target, seeds, (), None, None, None, None, reasons)
     scores = tuple(float(r.score) for r in per_seed.values())
     mean = sum(scores) / len(scores)

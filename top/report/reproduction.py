@@ -258,7 +258,7 @@ def comparison_table(frame: pd.DataFrame, targets: Sequence[float] = TARGETS) ->
 
 
 def teacher_table(summaries: Summaries) -> list[str]:
-    lines = ["| task | metric | teacher (dense) | expected level | source of the expected level |", "|---|---|---:|---:|---|"]
+    lines = ["| task | teacher (dense) | expected level | source of the expected level |", "|---|---:|---:|---|"]
     for task in summaries.tasks:
         rows = summaries.frame[(summaries.frame["task"] == task) & (summaries.frame["method"] == "dense")]
         metric = rows["metric"].iloc[0] if len(rows) else "–"
@@ -266,7 +266,7 @@ def teacher_table(summaries: Summaries) -> list[str]:
         level = f"{METRIC_LABELS.get(expected['metric'], expected['metric'])} {expected['score']:.1f}" if expected else "–"
         seeds = len(rows)
         ours = f"{METRIC_LABELS.get(metric, metric)} {_mean_std(rows['score'])} ({seeds} seed{'s' if seeds != 1 else ''})"
-        lines.append(f"| {_task_label(task)} | {metric} | {ours} | {level} | {expected.get('source', '–')} |")
+        lines.append(f"| {_task_label(task)} | {ours} | {level} | {expected.get('source', '–')} |")
     return lines
 
 
