@@ -135,7 +135,7 @@ def test_schema_rejects_bad_types(config, change):
 
 def test_shipped_configs_are_valid():
     root = Path(__file__).resolve().parents[1]
-    for name in ("config.yaml", "demo.yaml"):
+    for name in ("config.yaml", "demo.yaml", "benchmark.yaml", "reproduction.yaml"):
         cfg = yaml.safe_load((root / "config" / name).read_text())
         validate(cfg, SCHEMA)
         validate_config(cfg, check_paths=False)
@@ -190,3 +190,30 @@ def test_protect_question_is_refused_only_for_a_method_that_says_why(config, tmp
     )
     # without a SQuAD task the option does nothing
     validate_config({**config, "tasks": ["sst2"]})
+
+
+def test_a_task_may_have_its_own_seeds(config):
+    from top.config import task_seeds
+
+    config["seeds"] = [1, 2]
+    config["task_settings"]["rte"]["seeds"] = [7, 8, 9]
+    validate(config, SCHEMA)
+    validate_config(config)
+    assert task_seeds(config, "sst2") == [1, 2] and task_seeds(config, "rte") == [7, 8, 9]
+    seeds = {(task, seed) for task, method, setting, seed in runs(config)}
+    assert seeds == {("sst2", 1), ("sst2", 2), ("rte", 7), ("rte", 8), ("rte", 9)}
+    config["task_settings"]["rte"]["seeds"] = [7, 7]
+    with pytest.raises(Exception, match="ValidationError|validation|unique"):
+        validate(config, SCHEMA)
+
+
+def test_expected_teacher_must_name_a_metric_of_its_task(config):
+    config["task_settings"]["rte"]["expected_teacher"] = {"metric": "accuracy", "score": 68.8, "source": "a README"}
+    validate(config, SCHEMA)
+    validate_config(config)
+    config["task_settings"]["rte"]["expected_teacher"]["metric"] = "f1"
+    with pytest.raises(ConfigError, match="task_settings.rte.expected_teacher.metric: 'f1' is not a metric of rte; allowed: accuracy"):
+        validate_config(config)
+    config["task_settings"]["rte"]["expected_teacher"] = {"metric": "accuracy", "score": 68.8}
+    with pytest.raises(Exception, match="ValidationError|validation|source"):
+        validate(config, SCHEMA)

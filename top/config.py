@@ -11,7 +11,8 @@ configured method refuses ``qa.protect_question``. Both run before any job start
 3. ``methods.<m>.settings.<setting>``.
 
 A method's block may hold a ``train`` sub-block (e.g. a method's own batch size or learning
-rate); it overrides the run's shared ``train`` settings at the method's priority.
+rate); it overrides the run's shared ``train`` settings at the method's priority. A task runs
+with ``task_settings.<task>.seeds`` if given, else ``seeds`` (:func:`task_seeds`).
 
 The resolved dictionary is written as JSON beside every run's outputs.
 
@@ -129,13 +130,19 @@ def resolve_run(cfg: Mapping[str, Any], task: str, method: str, setting: str, se
     }
 
 
+def task_seeds(cfg: Mapping[str, Any], task: str) -> list[int]:
+    """The seeds ``task`` runs with: ``task_settings.<task>.seeds`` if given, else ``seeds``."""
+    return [int(seed) for seed in _task_block(cfg, task).get("seeds") or cfg["seeds"]]
+
+
 def runs(cfg: Mapping[str, Any]) -> Iterator[tuple[str, str, str, int]]:
-    """Every (task, method, setting, seed) the configuration asks for."""
+    """Every (task, method, setting, seed) the configuration asks for (each task with its own
+    seeds, :func:`task_seeds`)."""
     for task in cfg["tasks"]:
         for method, block in cfg["methods"].items():
             for setting in block["settings"]:
-                for seed in cfg["seeds"]:
-                    yield task, method, setting, int(seed)
+                for seed in task_seeds(cfg, task):
+                    yield task, method, setting, seed
 
 
 def validate_config(cfg: Mapping[str, Any], *, check_paths: bool = True) -> None:
@@ -144,9 +151,10 @@ def validate_config(cfg: Mapping[str, Any], *, check_paths: bool = True) -> None
     for i, task in enumerate(cfg["tasks"]):
         if task not in tasks:
             raise ConfigError(f"tasks[{i}]: unknown task {task!r}; allowed: {', '.join(tasks)}")
-    for task in cfg.get("task_settings") or {}:
+    for task, block in (cfg.get("task_settings") or {}).items():
         if task not in tasks:
             raise ConfigError(f"task_settings.{task}: unknown task; allowed: {', '.join(tasks)}")
+        _check_expected_teacher(task, (block or {}).get("expected_teacher"))
     qa_cfg = cfg.get("qa") or {}
     if "max_length" in qa_cfg and qa_cfg.get("doc_stride", 0) >= qa_cfg["max_length"] - qa_cfg.get("max_query_length", 0) - 3:
         raise ConfigError(
@@ -180,6 +188,22 @@ def validate_config(cfg: Mapping[str, Any], *, check_paths: bool = True) -> None
                     raise ConfigError(f"{key}: {folder!r} is not a directory")
         _check_model(cfg["model"])
     _check_method_settings(cfg)
+
+
+def _check_expected_teacher(task: str, expected: Mapping[str, Any] | None) -> None:
+    """``task_settings.<task>.expected_teacher.metric`` is one of the task's metrics."""
+    if not expected:
+        return
+    if is_qa_task(task):
+        metrics = ("exact", "f1") if task == "squad_v2" else ("exact_match", "f1")
+    else:
+        from top.tasks.glue_metrics import GLUE_METRICS
+
+        metrics = GLUE_METRICS[task]
+    if expected["metric"] not in metrics:
+        raise ConfigError(
+            f"task_settings.{task}.expected_teacher.metric: {expected['metric']!r} is not a metric of {task}; allowed: {', '.join(metrics)}"
+        )
 
 
 def _check_latency(latency: Mapping[str, Any]) -> None:
@@ -231,7 +255,7 @@ def _check_model(spec: str) -> None:
         raise ConfigError(f"model: {spec!r} looks like a path but is not a directory")
 
 
-def _model_config(spec: str):
+def offline_model_config(spec: str):
     """The model's config when it can be read offline (package, local folder, or a hub name in
     the local Hugging Face cache), else None."""
     from transformers import AutoConfig
@@ -269,7 +293,7 @@ def _check_method_settings(cfg: Mapping[str, Any]) -> None:
                 except ValueError as error:
                     raise ConfigError(f"methods.{method}.settings.{setting} (task {task}): {error}") from None
     try:
-        model_config = _model_config(cfg["model"])
+        model_config = offline_model_config(cfg["model"])
     except (OSError, ValueError):
         model_config = None
     if model_config is None:

@@ -17,7 +17,10 @@ of failing inside one after minutes of work:
   files, or a hub name that the local Hugging Face cache holds, or, online, that the hub knows;
 * the machine, when the jobs run on it: ``device`` (a CUDA device needs one) and
   ``latency.cores`` (cores this process may run on, ``os.sched_getaffinity``);
-* that ``results_dir`` (outputs and logs) can be written.
+* that ``results_dir`` (outputs and logs) can be written;
+* with ``budget_tolerance`` set, that every method setting of a task trains for the same number
+  of optimiser steps (:mod:`top.budget`), counted with the training splits' row counts that the
+  data check found (local GLUE data; other tasks are noted as not checked).
 
 Every problem is reported at once, each naming the key, file or line and what to do
 (:class:`PreflightError`). The workflow calls :func:`run_preflight` from
@@ -520,6 +523,49 @@ def check_results_dir(results_dir: str) -> list[str]:
     return []
 
 
+# ---- training budgets --------------------------------------------------------------------
+
+
+def train_rows(cfg: Mapping[str, Any], task: str, cache: _VerdictCache) -> int | None:
+    """The row count of a local GLUE task's training split, as the data check found it; None for
+    hub data, SQuAD (whose training features depend on tokenisation) or a file with a problem."""
+    if is_qa_task(task) or cfg.get("data_source", "hub") != "local":
+        return None
+    entries = cache.entries.get(_VerdictCache.key(str(cfg.get("glue_dir")), task)) or []
+    return next((int(entry["rows"]) for entry in entries if entry["split"] == "train"), None)
+
+
+def check_training_budgets(cfg: Mapping[str, Any], cache: _VerdictCache, report: PreflightReport) -> list[str]:
+    """With ``budget_tolerance`` set: a problem per task whose method settings' optimiser steps
+    differ by more than it (:func:`top.budget.check_budgets`)."""
+    tolerance = cfg.get("budget_tolerance")
+    if tolerance is None:
+        return []
+    from top.budget import check_budgets, task_budgets
+    from top.config import offline_model_config
+
+    try:
+        model_config = offline_model_config(cfg["model"])
+    except (OSError, ValueError):
+        model_config = None
+    if model_config is None:
+        report.notes.append("training budgets not checked: the model's config.json cannot be read offline")
+        return []
+    budgets, unknown = [], []
+    for task in cfg["tasks"]:
+        rows = train_rows(cfg, task, cache)
+        if rows is None:
+            unknown.append(task)
+            continue
+        budgets += task_budgets(cfg, task, rows, model_config)
+    if unknown:
+        report.notes.append(
+            f"training budgets not checked for {', '.join(unknown)}: the training rows are counted only for local GLUE files that passed the data check"
+        )
+    report.checked.append("training budgets")
+    return check_budgets(budgets, float(tolerance))
+
+
 # ---- all of it ---------------------------------------------------------------------------
 
 
@@ -550,6 +596,7 @@ def run_preflight(
     cache = _VerdictCache(cache_file)
     problems += check_data(cfg, cache, report)
     cache.save()
+    problems += check_training_budgets(cfg, cache, report)
     problems += check_model(cfg["model"])
     report.checked.append("the model")
     if machine:

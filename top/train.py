@@ -57,6 +57,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from top.batching import IndexedDataset, LengthGroupedSampler, example_lengths, with_index
+from top.budget import stage_steps
 from top.encoder import PrunableModel
 from top.files import atomic_path
 from top.optim import Precision, adamw, clip_grad_norm, linear_schedule, method_schedule, resolve_precision
@@ -423,7 +424,7 @@ def _run_stage(model, method, stage_index, stage, data, settings, teachers, devi
     generator = torch.Generator().manual_seed(settings.seed + stage_index)
     loader = data.loader(settings.batch_size, generator)
     steps_per_epoch = len(loader)
-    total_steps = max(1, math.ceil(stage.epochs * steps_per_epoch))
+    total_steps = stage_steps(stage.epochs, steps_per_epoch)
     epochs = math.ceil(stage.epochs)
     optimise = StageStep(model, method, stage, settings, total_steps, teacher_fn, device)
 

@@ -7,6 +7,8 @@
   speedup = FLOPs reduction and the ideal speedup (the stock SDPA layers at the pruned lengths,
   no pruning overhead).
 - :func:`retained_tokens`: mean tokens kept after each layer, as a share of the input length.
+- :func:`reproduction_figure`: the five-task reproduction's score vs FLOPs reduction, from its
+  committed summaries (:mod:`top.report.reproduction`).
 
 One panel per task; every figure is written as each path in ``out_paths`` (PNG, SVG, PDF),
 through a temporary name.
@@ -242,6 +244,55 @@ def retained_tokens(layers_csv: str | Path, results_csv: str | Path, out_paths: 
         ax.set_xticks(sorted(sub["layer"].unique() + 1))
         ax.set_title(TASK_LABELS.get(task, task))
         ax.grid(True, alpha=0.3)
+    _figure_legend(fig, axes)
+    _save(fig, out_paths)
+
+
+def reproduction_figure(
+    frame: pd.DataFrame, out_paths: Sequence[str | Path], expected_teacher: dict[str, dict | None] | None = None, tasks: Sequence[str] | None = None
+) -> None:
+    """Dev score against FLOPs reduction (log scale), one panel per task, from the reproduction's
+    summaries (one row per run, :data:`top.report.reproduction.SUMMARY_COLUMNS`): each method
+    setting at its mean over seeds (error bars: std), labelled with the setting's name, the
+    teacher as a dashed level and, where given, the expected teacher level as a dotted one."""
+    tasks = list(tasks or dict.fromkeys(frame["task"]))
+    numeric = frame.assign(score=pd.to_numeric(frame["score"]), flops_reduction=pd.to_numeric(frame["flops_reduction"]))
+    grouped = numeric.groupby(["task", "method", "setting"], sort=False)
+    summary = grouped[["score", "flops_reduction"]].mean().join(grouped["score"].std(ddof=1).rename("score_std")).reset_index()
+    fig, axes = _panels(tasks, width=5.4, height=4.2)
+    extra: dict[str, str] = {}
+    for ax, task in zip(axes, tasks):
+        sub = summary[summary["task"] == task]
+        metric = numeric.loc[numeric["task"] == task, "metric"].iloc[0]
+        for method in _ordered(sub["method"]):
+            pts = sub[sub["method"] == method].sort_values("flops_reduction")
+            style = _style(method, extra)
+            if method == "dense":
+                ax.axhline(pts["score"].mean(), color=style["color"], linestyle="--", linewidth=1, label="Dense (teacher)")
+                continue
+            ax.errorbar(
+                pts["flops_reduction"],
+                pts["score"],
+                yerr=pts["score_std"].fillna(0),
+                capsize=2,
+                markersize=7,
+                linestyle="-" if len(pts) > 1 else "none",
+                label=method_label(method),
+                **style,
+            )
+            for x, y, setting in zip(pts["flops_reduction"], pts["score"], pts["setting"]):
+                ax.annotate(setting, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7, color=style["color"])
+        expected = (expected_teacher or {}).get(task)
+        if expected and expected.get("metric") == metric:
+            ax.axhline(expected["score"], color="gray", linestyle=":", linewidth=1.2, label="expected teacher level (published)")
+        for target in (2.0, 4.0):
+            ax.axvline(target, color="lightgray", linewidth=0.8, zorder=0)
+        ax.set_xscale("log", base=2)
+        _ratio_axis(ax.xaxis)
+        ax.set_xlabel("FLOPs reduction (dense / pruned, log scale)")
+        ax.set_ylabel(f"{METRIC_LABELS.get(metric, metric)} (dev, x100)")
+        ax.set_title(TASK_LABELS.get(task, task))
+        ax.grid(True, which="both", alpha=0.3)
     _figure_legend(fig, axes)
     _save(fig, out_paths)
 

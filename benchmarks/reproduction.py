@@ -1,0 +1,190 @@
+"""The five-task reproduction: every method on all-MiniLM-L6-v2 over CoLA, SST-2, MRPC, STS-B
+and RTE (``config/reproduction.yaml``), one task at a time, with results that persist.
+
+    python benchmarks/reproduction.py --estimate                 # budgets and estimated hours per task
+    python benchmarks/reproduction.py --dry-run all              # what the workflow would run (snakemake -n)
+    python benchmarks/reproduction.py --task mrpc [--cores 2]    # run, summarise and render one task
+    python benchmarks/reproduction.py --task all                 # every task not summarised yet
+    python benchmarks/reproduction.py --summarise mrpc           # summarise finished results again
+    python benchmarks/reproduction.py --render                   # docs/reproduction.md and its figure
+
+Each task runs the workflow with ``tasks=[<task>]`` and ``results_dir=results/reproduction/<task>``.
+When it has finished, ``benchmarks/reproduction/<task>.csv`` and ``<task>.json`` are written
+(:mod:`top.report.reproduction`), and the report ``docs/reproduction.md`` with
+``docs/figures/reproduction.png`` is rebuilt from those files alone. A task that already has its
+summary is skipped unless ``--force`` (which summarises it again; the workflow itself reruns only
+what is missing or out of date, and resumes interrupted training from its last epoch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from snakemake.utils import validate
+
+from top.budget import Throughput, budget_table, estimate_task, task_budgets, teacher_budget
+from top.config import offline_model_config, runs, validate_config
+from top.report.reproduction import is_summarised, machine_info, render, summary_frame, summary_meta, write_summary
+from top.tasks.glue import check_local_file, local_path
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = ROOT / "workflow/schemas/config.schema.yaml"
+log = logging.getLogger("reproduction")
+
+# Training examples/s on the 2-core VM this project is developed on, from README, "Training
+# throughput (CPU)" (all-MiniLM-L6-v2, batch 32, two threads; a --quick run while other work ran,
+# so indicative): the teacher's grouped fine-tune, and ToP's pruning step with grouping and the
+# cached teacher. CoLA and STS-B were not measured: CoLA (single short sentences) takes SST-2's,
+# STS-B (sentence pairs, shorter than MRPC's) takes MRPC's, which overestimates its time.
+THROUGHPUT = {
+    "sst2": Throughput(dense=175.3, top_prune=41.2, source="measured (README)"),
+    "mrpc": Throughput(dense=48.8, top_prune=40.1, source="measured (README)"),
+    "rte": Throughput(dense=27.0, top_prune=35.1, source="measured (README)"),
+    "cola": Throughput(dense=175.3, top_prune=41.2, source="SST-2's (not measured)"),
+    "stsb": Throughput(dense=48.8, top_prune=40.1, source="MRPC's (not measured)"),
+}
+OVERHEAD_S_PER_RUN = 120.0
+"""A guess at each run's evaluation (every epoch of its last stage and once more), FLOPs count
+and latency measurement (100 dev examples, 5 repeats, four runners)."""
+
+
+def load_config(path: Path, glue_dir: Path) -> dict:
+    """The configuration as the workflow sees it: the schema's defaults filled in, validated."""
+    cfg = yaml.safe_load(path.read_text())
+    cfg["glue_dir"] = str(glue_dir)
+    validate(cfg, str(SCHEMA))
+    validate_config(cfg)
+    return cfg
+
+
+def train_rows(task: str, glue_dir: Path) -> int:
+    """Rows of ``task``'s training split, read and checked as the loader reads it."""
+    return check_local_file(task, "train", local_path(task, "train", glue_dir))
+
+
+def overrides(task: str, args: argparse.Namespace) -> list[str]:
+    glue = os.path.relpath(args.glue_dir, ROOT)
+    return [f"glue_dir={glue}", f"tasks=[{task}]", f"results_dir={results_dir(task, args)}"]
+
+
+def results_dir(task: str, args: argparse.Namespace) -> str:
+    return str(Path(args.results_root) / task)
+
+
+def run_workflow(task: str, args: argparse.Namespace, dry_run: bool) -> None:
+    command = [sys.executable, "-m", "snakemake", "--cores", str(args.cores), "--configfile", str(args.config), "--config"]
+    command += [f"glue_dir={args.glue_dir}", f"tasks=[{task}]", f"results_dir={results_dir(task, args)}", "--rerun-incomplete"]
+    if dry_run:
+        command.append("-n")
+    log.info("running %s", " ".join(command))
+    code = subprocess.run(command, cwd=ROOT).returncode
+    if code:
+        raise SystemExit(f"the workflow for {task} failed (exit status {code}); job logs: {results_dir(task, args)}/logs/")
+
+
+def summarise(task: str, cfg: dict, args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    results_csv = ROOT / results_dir(task, args) / "tables/results.csv"
+    if not results_csv.is_file():
+        raise SystemExit(f"{results_csv}: no results for {task} (run: python benchmarks/reproduction.py --task {task})")
+    rows = train_rows(task, args.glue_dir)
+    model_config = offline_model_config(cfg["model"])
+    steps = {(b.method, b.setting): b.total_steps for b in task_budgets(cfg, task, rows, model_config)}
+    for setting in cfg["methods"]["dense"]["settings"]:
+        steps[("dense", setting)] = teacher_budget(cfg, task, rows).total_steps
+    expected = [(m, s, seed) for t, m, s, seed in runs(cfg) if t == task]
+    frame = summary_frame(pd.read_csv(results_csv), task, steps, expected)
+    meta = summary_meta(
+        task,
+        os.path.relpath(args.config, ROOT),
+        overrides(task, args),
+        train_rows=rows,
+        expected_teacher=(cfg.get("task_settings") or {}).get(task, {}).get("expected_teacher"),
+        machine=machine_info(),
+        results_csv=os.path.relpath(results_csv, ROOT),
+    )
+    write_summary(args.out, task, frame, meta)
+
+
+def estimate(cfg: dict, args: argparse.Namespace) -> str:
+    model_config = offline_model_config(cfg["model"])
+    budgets, lines = [], []
+    lines.append(
+        "| task | train rows | seeds | runs per seed | steps per method run | throughput (ex/s: fine-tune, ToP prune) | hours per seed | hours |"
+    )
+    lines.append("|---|---:|---:|---:|---:|---|---:|---:|")
+    total = 0.0
+    for task in cfg["tasks"]:
+        rows = train_rows(task, args.glue_dir)
+        task_budget = task_budgets(cfg, task, rows, model_config)
+        budgets += [teacher_budget(cfg, task, rows), *task_budget]
+        rate = THROUGHPUT[task]
+        est = estimate_task(cfg, task, rows, model_config, rate, OVERHEAD_S_PER_RUN)
+        total += est.total_h
+        steps = sorted({b.total_steps for b in task_budget})
+        lines.append(
+            f"| {task} | {rows} | {est.seeds} | {est.runs_per_seed} | {'/'.join(map(str, steps))} | "
+            f"{rate.dense:g}, {rate.top_prune:g} ({rate.source}) | {est.per_seed_h:.1f} | {est.total_h:.1f} |"
+        )
+    lines.append(f"| all | | | | | | | {total:.1f} |")
+    return budget_table(budgets) + "\n" + "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    action = parser.add_mutually_exclusive_group(required=True)
+    action.add_argument("--task", nargs="+", metavar="TASK", help="run, summarise and render these tasks ('all': every task)")
+    action.add_argument("--dry-run", nargs="+", metavar="TASK", help="plan these tasks' workflow (snakemake -n)")
+    action.add_argument("--summarise", nargs="+", metavar="TASK", help="summarise these tasks' finished results")
+    action.add_argument("--render", action="store_true", help="build docs/reproduction.md and its figure from the summaries")
+    action.add_argument("--estimate", action="store_true", help="print every run's optimiser steps and the estimated hours per task")
+    parser.add_argument("--config", type=Path, default=ROOT / "config/reproduction.yaml")
+    parser.add_argument("--glue-dir", type=Path, default=ROOT.parent / "shared/data/glue")
+    parser.add_argument("--cores", type=int, default=2)
+    parser.add_argument("--results-root", default="results/reproduction", help="each task's results_dir is <this>/<task>")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/reproduction", help="where the task summaries go")
+    parser.add_argument("--report", type=Path, default=ROOT / "docs/reproduction.md")
+    parser.add_argument("--figure", type=Path, default=ROOT / "docs/figures/reproduction.png")
+    parser.add_argument("--force", action="store_true", help="summarise tasks again that already have a summary")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    args.glue_dir = args.glue_dir.resolve()
+    args.config = args.config.resolve()
+    if args.render:  # from the summaries alone: neither data nor model needed
+        render(args.out, args.report, args.figure, tasks=yaml.safe_load(args.config.read_text())["tasks"])
+        return
+    cfg = load_config(args.config, args.glue_dir)
+
+    def chosen(names: list[str]) -> list[str]:
+        tasks = list(cfg["tasks"]) if names == ["all"] else names
+        unknown = [t for t in tasks if t not in cfg["tasks"]]
+        if unknown:
+            parser.error(f"{', '.join(unknown)}: not a task of {args.config.name} ({', '.join(cfg['tasks'])})")
+        return tasks
+
+    if args.estimate:
+        print(estimate(cfg, args))
+        return
+    if args.dry_run:
+        for task in chosen(args.dry_run):
+            run_workflow(task, args, dry_run=True)
+        return
+    for task in chosen(args.summarise or args.task):
+        if is_summarised(args.out, task) and not args.force:
+            log.info("%s: already summarised in %s (--force to summarise again)", task, args.out)
+            continue
+        if args.task:
+            run_workflow(task, args, dry_run=False)
+        summarise(task, cfg, args)
+        render(args.out, args.report, args.figure, tasks=cfg["tasks"])
+
+
+if __name__ == "__main__":
+    main()

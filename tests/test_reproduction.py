@@ -1,0 +1,205 @@
+"""The reproduction's persistent summaries and report (top/report/reproduction.py,
+benchmarks/reproduction.py --render), on synthetic results.csv files: no training."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from top.report.reproduction import (
+    SUMMARY_COLUMNS,
+    is_summarised,
+    load_summaries,
+    markdown,
+    render,
+    summary_frame,
+    summary_meta,
+    write_summary,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+SEEDS = (42, 43, 44)
+# (method, setting) -> FLOPs reduction; a method's score falls with its reduction
+CURVES = {
+    ("dense", "default"): 1.0,
+    ("topk", "r1.5"): 1.5,
+    ("topk", "r5"): 5.2,
+    ("ltp", "lam0.01"): 1.6,
+    ("ltp", "lam0.8"): 3.1,
+    ("top", "s33"): 1.5,
+    ("top", "s50"): 2.0,
+    ("top", "s75"): 4.0,
+}
+
+
+def results_csv(path: Path, task: str = "mrpc", metric: str = "f1", top_bonus: float = 3.0, drop: tuple = ()) -> Path:
+    """A workflow results.csv as top.report.tables.collect writes it (extra columns included)."""
+    rows = []
+    for (method, setting), reduction in CURVES.items():
+        for seed in SEEDS:
+            if (method, setting, seed) in drop:
+                continue
+            score = 90.0 - 4.0 * (reduction - 1.0) + (top_bonus if method == "top" else 0.0) + 0.2 * (seed - 43)
+            rows.append(
+                {
+                    "task": task,
+                    "method": method,
+                    "setting": setting,
+                    "seed": seed,
+                    "metric": metric,
+                    "score": score,
+                    "selection": "best_dev",
+                    "selected_epoch": 3,
+                    "selection_epochs": 4,
+                    "selection_fallback": False,
+                    "flops": 1e8 / reduction,
+                    "flops_reduction": reduction,
+                    "target_flops_reduction": reduction if method == "top" else None,
+                    "speedup": 1.0 + 0.1 * (reduction - 1.0),
+                    "speedup_ideal": 1.0 + 0.12 * (reduction - 1.0),
+                    "latency_ms": 5.0,
+                    "cpu": "Test CPU",
+                    f"validation/{metric}": score,
+                }
+            )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def expected_runs() -> list[tuple[str, str, int]]:
+    return [(method, setting, seed) for method, setting in CURVES for seed in SEEDS]
+
+
+STEPS = {key: (1150 if key[0] != "dense" else 1150) for key in CURVES}
+MACHINE = {"cpu_model": "Test CPU", "cores_available": 2, "gpus": [], "torch_version": "2.13.0", "transformers_version": "5.23.0"}
+EXPECTED = {"metric": "f1", "score": 88.9, "source": "MiniLM-L6xH384 dev (test)"}
+
+
+def summarise(tmp_path: Path, task: str = "mrpc", metric: str = "f1", **options) -> tuple[Path, Path]:
+    csv = results_csv(tmp_path / "results" / task / "tables/results.csv", task, metric, **options)
+    frame = summary_frame(pd.read_csv(csv), task, STEPS, expected_runs())
+    config = tmp_path / "reproduction.yaml"
+    config.write_text("tasks: [cola, mrpc, rte]\n")
+    meta = summary_meta(
+        task,
+        config,
+        [f"tasks=[{task}]"],
+        train_rows=3668,
+        expected_teacher=EXPECTED,
+        machine=MACHINE,
+        results_csv=csv,
+        date="2026-12-01T00:00:00+00:00",
+    )
+    return write_summary(tmp_path / "summaries", task, frame, meta)
+
+
+def test_summary_has_one_row_per_run_with_the_budget(tmp_path):
+    csv_path, json_path = summarise(tmp_path)
+    frame = pd.read_csv(csv_path)
+    assert list(frame.columns) == list(SUMMARY_COLUMNS)
+    assert len(frame) == len(CURVES) * len(SEEDS)
+    assert list(dict.fromkeys(frame["method"])) == ["dense", "topk", "ltp", "top"]  # the tables' order
+    assert set(frame["train_steps"]) == {1150}
+    assert frame.loc[frame["setting"] == "s75", "target_flops_reduction"].tolist() == [4.0] * 3
+    meta = json.loads(json_path.read_text())
+    assert meta["config_sha256"] == __import__("hashlib").sha256(b"tasks: [cola, mrpc, rte]\n").hexdigest()
+    assert meta["machine"]["cpu_model"] == "Test CPU" and meta["expected_teacher"] == EXPECTED
+    assert meta["overrides"] == ["tasks=[mrpc]"] and meta["train_rows"] == 3668
+    assert is_summarised(tmp_path / "summaries", "mrpc") and not is_summarised(tmp_path / "summaries", "rte")
+
+
+def test_an_unfinished_task_is_not_summarised(tmp_path):
+    csv = results_csv(tmp_path / "results.csv", drop=(("top", "s75", 44), ("ltp", "lam0.8", 42)))
+    with pytest.raises(ValueError, match="task mrpc is not finished: no result for ltp/lam0.8/seed42, top/s75/seed44"):
+        summary_frame(pd.read_csv(csv), "mrpc", STEPS, expected_runs())
+
+
+def test_runs_outside_the_configuration_are_left_out(tmp_path):
+    csv = results_csv(tmp_path / "results.csv")
+    frame = summary_frame(pd.read_csv(csv), "mrpc", STEPS, [run for run in expected_runs() if run[0] != "ltp"])
+    assert "ltp" not in set(frame["method"])
+
+
+def test_bad_summaries_name_the_file_and_line(tmp_path):
+    csv_path, json_path = summarise(tmp_path)
+    frame = pd.read_csv(csv_path)
+    frame.loc[4, "task"] = "rte"
+    frame.to_csv(csv_path, index=False)
+    with pytest.raises(ValueError, match=r"mrpc.csv, line 6: task 'rte' in the summary of 'mrpc'"):
+        load_summaries(csv_path.parent)
+    frame.loc[4, "task"] = "mrpc"
+    frame.loc[2, "flops_reduction"] = None
+    frame.to_csv(csv_path, index=False)
+    with pytest.raises(ValueError, match=r"mrpc.csv, line 4: no value for \['flops_reduction'\]"):
+        load_summaries(csv_path.parent)
+    frame.drop(columns="train_steps").to_csv(csv_path, index=False)
+    with pytest.raises(ValueError, match=r"mrpc.csv: missing columns \['train_steps'\]"):
+        load_summaries(csv_path.parent)
+    json_path.unlink()
+    with pytest.raises(ValueError, match="mrpc.csv: no sidecar mrpc.json"):
+        load_summaries(csv_path.parent)
+
+
+def test_report_compares_at_equal_flops_and_shows_the_teachers(tmp_path):
+    summarise(tmp_path, "mrpc")
+    summarise(tmp_path, "rte", metric="accuracy", top_bonus=-3.0)
+    report, figure = tmp_path / "docs/reproduction.md", tmp_path / "docs/figures/reproduction.png"
+    summaries = render(tmp_path / "summaries", report, figure, tasks=["cola", "sst2", "mrpc", "stsb", "rte"])
+    assert summaries.tasks == ["mrpc", "rte"]
+    text = report.read_text()
+    assert "Not finished yet: CoLA, SST-2, STS-B." in text
+    # ToP three points above every baseline at the same FLOPs on MRPC, three below on RTE;
+    # topk at 4x on MRPC: between 1.5x and 5.2x
+    rows = {line.split(" | ")[0] + " | " + line.split(" | ")[1]: line for line in text.splitlines() if line.startswith(("| MRPC |", "| RTE |"))}
+    assert rows["| MRPC | 2x"].endswith("| **ahead** (best baseline: LTP) |")  # LTP 85.6 at 2x, top-k 84.6
+    assert rows["| MRPC | 4x"].endswith("| **ahead** (best baseline: Top-k (static)) |")
+    assert rows["| RTE | 2x"].endswith("| **behind** (best baseline: LTP) |")
+    assert rows["| RTE | 4x"].endswith("| **behind** (best baseline: Top-k (static)) |")
+    # ToP at 2x: its s50 point itself; LTP's curve stops at 3.1x in every seed
+    assert "| MRPC | 2x | 89.0 ± 0.2 [88.8–89.2] (3 seeds) |" in rows["| MRPC | 2x"]
+    assert "| – (seeds 42, 43, 44: cannot reach 4x: max 3.1x) |" in rows["| MRPC | 4x"]
+    assert "| MRPC | F1 90.0 ± 0.2 (3 seeds) | F1 88.9 | MiniLM-L6xH384 dev (test) |" in text
+    assert "| MRPC | ToP | s75 | 3 | 81.0 ± 0.2 | 4.00x ± 0.00 | 1150 | 3, 3, 3 | 1.30x ± 0.00 |" in text
+    assert "![dev score against FLOPs reduction, one panel per task](figures/reproduction.png)" in text
+    assert "| MRPC | 2026-12-01T00:00:00+00:00 |" in text and "Test CPU, 2 cores, no GPU" in text
+    assert figure.is_file() and figure.stat().st_size > 10_000
+
+
+def test_report_without_summaries_says_so_and_draws_no_figure(tmp_path):
+    report, figure = tmp_path / "reproduction.md", tmp_path / "figures/reproduction.png"
+    figure.parent.mkdir()
+    figure.write_bytes(b"stale")
+    render(tmp_path / "none", report, figure, tasks=["mrpc"])
+    text = report.read_text()
+    assert "No task has finished yet: there are no results to show." in text and "Not finished yet: MRPC." in text
+    assert not figure.exists()
+
+
+def test_markdown_of_a_single_seed_has_no_spread(tmp_path):
+    csv = results_csv(tmp_path / "results/results.csv")
+    frame = pd.read_csv(csv)
+    frame = frame[frame["seed"] == 42]
+    summary = summary_frame(frame, "mrpc", STEPS, [run for run in expected_runs() if run[2] == 42])
+    meta = summary_meta("mrpc", csv, [], train_rows=None, expected_teacher=None, machine=MACHINE, results_csv=csv)
+    write_summary(tmp_path / "summaries", "mrpc", summary, meta)
+    text = markdown(load_summaries(tmp_path / "summaries"), figure=None)
+    assert "**undetermined (one seed)**" in text and "(1 seed)" in text and "![" not in text
+
+
+def test_render_command_builds_the_report_from_the_summaries_only(tmp_path):
+    summarise(tmp_path, "mrpc")
+    report, figure = tmp_path / "out.md", tmp_path / "fig.png"
+    command = [sys.executable, str(ROOT / "benchmarks/reproduction.py"), "--render", "--out", str(tmp_path / "summaries")]
+    command += ["--report", str(report), "--figure", str(figure), "--glue-dir", str(tmp_path / "no-glue-needed")]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    subprocess.run(command, check=True, cwd=tmp_path, capture_output=True, env=env)
+    text = report.read_text()
+    assert "| MRPC | 2x |" in text and "Not finished yet: CoLA, SST-2, STS-B, RTE." in text
+    assert figure.is_file()

@@ -1,0 +1,374 @@
+"""The five-task reproduction's persistent results: a small summary per finished task, and the
+report built from those summaries alone.
+
+``benchmarks/reproduction.py`` runs the workflow on ``config/reproduction.yaml`` one task at a
+time. When a task's runs are done, :func:`summarise_task` reads the workflow's ``results.csv``
+and writes two files meant to be committed:
+
+- ``<task>.csv``: one row per run (method, setting, seed) with the columns of
+  :data:`SUMMARY_COLUMNS`: the dev score (0-100), the FLOPs reduction, the kept epoch, the
+  optimiser steps the configuration gives the run (:mod:`top.budget`; the ``dense`` row: the
+  teacher's fine-tune) and the batch-1 latency speedups;
+- ``<task>.json``: where the rows come from: the configuration file and its SHA-256, the
+  command-line overrides, the training rows, the expected teacher level (the configuration's
+  ``task_settings.<task>.expected_teacher``), the machine (CPU model, cores, GPUs), the torch and
+  transformers versions, and the date.
+
+:func:`render` then builds the Markdown report (:func:`markdown`: the comparison at 2x and 4x
+FLOPs reduction of :mod:`top.report.equal_flops`, the teachers against their expected level,
+every setting's mean over seeds, where each summary came from) and the figure
+(:func:`top.report.plots.reproduction_figure`) from those files only. Both writers go through
+temporary names (:mod:`top.files`).
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import logging
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from top.files import atomic_write_text, json_text
+from top.report.equal_flops import TARGETS, readouts, verdicts
+from top.report.labels import METRIC_LABELS, TASK_LABELS, method_label, method_rank
+
+log = logging.getLogger(__name__)
+
+SUMMARY_COLUMNS = (
+    "task",
+    "method",
+    "setting",
+    "seed",
+    "metric",
+    "score",
+    "flops_reduction",
+    "target_flops_reduction",
+    "selected_epoch",
+    "selection_epochs",
+    "selection_fallback",
+    "train_steps",
+    "speedup",
+    "speedup_ideal",
+)
+"""Columns of a task's summary CSV."""
+REQUIRED = ("task", "method", "setting", "seed", "metric", "flops_reduction")
+"""Columns that must have a value in every row (``score`` may be empty where the metric is
+undefined, e.g. a correlation of constant predictions)."""
+META_KEYS = ("task", "config", "config_sha256", "overrides", "date", "machine")
+"""Keys every sidecar JSON must have."""
+
+
+def file_sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def machine_info() -> dict[str, Any]:
+    """The machine and software of this process: CPU model, logical and physical cores, GPUs,
+    torch, transformers and Python versions, platform (:func:`top.measure.latency.environment_info`)."""
+    import torch
+
+    from top.measure.latency import environment_info
+
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    env = environment_info(cores, torch.get_num_threads())
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    keep = ("cpu_model", "logical_cpus", "physical_cores", "torch_version", "transformers_version", "python_version", "platform")
+    return {**{key: env[key] for key in keep}, "cores_available": len(cores), "gpus": gpus}
+
+
+# ---- summarise ------------------------------------------------------------------------------
+
+
+def summary_frame(
+    results: pd.DataFrame, task: str, steps: Mapping[tuple[str, str], int], expected_runs: Sequence[tuple[str, str, int]]
+) -> pd.DataFrame:
+    """``task``'s rows of a workflow ``results.csv`` (``results``), cut to
+    :data:`SUMMARY_COLUMNS`, with ``train_steps`` from ``steps`` ((method, setting) -> optimiser
+    steps).
+
+    Raises:
+        ValueError: if a column is missing or a run of ``expected_runs`` ((method, setting,
+            seed) triples) has no row: the task is not finished.
+    """
+    missing = [c for c in REQUIRED + ("score",) if c not in results.columns]
+    if missing:
+        raise ValueError(f"results.csv lacks columns {missing}")
+    rows = results[results["task"] == task].copy()
+    have = {(str(m), str(s), int(seed)) for m, s, seed in zip(rows["method"], rows["setting"], rows["seed"])}
+    absent = [f"{m}/{s}/seed{seed}" for m, s, seed in expected_runs if (m, s, int(seed)) not in have]
+    if absent:
+        raise ValueError(f"task {task} is not finished: no result for {', '.join(absent)}")
+    expected = {(m, s, int(seed)) for m, s, seed in expected_runs}
+    rows = rows[[(str(m), str(s), int(seed)) in expected for m, s, seed in zip(rows["method"], rows["setting"], rows["seed"])]]
+    rows["train_steps"] = [steps.get((m, s), math.nan) for m, s in zip(rows["method"], rows["setting"])]
+    for column in SUMMARY_COLUMNS:
+        if column not in rows.columns:
+            rows[column] = math.nan
+    rows = rows[list(SUMMARY_COLUMNS)]
+    order = rows["method"].map(method_rank)
+    return rows.assign(_order=order).sort_values(["_order", "setting", "seed"], kind="stable").drop(columns="_order").reset_index(drop=True)
+
+
+def write_summary(out_dir: str | Path, task: str, frame: pd.DataFrame, meta: Mapping[str, Any]) -> tuple[Path, Path]:
+    """Write ``<task>.csv`` and ``<task>.json`` under ``out_dir``, each atomically; the JSON
+    first, so a CSV never stands without its sidecar."""
+    out_dir = Path(out_dir)
+    missing = [key for key in META_KEYS if key not in meta]
+    if missing:
+        raise ValueError(f"summary metadata of {task} lacks {missing}")
+    csv_path, json_path = out_dir / f"{task}.csv", out_dir / f"{task}.json"
+    atomic_write_text(json_path, json_text(dict(meta), indent=2) + "\n")
+    atomic_write_text(csv_path, frame.to_csv(index=False, float_format="%.6g"))
+    log.info("wrote %s and %s (%d runs)", csv_path, json_path, len(frame))
+    return csv_path, json_path
+
+
+def is_summarised(out_dir: str | Path, task: str) -> bool:
+    """Whether ``task`` has both its summary files under ``out_dir``."""
+    return (Path(out_dir) / f"{task}.csv").is_file() and (Path(out_dir) / f"{task}.json").is_file()
+
+
+def summary_meta(
+    task: str,
+    config_path: str | Path,
+    overrides: Sequence[str],
+    *,
+    train_rows: int | None,
+    expected_teacher: Mapping[str, Any] | None,
+    machine: Mapping[str, Any],
+    results_csv: str | Path,
+    date: str | None = None,
+) -> dict[str, Any]:
+    """The sidecar of a task's summary (module docstring)."""
+    return {
+        "task": task,
+        "config": str(config_path),
+        "config_sha256": file_sha256(config_path),
+        "overrides": list(overrides),
+        "results_csv": str(results_csv),
+        "train_rows": train_rows,
+        "expected_teacher": dict(expected_teacher) if expected_teacher else None,
+        "date": date or datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": dict(machine),
+    }
+
+
+# ---- load ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Summaries:
+    """Every task summary of a folder: the rows of all tasks and each task's sidecar."""
+
+    frame: pd.DataFrame
+    meta: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def tasks(self) -> list[str]:
+        return sorted(self.meta, key=lambda task: list(TASK_LABELS).index(task) if task in TASK_LABELS else len(TASK_LABELS))
+
+
+def load_summaries(folder: str | Path) -> Summaries:
+    """Read every ``<task>.csv`` of ``folder`` with its ``<task>.json``.
+
+    Raises:
+        ValueError: naming the file (and row) of a summary without its sidecar, with missing
+            columns or keys, with a row of another task or without a required value.
+    """
+    folder = Path(folder)
+    frames: dict[str, pd.DataFrame] = {}
+    meta: dict[str, dict[str, Any]] = {}
+    for csv_path in sorted(folder.glob("*.csv")):
+        task = csv_path.stem
+        json_path = csv_path.with_suffix(".json")
+        if not json_path.is_file():
+            raise ValueError(f"{csv_path}: no sidecar {json_path.name} (summaries are written by benchmarks/reproduction.py --summarise)")
+        try:
+            sidecar = json.loads(json_path.read_text())
+        except ValueError as error:
+            raise ValueError(f"{json_path}: not valid JSON: {error}") from None
+        missing = [key for key in META_KEYS if key not in sidecar]
+        if missing:
+            raise ValueError(f"{json_path}: missing keys {missing}")
+        frame = pd.read_csv(csv_path)
+        absent = [column for column in SUMMARY_COLUMNS if column not in frame.columns]
+        if absent:
+            raise ValueError(f"{csv_path}: missing columns {absent}")
+        for index, row in frame.iterrows():
+            line = index + 2  # header is line 1
+            if row["task"] != task:
+                raise ValueError(f"{csv_path}, line {line}: task {row['task']!r} in the summary of {task!r}")
+            empty = [column for column in REQUIRED if pd.isna(row[column])]
+            if empty:
+                raise ValueError(f"{csv_path}, line {line}: no value for {empty}")
+        frames[task] = frame
+        meta[task] = sidecar
+    summaries = Summaries(pd.DataFrame(columns=list(SUMMARY_COLUMNS)), meta)
+    if frames:  # in the tables' task order, not the files'
+        summaries.frame = pd.concat([frames[task] for task in summaries.tasks], ignore_index=True)
+    return summaries
+
+
+# ---- render ---------------------------------------------------------------------------------
+
+
+def _fmt(value: Any, digits: int = 1, suffix: str = "") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:.{digits}f}{suffix}"
+
+
+def _mean_std(values: pd.Series, digits: int = 1, suffix: str = "") -> str:
+    values = values.dropna()
+    if values.empty:
+        return "–"
+    if len(values) == 1:
+        return _fmt(float(values.iloc[0]), digits, suffix)
+    return f"{values.mean():.{digits}f}{suffix} ± {values.std(ddof=1):.{digits}f}"
+
+
+def _task_label(task: str) -> str:
+    return TASK_LABELS.get(task, task)
+
+
+def comparison_table(frame: pd.DataFrame, targets: Sequence[float] = TARGETS) -> list[str]:
+    """The equal-FLOPs table: per task and target, each method's readout and the verdict."""
+    found = readouts(frame, targets)
+    lines = [
+        "| task | FLOPs reduction | ToP | Top-k | LTP | PoWER-BERT | verdict |",
+        "|---|---:|---|---|---|---|---|",
+    ]
+    by_key = {(r.task, r.method, r.target): r for r in found}
+    for v in verdicts(found, targets):
+        cells = []
+        for method in ("top", "topk", "ltp", "power_bert"):
+            readout = by_key.get((v.task, method, v.target))
+            cells.append("not run" if readout is None else readout.text())
+        best = f" (best baseline: {method_label(v.best.method)})" if v.best is not None and v.verdict in ("ahead", "behind", "within spread") else ""
+        lines.append(f"| {_task_label(v.task)} | {v.target:g}x | {' | '.join(cells)} | **{v.verdict}**{best} |")
+    return lines
+
+
+def teacher_table(summaries: Summaries) -> list[str]:
+    lines = ["| task | teacher (dense) | expected level | source of the expected level |", "|---|---:|---:|---|"]
+    for task in summaries.tasks:
+        rows = summaries.frame[(summaries.frame["task"] == task) & (summaries.frame["method"] == "dense")]
+        metric = rows["metric"].iloc[0] if len(rows) else "–"
+        expected = summaries.meta[task].get("expected_teacher") or {}
+        level = f"{METRIC_LABELS.get(expected['metric'], expected['metric'])} {expected['score']:.1f}" if expected else "–"
+        seeds = len(rows)
+        ours = f"{METRIC_LABELS.get(metric, metric)} {_mean_std(rows['score'])} ({seeds} seed{'s' if seeds != 1 else ''})"
+        lines.append(f"| {_task_label(task)} | {ours} | {level} | {expected.get('source', '–')} |")
+    return lines
+
+
+def runs_table(frame: pd.DataFrame) -> list[str]:
+    """One row per (task, method, setting): mean ± std over seeds of the score, the FLOPs
+    reduction, the optimiser steps, the kept epochs and the latency speedup."""
+    lines = [
+        "| task | method | setting | seeds | score | FLOPs reduction | train steps | kept epoch(s) | latency speedup |",
+        "|---|---|---|---:|---:|---:|---:|---|---:|",
+    ]
+    for (task, method, setting), rows in frame.groupby(["task", "method", "setting"], sort=False):
+        epochs = ", ".join(str(int(e)) for e in rows["selected_epoch"].dropna()) or "–"
+        steps = rows["train_steps"].dropna()
+        lines.append(
+            f"| {_task_label(task)} | {method_label(method)} | {setting} | {len(rows)} | {_mean_std(rows['score'])} | "
+            f"{_mean_std(rows['flops_reduction'], 2, 'x')} | {int(steps.iloc[0]) if len(steps) else '–'} | {epochs} | "
+            f"{_mean_std(rows['speedup'], 2, 'x')} |"
+        )
+    return lines
+
+
+def provenance_table(summaries: Summaries) -> list[str]:
+    lines = ["| task | date | config (SHA-256) | overrides | machine | torch | transformers |", "|---|---|---|---|---|---|---|"]
+    for task in summaries.tasks:
+        meta = summaries.meta[task]
+        machine = meta.get("machine") or {}
+        gpus = ", ".join(machine.get("gpus") or []) or "no GPU"
+        where = f"{machine.get('cpu_model', '?')}, {machine.get('cores_available', '?')} cores, {gpus}"
+        overrides = " ".join(f"`{o}`" for o in meta.get("overrides") or []) or "–"
+        lines.append(
+            f"| {_task_label(task)} | {meta['date']} | `{meta['config']}` ({meta['config_sha256'][:12]}) | {overrides} | {where} | "
+            f"{machine.get('torch_version', '?')} | {machine.get('transformers_version', '?')} |"
+        )
+    return lines
+
+
+def markdown(summaries: Summaries, figure: str | None, pending: Sequence[str] = ()) -> str:
+    """The report: comparison at equal FLOPs, teachers, every setting, the figure, provenance.
+    ``figure``: the figure's path relative to the report (None: no figure); ``pending``: tasks
+    of the reproduction without a summary yet."""
+    lines = [
+        "# Reproduction on five GLUE tasks (all-MiniLM-L6-v2)",
+        "",
+        "Generated by `python benchmarks/reproduction.py --render` from `benchmarks/reproduction/<task>.csv` and "
+        '`<task>.json` only; do not edit by hand. README, "Reproduction (five GLUE tasks)", says how the runs are made.',
+        "",
+    ]
+    if pending:
+        lines += [f"Not finished yet: {', '.join(_task_label(t) for t in pending)}. Their rows appear here as each task finishes.", ""]
+    if not summaries.tasks:
+        lines += ["No task has finished yet: there are no results to show.", ""]
+        return "\n".join(lines)
+    frame = summaries.frame
+    lines += [
+        "## ToP against the baselines at equal FLOPs",
+        "",
+        "Each method's dev score at 2x and 4x FLOPs reduction, read off its own score-vs-FLOPs curve (its settings' points "
+        "for one seed), interpolated linearly in log(FLOPs reduction) between the two nearest points that bracket the "
+        "target, never extrapolated (`top/report/equal_flops.py`); then mean ± sample std [min–max] over seeds. Verdict: "
+        "**ahead** when ToP's mean − std exceeds the best baseline's mean + std, **behind** when ToP's mean + std is below "
+        "the best baseline's mean − std, **within spread** otherwise.",
+        "",
+        *comparison_table(frame),
+        "",
+        "## Teachers",
+        "",
+        "The dense row is the fine-tuned teacher every method starts from. The expected level is a published dev score "
+        "of a comparable model fully fine-tuned on the task (the configuration's `expected_teacher`).",
+        "",
+        *teacher_table(summaries),
+        "",
+        "## Every setting (mean ± std over seeds)",
+        "",
+        "Scores are dev scores (x100) of each run's kept checkpoint (best dev epoch within the FLOPs budget); train steps "
+        "are the optimiser steps the configuration gives the run over all its stages (dense: the teacher's fine-tune); "
+        "latency speedup: batch 1 on one pinned CPU thread, over the stock dense model.",
+        "",
+        *runs_table(frame),
+        "",
+    ]
+    if figure:
+        lines += [f"![dev score against FLOPs reduction, one panel per task]({figure})", ""]
+    lines += ["## Where each summary came from", "", *provenance_table(summaries), ""]
+    return "\n".join(lines)
+
+
+def render(folder: str | Path, out_markdown: str | Path, out_figure: str | Path, tasks: Sequence[str] = ()) -> Summaries:
+    """Build the report and the figure from the summaries in ``folder``; ``tasks``: every task
+    of the reproduction (those without a summary are listed as not finished). Without any
+    summary no figure is drawn (and a stale one is removed)."""
+    from top.report.plots import reproduction_figure
+
+    summaries = load_summaries(folder)
+    out_markdown, out_figure = Path(out_markdown), Path(out_figure)
+    pending = [task for task in tasks if task not in summaries.meta]
+    figure = None
+    if summaries.tasks:
+        expected = {task: meta.get("expected_teacher") for task, meta in summaries.meta.items()}
+        reproduction_figure(summaries.frame, [out_figure], expected, tasks=summaries.tasks)
+        figure = os.path.relpath(out_figure, out_markdown.parent)
+    else:
+        out_figure.unlink(missing_ok=True)
+    atomic_write_text(out_markdown, markdown(summaries, figure, pending))
+    log.info("wrote %s", out_markdown)
+    return summaries
