@@ -7,6 +7,7 @@ main Snakefile because Snakemake takes the default target (`rule all`) only from
 file, not from an included one. Configuration, paths and helpers: workflow/rules/common.smk;
 the rules: workflow/rules/*.smk; thread counts and scheduler resources: profiles/."""
 
+from snakemake.logging import logger
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -36,7 +37,6 @@ rule all:
     default_target: True
 
 
+# Every run ends with where its outputs are (a run with nothing to do too: common.smk).
 onsuccess:
-    print("\nResults:")
-    for path in rules.all.input:
-        print(f"  {path}")
+    logger.info(outputs_summary())

@@ -19,6 +19,8 @@ what is missing or out of date, and resumes interrupted training from its last e
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import logging
 import os
 import subprocess
@@ -37,18 +39,33 @@ ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "workflow/schemas/config.schema.yaml"
 log = logging.getLogger("reproduction")
 
-# Training examples/s on the 2-core VM this project is developed on, from README, "Training
-# throughput (CPU)" (all-MiniLM-L6-v2, batch 32, two threads; a --quick run while other work ran,
-# so indicative): the teacher's grouped fine-tune, and ToP's pruning step with grouping and the
-# cached teacher. CoLA and STS-B were not measured: CoLA (single short sentences) takes SST-2's,
-# STS-B (sentence pairs, shorter than MRPC's) takes MRPC's, which overestimates its time.
-THROUGHPUT = {
-    "sst2": Throughput(dense=175.3, top_prune=41.2, source="measured (README)"),
-    "mrpc": Throughput(dense=48.8, top_prune=40.1, source="measured (README)"),
-    "rte": Throughput(dense=27.0, top_prune=35.1, source="measured (README)"),
-    "cola": Throughput(dense=175.3, top_prune=41.2, source="SST-2's (not measured)"),
-    "stsb": Throughput(dense=48.8, top_prune=40.1, source="MRPC's (not measured)"),
-}
+THROUGHPUT_FILE = ROOT / "benchmarks/results/train_throughput.json"
+# CoLA and STS-B were not measured: CoLA (single short sentences) takes SST-2's rates, STS-B
+# (sentence pairs, shorter than MRPC's) MRPC's, which overestimates its time.
+STAND_INS = {"cola": "sst2", "stsb": "mrpc"}
+
+
+def measured_throughput(path: Path = THROUGHPUT_FILE) -> dict[str, Throughput]:
+    """Training examples/s per task from the committed training-throughput benchmark
+    (``benchmarks/train_throughput.py``): the teacher's length-grouped fine-tune step, and ToP's
+    pruning step with grouping and the cached teacher. The run records its threads; the README's
+    run used one, so on two cores the estimate is an upper bound."""
+    data = json.loads(path.read_text())
+    threads = data["environment"].get("threads")
+    rates: dict[str, dict[str, float]] = {}
+    for row in data["results"]:
+        if (row["phase"], row["variant"]) == ("teacher", "group"):
+            rates.setdefault(row["task"], {})["dense"] = row["examples_per_s"]
+        elif (row["phase"], row["variant"]) == ("top", "group+cache"):
+            rates.setdefault(row["task"], {})["top_prune"] = row["examples_per_s"]
+    source = f"measured, {path.name} ({threads} thread(s))"
+    table = {task: Throughput(source=source, **rate) for task, rate in rates.items() if len(rate) == 2}
+    for task, stand_in in STAND_INS.items():
+        if task not in table and stand_in in table:
+            table[task] = dataclasses.replace(table[stand_in], source=f"{stand_in}'s (not measured)")
+    return table
+
+
 OVERHEAD_S_PER_RUN = 120.0
 """A guess at each run's evaluation (every epoch of its last stage and once more), FLOPs count
 and latency measurement (100 dev examples, 5 repeats, four runners)."""
@@ -116,6 +133,7 @@ def summarise(task: str, cfg: dict, args: argparse.Namespace) -> None:
 def estimate(cfg: dict, args: argparse.Namespace) -> str:
     model_config = offline_model_config(cfg["model"])
     budgets, lines = [], []
+    throughput = measured_throughput()
     lines.append(
         "| task | train rows | seeds | runs per seed | steps per method run | throughput (ex/s: fine-tune, ToP prune) | hours per seed | hours |"
     )
@@ -125,13 +143,13 @@ def estimate(cfg: dict, args: argparse.Namespace) -> str:
         rows = train_rows(task, args.glue_dir)
         task_budget = task_budgets(cfg, task, rows, model_config)
         budgets += [teacher_budget(cfg, task, rows), *task_budget]
-        rate = THROUGHPUT[task]
+        rate = throughput[task]
         est = estimate_task(cfg, task, rows, model_config, rate, OVERHEAD_S_PER_RUN)
         total += est.total_h
         steps = sorted({b.total_steps for b in task_budget})
         lines.append(
             f"| {task} | {rows} | {est.seeds} | {est.runs_per_seed} | {'/'.join(map(str, steps))} | "
-            f"{rate.dense:g}, {rate.top_prune:g} ({rate.source}) | {est.per_seed_h:.1f} | {est.total_h:.1f} |"
+            f"{rate.dense:.1f}, {rate.top_prune:.1f} ({rate.source}) | {est.per_seed_h:.1f} | {est.total_h:.1f} |"
         )
     lines.append(f"| all | | | | | | | {total:.1f} |")
     return budget_table(budgets) + "\n" + "\n".join(lines) + "\n"

@@ -11,9 +11,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 
+from top.report.example import MODEL as EXAMPLE_MODEL
+from top.report.example import write_example_results
 from top.report.paper import PaperResultsError, comparable, load_paper_results, same_model
-from top.report.plots import FIGURES, draw_figure, pareto_front
+from top.report.plots import FIGURES, RatioLocator, draw_figure, pareto_front
 from top.report.tables import build_tables, collect, metric_value, summarise, write_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -288,7 +291,7 @@ def test_figures_are_written_in_three_formats(results, tmp_path, figure):
     for label in ("MRPC", "SST-2", "SQuAD v1.1", "Dense (teacher)", "ToP"):
         assert label in svg, label
     if figure == "latency_vs_flops":
-        assert "hollow: ideal (SDPA layers at the pruned lengths)" in svg and "pruned lengths" in svg
+        assert "hollow: ideal (SDPA layers" in svg and "at the pruned lengths)" in svg
     assert not list(tmp_path.glob("*.tmp*"))
 
 
@@ -361,3 +364,73 @@ def test_missing_or_unparsable_paper_results(tmp_path):
     bad.write_text("sources: [unclosed")
     with pytest.raises(PaperResultsError, match="not valid YAML"):
         load_paper_results(bad)
+
+
+def test_ratio_ticks_are_round_values_as_dense_as_the_axis_allows():
+    locator = RatioLocator()
+    assert locator.tick_values(0.87, 2.9) == [1.0, 1.25, 1.5, 1.75, 2.0, 2.5]  # no size yet: at most 7
+    narrow, wide = locator.tick_values(0.87, 2.9, length_inches=1.5), locator.tick_values(0.87, 2.9, length_inches=3.3)
+    assert narrow == [1.0, 1.5, 2.0] and wide == [1.0, 1.25, 1.5, 2.0, 2.5]
+    assert locator.tick_values(0.9, 12, length_inches=3.3) == [1.0, 2.0, 5.0, 10.0]
+    assert locator.tick_values(0.5, 1.3, length_inches=3, horizontal=False)[:3] == [0.5, 0.6, 0.7]  # stacked labels need less room
+
+
+def _single_task(results, tmp_path, task="sst2"):
+    csv, layers = results
+    for source, name in ((csv, "one.csv"), (layers, "one_layers.csv")):
+        frame = pd.read_csv(source)
+        frame[frame["task"] == task].to_csv(tmp_path / name, index=False)
+    return tmp_path / "one.csv", tmp_path / "one_layers.csv"
+
+
+@pytest.mark.parametrize("figure", FIGURES)
+@pytest.mark.parametrize("tasks", ["one", "three"])
+def test_figures_fill_their_area_and_keep_the_legend_inside(results, tmp_path, figure, tasks):
+    csv, layers = _single_task(results, tmp_path) if tasks == "one" else results
+    fig = draw_figure(figure, csv, layers, None, MODEL, [tmp_path / f"{figure}.png"])
+    renderer = FigureCanvasAgg(fig).get_renderer()  # pyplot let go of the figure once it was written
+    fig.draw_without_rendering()
+    width, height = fig.bbox.width, fig.bbox.height
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    area = sum(ax.get_window_extent(renderer).width * ax.get_window_extent(renderer).height for ax in panels)
+    assert area / (width * height) > 0.3, "the panels leave most of the figure empty"
+    (legend,) = fig.legends
+    box = legend.get_window_extent(renderer)
+    assert box.x0 >= 0 and box.x1 <= width + 1 and box.y0 >= -1, "the legend runs off the figure"
+    if tasks == "one":  # beside the single panel, not below it
+        assert box.x0 >= panels[0].get_window_extent(renderer).x1
+
+
+def test_ratio_axes_have_several_labelled_ticks_and_points_name_their_setting(results, tmp_path):
+    csv, layers = results
+    for figure in ("accuracy_vs_flops", "latency_vs_flops"):
+        out = tmp_path / f"{figure}.svg"
+        fig = draw_figure(figure, csv, layers, None, MODEL, [out])
+        for ax in fig.axes:
+            labels = [t.get_text() for t in ax.get_xticklabels() if t.get_text()]
+            assert len(labels) >= 3 and all(label.endswith("x") for label in labels), labels
+            assert "t50" in [text.get_text() for text in ax.texts]  # ToP's setting beside its point
+        assert "1.5x" in out.read_text()
+
+
+def test_panels_follow_the_tables_task_order(results, tmp_path):
+    csv, layers = results
+    for figure in FIGURES:
+        fig = draw_figure(figure, csv, layers, None, MODEL, [tmp_path / f"{figure}.png"])
+        assert [ax.get_title() for ax in fig.axes if ax.get_visible()] == ["SST-2", "MRPC", "SQuAD v1.1"]
+
+
+def test_example_results_make_every_figure(tmp_path):
+    results_csv, layers_csv = write_example_results(tmp_path)
+    frame = pd.read_csv(results_csv)
+    assert set(frame["task"]) == {"sst2", "mrpc"} and set(frame["method"]) == {"dense", "topk", "ltp", "power_bert", "top"}
+    assert frame.groupby(["task", "method", "setting"]).size().eq(3).all()  # three seeds each
+    dense = frame[frame["method"] == "dense"]
+    assert (dense["flops_reduction"] == 1.0).all() and (frame["flops_reduction"] >= 1.0).all()
+    top = frame[frame["method"] == "top"]
+    assert (top["target_error_pct"].abs() < 0.1).all()  # ToP lands on its targets, as it does in the workflow
+    layers = pd.read_csv(layers_csv)
+    assert layers["layer"].max() == 11 and layers["kept_fraction"].between(0, 1).all()
+    for figure in FIGURES:
+        draw_figure(figure, results_csv, layers_csv, ROOT / "config/paper_results.yaml", EXAMPLE_MODEL, [tmp_path / f"{figure}.png"])
+        assert (tmp_path / f"{figure}.png").stat().st_size > 10_000

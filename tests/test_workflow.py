@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -102,8 +103,30 @@ def test_tiny_end_to_end_run(tmp_path):
     again = snakemake("--cores", "2", "--configfile", str(config), "--directory", str(tmp_path), "-n")
     assert "Nothing to be done" in again.stdout + again.stderr
 
+    # the run ends with where its outputs are, and so does a run with nothing to do (for which
+    # Snakemake calls no onsuccess handler)
+    idle = snakemake("--cores", "2", "--configfile", str(config), "--directory", str(tmp_path))
+    for run in (result, idle):
+        assert "Outputs of this configuration (results_dir: results):" in run.stderr, run.stderr[-3000:]
+        assert "figures:    results/plots/: accuracy_vs_flops.png, latency_vs_flops.png, retained_tokens.png" in run.stderr
+        assert "tables:     results/tables/: glue.md, latency.md (each also .csv and .tex)" in run.stderr
+        assert "report:     results/report.html is made by: make report CONFIG=config.yaml" in run.stderr
+    assert "Nothing to be done" in idle.stderr
+
+    # a deleted intermediate output is not remade while what was made from it is there;
+    # --forcerun remakes it and everything downstream
+    metrics = "results/eval/sst2/topk/half/seed3/metrics.json"
+    (tmp_path / metrics).unlink()
+    plain = snakemake("--cores", "2", "--configfile", str(config), "--directory", str(tmp_path), "-n")
+    assert "Nothing to be done" in plain.stdout + plain.stderr
+    forced = snakemake("--cores", "2", "--configfile", str(config), "--directory", str(tmp_path), "-n", "--forcerun", metrics)
+    planned = dict(re.findall(r"^(\w+)\s+(\d+)$", forced.stdout + forced.stderr, flags=re.M))
+    assert planned.get("evaluate") == "1" and planned.get("collect") == "1" and planned.get("figure") == "3", planned
+    assert "teacher" not in planned and "train" not in planned
+
     report = snakemake("--configfile", str(config), "--directory", str(tmp_path), "--report", "report.html")
     assert report.returncode == 0, report.stderr[-4000:]
+    assert "never awaited" not in report.stderr, report.stderr[-4000:]
     html = (tmp_path / "report.html").read_text()
     for caption in (
         "GLUE comparison",
@@ -111,7 +134,8 @@ def test_tiny_end_to_end_run(tmp_path):
         "Task metric vs FLOPs reduction",
         "Measured speedup vs FLOPs reduction",
         "Tokens kept per layer",
-        "Every run",
+        "Every run (task, method, setting, seed)",
+        "Every run and layer",
     ):
         assert caption in html, caption
 

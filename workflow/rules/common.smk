@@ -1,12 +1,16 @@
 """Configuration, paths and helpers shared by every rule (included first by the Snakefile)."""
 
+import logging
 import sys
 from pathlib import Path
 
+from snakemake.common import NOTHING_TO_BE_DONE_MSG
+from snakemake.logging import logger
 from snakemake.utils import validate
 
 from top.config import ConfigError, runs, schema_error_message, seeds_from_command_line, validate_config
 from top.preflight import PreflightError, check_yaml_files, run_preflight
+from top.report.outputs import report_command, where_outputs_are
 from top.report.paper import PaperResultsError, load_paper_results
 from top.tasks import is_qa_task
 
@@ -116,3 +120,27 @@ def run_info(wildcards):
         "setting": wildcards.setting,
         "seed": int(wildcards.seed),
     }
+
+
+# ---- Where the outputs are -------------------------------------------------------------
+# Said at the end of every run: by the Snakefile's onsuccess handler, and for a run with nothing
+# to do, which Snakemake ends without calling any handler, by a filter on its logger.
+def outputs_summary():
+    """Where this configuration's tables, figures, report and logs are (top/report/outputs.py)."""
+    make_report = report_command(workflow.configfiles, workflow.config_settings.config)
+    return "\n".join(where_outputs_are(RESULTS, TABLES, FIGURES, make_report))
+
+
+class OutputsAfterNothingToDo(logging.Filter):
+    """A run with nothing to do calls no handler, onsuccess included: Snakemake logs its
+    "Nothing to be done" and returns. This filter on Snakemake's logger appends the summary to
+    that message (not in a dry run)."""
+
+    def filter(self, record):
+        if record.msg == NOTHING_TO_BE_DONE_MSG and not workflow.dryrun:
+            record.msg = f"{record.msg}\n{outputs_summary()}"
+        return True
+
+
+if workflow.is_main_process:
+    logger.addFilter(OutputsAfterNothingToDo())

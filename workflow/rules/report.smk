@@ -11,7 +11,7 @@ rule collect:
         latency=every_run(rules.latency.output[0]),
     output:
         results=report(f"{RESULTS}/tables/results.csv", caption="../report/results.rst", category="Tables", labels={"table": "every run"}),
-        layers=f"{RESULTS}/tables/layers.csv",
+        layers=report(f"{RESULTS}/tables/layers.csv", caption="../report/layers.rst", category="Tables", labels={"table": "every run, per layer"}),
     log:
         f"{RESULTS}/logs/collect.log",
     conda:
