@@ -1,5 +1,6 @@
-"""SQuAD token diagnostics of a trained run: which gold-answer and question tokens its pruning
-drops before each layer, and its F1 and exact match on the questions whose answer survives and
+"""SQuAD token diagnostics of a trained run: where its pruning drops the answers.
+
+Which gold-answer and question tokens the run's pruning drops before each layer, and its F1 and exact match on the questions whose answer survives and
 on those whose answer does not (top/analysis/squad_tokens.py; docs/design.md, "SQuAD token
 diagnostics").
 
@@ -18,6 +19,8 @@ carry_attention and carry_layer, the reference's, one more pass each). Writes on
 from __future__ import annotations
 
 import argparse
+import datetime
+import hashlib
 import logging
 from pathlib import Path
 
@@ -26,6 +29,7 @@ import yaml
 from snakemake.utils import validate
 
 from top.analysis.squad_tokens import DEFAULT_STATES, DROPPED_STATES, diagnose_run, write_diagnostics
+from top.report.reproduction import machine_info
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "workflow/schemas/config.schema.yaml"
@@ -65,6 +69,12 @@ def main() -> None:
         device=args.device,
         states=[state.strip() for state in args.states.split(",") if state.strip()],
     )
+    result["provenance"] = {
+        "config": str(args.config),
+        "config_sha256": hashlib.sha256(args.config.read_bytes()).hexdigest(),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": machine_info(),
+    }
     write_diagnostics(args.out, result)
     log.info("wrote %s", args.out)
 
