@@ -15,6 +15,8 @@ matches fails the test, so a new command has to be classified here. The classes:
   the environment these tests run in stands for ``make setup``);
 - ``pytest``: a test run (minutes, or a GPU or SLURM cluster): the test files it names exist;
 - ``setup``: creating the environment by hand: the same pins as the Makefile's set-up;
+- ``script``: a benchmark or helper script (hours, or a finished run's files): its ``--help``
+  runs, and every ``--option`` the command uses is one the script's help lists;
 - ``system``: needs root or a running SLURM cluster: a script of this repository must exist
   and be executable; other programs are not checked.
 
@@ -51,6 +53,7 @@ RULES = (
     ("make", r"^make \S"),
     ("pytest", r"(^|\s)\.venv/bin/python -m pytest\b"),
     ("setup", r"^python3 -m venv |^\.venv/bin/python -m pip install "),
+    ("script", r"^\.venv/bin/python (benchmarks|scripts)/\S+\.py\b"),
     ("run", rf"^{re.escape(SNAKEMAKE)} (.* )?-n\b"),
     ("template", r"/path/to/"),
     ("dry", rf"^{re.escape(SNAKEMAKE)} "),
@@ -116,7 +119,7 @@ def _check(command: Command, env: dict[str, str], scratch: Path) -> tuple[str, s
     """Run ``command`` as its class says; return (outcome, detail): outcome ``ok``, ``skip``
     or ``fail``."""
     text = command.text
-    if command.kind not in ("make", "setup", "system") and "shared/data/glue" in text and not GLUE.is_dir():
+    if command.kind not in ("make", "setup", "script", "system") and "shared/data/glue" in text and not GLUE.is_dir():
         return "skip", f"needs the local GLUE copy at {GLUE}"
     if command.kind == "system":
         program = text.removeprefix("sudo ").split()[0]
@@ -139,6 +142,12 @@ def _check(command: Command, env: dict[str, str], scratch: Path) -> tuple[str, s
         files = [word.split("::")[0] for word in shlex.split(text) if word.startswith("tests/")]
         missing = [name for name in files if not (ROOT / name).is_file()]
         return ("fail" if missing or not files else "ok"), f"test files {files}, missing: {missing}"
+    if command.kind == "script":
+        words = shlex.split(text)
+        result = _bash(shlex.join(words[:2] + ["--help"]), env)
+        unknown = [w.split("=")[0] for w in words[2:] if w.startswith("--") and w.split("=")[0] not in result.stdout]
+        ok = result.returncode == 0 and not unknown
+        return ("ok" if ok else "fail"), f"{words[1]} --help: rc {result.returncode}, options not in its help: {unknown}\n{result.stderr[-2000:]}"
     if command.kind == "run":
         run = text
     elif command.kind == "dry":
@@ -185,7 +194,7 @@ def test_readme_command_works_as_written(command, outcomes):
 def test_every_kind_of_command_is_covered():
     """The README still shows each kind of command the rules exist for, so a rule is never
     left matching nothing while the commands drift past it."""
-    assert {"run", "dry", "template", "make", "pytest", "setup", "system"} <= {c.kind for c in COMMANDS}
+    assert {"run", "dry", "template", "make", "pytest", "setup", "script", "system"} <= {c.kind for c in COMMANDS}
 
 
 def test_inline_commands_name_the_environment_programs():
