@@ -237,6 +237,21 @@ def pareto_front(reduction: Sequence[float], score: Sequence[float]) -> list[int
     return sorted(front, key=lambda i: reduction[i])
 
 
+def _score_curve(ax, pts: pd.DataFrame, method: str, style: dict) -> None:
+    """One method's mean score against its FLOPs reduction, with its std over seeds as error bars
+    (``pts``: the method's rows of a summary, sorted by ``flops_reduction``)."""
+    ax.errorbar(
+        pts["flops_reduction"],
+        pts["score"],
+        yerr=pts["score_std"].fillna(0),
+        capsize=2,
+        markersize=7,
+        linestyle="-" if len(pts) > 1 else "none",
+        label=method_label(method),
+        **style,
+    )
+
+
 def accuracy_vs_flops(
     results_csv: str | Path, out_paths: Sequence[str | Path], paper_yaml: str | Path | None = None, model: str | None = None
 ) -> Figure:
@@ -259,16 +274,7 @@ def accuracy_vs_flops(
         for method in _ordered(sub["method"]):
             pts = sub[sub["method"] == method].sort_values("flops_reduction")
             style = _style(method, extra)
-            ax.errorbar(
-                pts["flops_reduction"],
-                pts["score"],
-                yerr=pts["score_std"].fillna(0),
-                capsize=2,
-                markersize=7,
-                linestyle="-" if len(pts) > 1 else "none",
-                label=method_label(method),
-                **style,
-            )
+            _score_curve(ax, pts, method, style)
             if method != "dense":
                 named.append((pts["flops_reduction"], pts["score"], pts["setting"], style["color"]))
         front = pareto_front(list(sub["flops_reduction"]), list(sub["score"]))
@@ -422,16 +428,7 @@ def reproduction_figure(
             if method == "dense":
                 ax.axhline(pts["score"].mean(), color=style["color"], linestyle="--", linewidth=1, label="Dense (teacher)")
                 continue
-            ax.errorbar(
-                pts["flops_reduction"],
-                pts["score"],
-                yerr=pts["score_std"].fillna(0),
-                capsize=2,
-                markersize=7,
-                linestyle="-" if len(pts) > 1 else "none",
-                label=method_label(method),
-                **style,
-            )
+            _score_curve(ax, pts, method, style)
             for x, y, setting in zip(pts["flops_reduction"], pts["score"], pts["setting"]):
                 ax.annotate(setting, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7, color=style["color"])
         expected = (expected_teacher or {}).get(task)
