@@ -11,12 +11,17 @@ layers at the pruned lengths).
     python benchmarks/real_data.py --config config/squad_benchmark.yaml --squad-dir ../shared/data/squad
 
 Writes ``summary.json`` and ``summary.md`` in the configuration's ``results_dir``
-(``results/benchmark``, ``results/squad_benchmark``).
+(``results/benchmark``, ``results/squad_benchmark``), and the committed copy
+``benchmarks/results/real_data_<results_dir name>.json``: the rows with the configuration's
+SHA-256, the overrides, the machine, the versions and when it was summarised.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import hashlib
+import json
 import logging
 import subprocess
 import sys
@@ -26,6 +31,7 @@ import pandas as pd
 import yaml
 
 from top.files import atomic_write_text
+from top.report.reproduction import machine_info
 
 ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("benchmark")
@@ -104,6 +110,17 @@ def main() -> None:
     atomic_write_text(results_dir / "summary.md", table)
     atomic_write_text(results_dir / "summary.json", frame.to_json(orient="records", indent=2))
     log.info("wrote %s and %s", results_dir / "summary.json", results_dir / "summary.md")
+    committed = ROOT / "benchmarks/results" / f"real_data_{results_dir.name}.json"
+    record = {
+        "config": str(args.config.resolve().relative_to(ROOT)) if args.config.resolve().is_relative_to(ROOT) else str(args.config),
+        "config_sha256": hashlib.sha256(args.config.read_bytes()).hexdigest(),
+        "overrides": args.overrides,
+        "summarised": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": machine_info(),
+        "rows": json.loads(frame.to_json(orient="records")),
+    }
+    atomic_write_text(committed, json.dumps(record, indent=2) + "\n")
+    log.info("wrote %s", committed)
 
 
 if __name__ == "__main__":
