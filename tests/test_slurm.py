@@ -274,9 +274,9 @@ def readme_overrides() -> list[str]:
     """The arguments after ``--workflow-profile profiles/slurm --cores $(nproc)`` in the README's
     command that turns profiles/slurm into profiles/slurm-local on the command line."""
     readme = (ROOT / "README.md").read_text()
-    block = re.search(r"```bash\n(snakemake --workflow-profile profiles/slurm --cores \$\(nproc\) \\\n.*?)```", readme, re.S).group(1)
+    block = re.search(r"```bash\n(\.venv/bin/snakemake --workflow-profile profiles/slurm --cores \$\(nproc\) \\\n.*?)```", readme, re.S).group(1)
     args = shlex.split(block.replace("\\\n", " "))
-    assert args[:5] == ["snakemake", "--workflow-profile", "profiles/slurm", "--cores", "$(nproc)"], args
+    assert args[:5] == [".venv/bin/snakemake", "--workflow-profile", "profiles/slurm", "--cores", "$(nproc)"], args
     return args[5:]
 
 
