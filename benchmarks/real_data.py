@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import hashlib
 import json
 import logging
 import subprocess
@@ -31,7 +30,7 @@ import pandas as pd
 import yaml
 
 from top.files import atomic_write_text
-from top.report.reproduction import machine_info
+from top.report.reproduction import file_sha256, machine_info
 
 ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("benchmark")
@@ -113,7 +112,7 @@ def main() -> None:
     committed = ROOT / "benchmarks/results" / f"real_data_{results_dir.name}.json"
     record = {
         "config": str(args.config.resolve().relative_to(ROOT)) if args.config.resolve().is_relative_to(ROOT) else str(args.config),
-        "config_sha256": hashlib.sha256(args.config.read_bytes()).hexdigest(),
+        "config_sha256": file_sha256(args.config),
         "overrides": args.overrides,
         "summarised": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": machine_info(),

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import hashlib
 import logging
 from pathlib import Path
 
@@ -29,7 +28,7 @@ import yaml
 from snakemake.utils import validate
 
 from top.analysis.squad_tokens import DEFAULT_STATES, DROPPED_STATES, diagnose_run, write_diagnostics
-from top.report.reproduction import machine_info
+from top.report.reproduction import file_sha256, machine_info
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "workflow/schemas/config.schema.yaml"
@@ -71,7 +70,7 @@ def main() -> None:
     )
     result["provenance"] = {
         "config": str(args.config),
-        "config_sha256": hashlib.sha256(args.config.read_bytes()).hexdigest(),
+        "config_sha256": file_sha256(args.config),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": machine_info(),
     }
