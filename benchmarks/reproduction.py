@@ -4,6 +4,8 @@ and RTE (``config/reproduction.yaml``), one task at a time, with results that pe
     python benchmarks/reproduction.py --estimate                 # budgets and estimated hours per task
     python benchmarks/reproduction.py --dry-run all              # what the workflow would run (snakemake -n)
     python benchmarks/reproduction.py --task mrpc [--cores 2]    # run, summarise and render one task
+    python benchmarks/reproduction.py --task mrpc --seeds 42     # a first pass: one seed's runs only
+    python benchmarks/reproduction.py --status all               # finished and missing runs per task
     python benchmarks/reproduction.py --task all                 # every task not summarised yet
     python benchmarks/reproduction.py --summarise mrpc           # summarise finished results again
     python benchmarks/reproduction.py --render                   # docs/reproduction.md and its figure
@@ -11,7 +13,8 @@ and RTE (``config/reproduction.yaml``), one task at a time, with results that pe
 Each task runs the workflow with ``tasks=[<task>]`` and ``results_dir=results/reproduction/<task>``.
 When it has finished, ``benchmarks/reproduction/<task>.csv`` and ``<task>.json`` are written
 (:mod:`top.report.reproduction`), and the report ``docs/reproduction.md`` with
-``docs/figures/reproduction.png`` is rebuilt from those files alone. A task that already has its
+``docs/figures/reproduction.png`` is rebuilt from those files alone. With ``--seeds`` only those seeds
+run, and the task is summarised once every seed has. A task that already has its
 summary is skipped unless ``--force`` (which summarises it again; the workflow itself reruns only
 what is missing or out of date, and resumes interrupted training from its last epoch).
 """
@@ -31,8 +34,16 @@ import yaml
 from snakemake.utils import validate
 
 from top.budget import Throughput, budget_table, estimate_task, task_budgets, teacher_budget
-from top.config import offline_model_config, runs, validate_config
-from top.report.reproduction import is_summarised, machine_info, render, summary_frame, summary_meta, write_summary
+from top.config import offline_model_config, runs, task_seeds, validate_config
+from top.report.reproduction import (
+    is_summarised,
+    machine_info,
+    progress_frame,
+    render,
+    summary_frame,
+    summary_meta,
+    write_summary,
+)
 from top.tasks.glue import check_local_file, local_path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,14 +106,46 @@ def results_dir(task: str, args: argparse.Namespace) -> str:
 
 
 def run_workflow(task: str, args: argparse.Namespace, dry_run: bool) -> None:
-    command = [sys.executable, "-m", "snakemake", "--cores", str(args.cores), "--configfile", str(args.config), "--config"]
-    command += [f"glue_dir={args.glue_dir}", f"tasks=[{task}]", f"results_dir={results_dir(task, args)}", "--rerun-incomplete"]
+    """Snakemake on ``task`` with ``--cores``, every job at ``--threads`` threads (the profile's
+    set-threads give each job every core, so that jobs would run one at a time), only ``--seeds``
+    if given."""
+    threads = [f"{rule}={args.threads}" for rule in ("teacher", "train", "evaluate")]
+    command = [sys.executable, "-m", "snakemake", "--cores", str(args.cores), "--set-threads", *threads]
+    command += ["--configfile", str(args.config), "--config"]
+    command += [f"glue_dir={args.glue_dir}", f"tasks=[{task}]", f"results_dir={results_dir(task, args)}"]
+    if args.seeds:
+        command.append(f"seeds=[{','.join(str(seed) for seed in args.seeds)}]")
+    command.append("--rerun-incomplete")
     if dry_run:
         command.append("-n")
     log.info("running %s", " ".join(command))
     code = subprocess.run(command, cwd=ROOT).returncode
     if code:
         raise SystemExit(f"the workflow for {task} failed (exit status {code}); job logs: {results_dir(task, args)}/logs/")
+
+
+def expected_runs(cfg: dict, task: str) -> list[tuple[str, str, int]]:
+    return [(m, s, seed) for t, m, s, seed in runs(cfg) if t == task]
+
+
+def check_seeds(cfg: dict, tasks: list[str], seeds: list[int]) -> None:
+    """``--seeds`` must be seeds of every chosen task, which must take the top-level ``seeds``
+    (the only ones a command-line override can narrow)."""
+    for task in tasks:
+        if (cfg.get("task_settings") or {}).get(task, {}).get("seeds"):
+            raise SystemExit(f"--seeds: {task} has its own seeds (task_settings.{task}.seeds); run it without --seeds")
+        unknown = sorted(set(seeds) - set(task_seeds(cfg, task)))
+        if unknown:
+            raise SystemExit(f"--seeds: {unknown} not among {task}'s seeds {task_seeds(cfg, task)}")
+
+
+def status(task: str, cfg: dict, args: argparse.Namespace) -> str:
+    frame = progress_frame(ROOT / results_dir(task, args), task, expected_runs(cfg, task))
+    done, total = int(frame["finished"].sum()), int(frame["expected"].sum())
+    summary = "summarised" if is_summarised(args.out, task) else "not summarised"
+    lines = [f"{task}: {done} of {total} runs finished, {summary} ({results_dir(task, args)})"]
+    lines += [frame.to_string(index=False)]
+    return "\n".join(lines)
 
 
 def summarise(task: str, cfg: dict, args: argparse.Namespace) -> None:
@@ -116,8 +159,7 @@ def summarise(task: str, cfg: dict, args: argparse.Namespace) -> None:
     steps = {(b.method, b.setting): b.total_steps for b in task_budgets(cfg, task, rows, model_config)}
     for setting in cfg["methods"]["dense"]["settings"]:
         steps[("dense", setting)] = teacher_budget(cfg, task, rows).total_steps
-    expected = [(m, s, seed) for t, m, s, seed in runs(cfg) if t == task]
-    frame = summary_frame(pd.read_csv(results_csv), task, steps, expected)
+    frame = summary_frame(pd.read_csv(results_csv), task, steps, expected_runs(cfg, task))
     meta = summary_meta(
         task,
         os.path.relpath(args.config, ROOT),
@@ -163,9 +205,14 @@ def main() -> None:
     action.add_argument("--summarise", nargs="+", metavar="TASK", help="summarise these tasks' finished results")
     action.add_argument("--render", action="store_true", help="build docs/reproduction.md and its figure from the summaries")
     action.add_argument("--estimate", action="store_true", help="print every run's optimiser steps and the estimated hours per task")
+    action.add_argument("--status", nargs="+", metavar="TASK", help="finished and missing runs of these tasks")
     parser.add_argument("--config", type=Path, default=ROOT / "config/reproduction.yaml")
     parser.add_argument("--glue-dir", type=Path, default=ROOT.parent / "shared/data/glue")
     parser.add_argument("--cores", type=int, default=2)
+    parser.add_argument(
+        "--threads", type=int, default=1, help="threads per job (default 1: --cores jobs run side by side, each on one thread)"
+    )
+    parser.add_argument("--seeds", type=int, nargs="+", help="run only these seeds (a first pass); the task is summarised once all have run")
     parser.add_argument("--results-root", default="results/reproduction", help="each task's results_dir is <this>/<task>")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/reproduction", help="where the task summaries go")
     parser.add_argument("--report", type=Path, default=ROOT / "docs/reproduction.md")
@@ -190,6 +237,12 @@ def main() -> None:
     if args.estimate:
         print(estimate(cfg, args))
         return
+    if args.status:
+        for task in chosen(args.status):
+            print(status(task, cfg, args))
+        return
+    if args.seeds:
+        check_seeds(cfg, chosen(args.task or args.dry_run or []), args.seeds)
     if args.dry_run:
         for task in chosen(args.dry_run):
             run_workflow(task, args, dry_run=True)
@@ -200,6 +253,9 @@ def main() -> None:
             continue
         if args.task:
             run_workflow(task, args, dry_run=False)
+            if args.seeds and set(args.seeds) != set(task_seeds(cfg, task)):
+                log.info("%s: seeds %s done; summarised once every seed has run\n%s", task, args.seeds, status(task, cfg, args))
+                continue
         summarise(task, cfg, args)
         render(args.out, args.report, args.figure, tasks=cfg["tasks"])
 

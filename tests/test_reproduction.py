@@ -17,6 +17,7 @@ from top.report.reproduction import (
     is_summarised,
     load_summaries,
     markdown,
+    progress_frame,
     render,
     summary_frame,
     summary_meta,
@@ -203,3 +204,56 @@ def test_render_command_builds_the_report_from_the_summaries_only(tmp_path):
     text = report.read_text()
     assert "| MRPC | 2x |" in text and "Not finished yet: CoLA, SST-2, STS-B, RTE." in text
     assert figure.is_file()
+
+
+def touch_outputs(results_dir: Path, run: str, outputs=("eval/{run}/metrics.json", "flops/{run}/flops.json", "latency/{run}/latency.json")):
+    for pattern in outputs:
+        path = results_dir / pattern.format(run=run)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("{}")
+
+
+def test_progress_counts_a_run_finished_only_with_all_its_outputs(tmp_path):
+    touch_outputs(tmp_path, "mrpc/top/s50/seed42")
+    touch_outputs(tmp_path, "mrpc/top/s75/seed42", outputs=("eval/{run}/metrics.json", "flops/{run}/flops.json"))  # no latency yet
+    touch_outputs(tmp_path, "rte/top/s33/seed42")  # another task's run
+    expected = [("top", setting, seed) for setting in ("s33", "s50", "s75") for seed in (42, 43)] + [("topk", "r5", 42)]
+    frame = progress_frame(tmp_path, "mrpc", expected)
+    rows = {(row.method, row.seed): (row.finished, row.expected, row.missing) for row in frame.itertuples()}
+    assert rows == {
+        ("top", 42): (1, 3, "s33, s75"),
+        ("top", 43): (0, 3, "s33, s50, s75"),
+        ("topk", 42): (0, 1, "r5"),
+    }
+
+
+def run_script(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, str(ROOT / "benchmarks/reproduction.py"), *args]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, env=env)
+
+
+def reproduction_config(tmp_path: Path, **changes) -> Path:
+    """config/reproduction.yaml with ``changes`` to its top-level keys, written under tmp_path."""
+    import yaml
+
+    cfg = yaml.safe_load((ROOT / "config/reproduction.yaml").read_text())
+    cfg.update(changes)
+    path = tmp_path / "reproduction.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({}, "--seeds: [45] not among mrpc's seeds [42, 43, 44]"),
+        ({"task_settings": {"mrpc": {"seeds": [42]}}}, "--seeds: mrpc has its own seeds (task_settings.mrpc.seeds)"),
+    ],
+)
+def test_seeds_outside_the_tasks_seeds_are_refused_before_the_workflow(tmp_path, changes, message):
+    config = reproduction_config(tmp_path, **changes)
+    (tmp_path / "glue").mkdir()  # the configuration check wants the folder; the seeds are refused before any file is read
+    result = run_script("--dry-run", "mrpc", "--seeds", "45", "--config", str(config), "--glue-dir", str(tmp_path / "glue"), cwd=tmp_path)
+    assert result.returncode != 0
+    assert message in result.stderr

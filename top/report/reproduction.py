@@ -161,6 +161,39 @@ def summary_meta(
     }
 
 
+# ---- progress -------------------------------------------------------------------------------
+
+RUN_OUTPUTS = ("eval/{run}/metrics.json", "flops/{run}/flops.json", "latency/{run}/latency.json")
+"""A run is finished when the workflow has written these under its ``results_dir`` (``{run}``:
+``<task>/<method>/<setting>/seed<seed>``, the workflow's ``RUN`` pattern)."""
+
+
+def run_finished(results_dir: str | Path, task: str, method: str, setting: str, seed: int) -> bool:
+    run = f"{task}/{method}/{setting}/seed{seed}"
+    return all((Path(results_dir) / pattern.format(run=run)).is_file() for pattern in RUN_OUTPUTS)
+
+
+def progress_frame(results_dir: str | Path, task: str, expected_runs: Sequence[tuple[str, str, int]]) -> pd.DataFrame:
+    """How far ``task``'s runs have got: one row per (method, seed) with the finished and
+    expected settings, and a ``missing`` column naming the settings still to run.
+
+    Args:
+        results_dir: the task's workflow ``results_dir``.
+        expected_runs: the (method, setting, seed) triples the configuration asks for.
+    """
+    rows: dict[tuple[str, int], dict[str, Any]] = {}
+    for method, setting, seed in expected_runs:
+        row = rows.setdefault((method, int(seed)), {"task": task, "method": method, "seed": int(seed), "finished": 0, "expected": 0, "missing": []})
+        row["expected"] += 1
+        if run_finished(results_dir, task, method, setting, seed):
+            row["finished"] += 1
+        else:
+            row["missing"].append(setting)
+    frame = pd.DataFrame(list(rows.values()), columns=["task", "method", "seed", "finished", "expected", "missing"])
+    frame["missing"] = [", ".join(settings) for settings in frame["missing"]]
+    return frame
+
+
 # ---- load ------------------------------------------------------------------------------------
 
 
