@@ -209,9 +209,7 @@ def main() -> None:
     parser.add_argument("--config", type=Path, default=ROOT / "config/reproduction.yaml")
     parser.add_argument("--glue-dir", type=Path, default=ROOT.parent / "shared/data/glue")
     parser.add_argument("--cores", type=int, default=2)
-    parser.add_argument(
-        "--threads", type=int, default=1, help="threads per job (default 1: --cores jobs run side by side, each on one thread)"
-    )
+    parser.add_argument("--threads", type=int, default=1, help="threads per job (default 1: --cores jobs run side by side, each on one thread)")
     parser.add_argument("--seeds", type=int, nargs="+", help="run only these seeds (a first pass); the task is summarised once all have run")
     parser.add_argument("--results-root", default="results/reproduction", help="each task's results_dir is <this>/<task>")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/reproduction", help="where the task summaries go")
