@@ -19,7 +19,6 @@ SHA-256, the overrides, the machine, the versions and when it was summarised.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import logging
 import subprocess
@@ -30,7 +29,7 @@ import pandas as pd
 import yaml
 
 from top.files import atomic_write_text
-from top.report.reproduction import file_sha256, machine_info
+from top.report.reproduction import provenance
 
 ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("benchmark")
@@ -110,14 +109,7 @@ def main() -> None:
     atomic_write_text(results_dir / "summary.json", frame.to_json(orient="records", indent=2))
     log.info("wrote %s and %s", results_dir / "summary.json", results_dir / "summary.md")
     committed = ROOT / "benchmarks/results" / f"real_data_{results_dir.name}.json"
-    record = {
-        "config": str(args.config.resolve().relative_to(ROOT)) if args.config.resolve().is_relative_to(ROOT) else str(args.config),
-        "config_sha256": file_sha256(args.config),
-        "overrides": args.overrides,
-        "summarised": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": machine_info(),
-        "rows": json.loads(frame.to_json(orient="records")),
-    }
+    record = {**provenance(args.config, args.overrides, root=ROOT), "rows": json.loads(frame.to_json(orient="records"))}
     atomic_write_text(committed, json.dumps(record, indent=2) + "\n")
     log.info("wrote %s", committed)
 

@@ -19,7 +19,6 @@ carry_attention and carry_layer, the reference's, one more pass each). Writes on
 from __future__ import annotations
 
 import argparse
-import datetime
 import logging
 from pathlib import Path
 
@@ -28,7 +27,7 @@ import yaml
 from snakemake.utils import validate
 
 from top.analysis.squad_tokens import DEFAULT_STATES, DROPPED_STATES, diagnose_run, write_diagnostics
-from top.report.reproduction import file_sha256, machine_info
+from top.report.reproduction import provenance
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "workflow/schemas/config.schema.yaml"
@@ -68,12 +67,7 @@ def main() -> None:
         device=args.device,
         states=[state.strip() for state in args.states.split(",") if state.strip()],
     )
-    result["provenance"] = {
-        "config": str(args.config),
-        "config_sha256": file_sha256(args.config),
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": machine_info(),
-    }
+    result["provenance"] = provenance(args.config, root=ROOT)
     write_diagnostics(args.out, result)
     log.info("wrote %s", args.out)
 

@@ -18,6 +18,18 @@ def pytest_configure(config):
     )
 
 
+@pytest.fixture
+def one_thread():
+    """Torch on one thread for the test, restored after it. Tiny models run far faster on one
+    thread and are not slowed by a busy machine; results are bitwise comparable only at the same
+    thread count (a killed-and-resumed subprocess runs on one). Modules use it with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 WORDS = "the a movie film good bad great awful plot acting was is not very fun dull which it".split()
 
 
@@ -176,3 +188,27 @@ def write_fake_hub_cache(hf_home: Path, model: str = "bert-base-uncased", weight
         parts = name.split("/")
         (hf_home / "datasets" / "___".join(parts[:2]) / Path(*parts[2:])).mkdir(parents=True, exist_ok=True)
     return hf_home
+
+
+#: The tiny SQuAD runs' feature lengths: windows of 48 tokens, a 16-token stride, questions cut at 8.
+TINY_QA = {"max_length": 48, "doc_stride": 16, "max_query_length": 8}
+
+
+def tiny_squad_config(tmp_path: Path, methods: dict, **changes) -> dict:
+    """A workflow configuration of SQuAD v1.1 on the tiny files and a 4-layer tiny model under
+    ``tmp_path``: seed 3, CPU, batch 8, learning rate 1e-3, ``methods`` as given; ``changes``
+    replace top-level keys (``qa``, ``teacher``, ``latency``...)."""
+    cfg = {
+        "model": str(write_tiny_model(tmp_path / "model", layers=4)),
+        "data_source": "local",
+        "squad_dir": str(write_tiny_squad(tmp_path / "squad")),
+        "tasks": ["squad"],
+        "seeds": [3],
+        "device": "cpu",
+        "qa": dict(TINY_QA),
+        "teacher": {"epochs": 1, "batch_size": 8, "learning_rate": 1e-3},
+        "train": {"batch_size": 8, "learning_rate": 1e-3},
+        "methods": methods,
+    }
+    cfg.update(changes)
+    return cfg

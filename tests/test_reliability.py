@@ -24,18 +24,10 @@ from snakemake.utils import validate
 from tests.conftest import write_tiny_model, write_tiny_sst2
 from top.pipeline import count_flops, evaluate_run, finetune_teacher, train_method
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SCHEMA = str(Path(__file__).resolve().parents[1] / "workflow/schemas/config.schema.yaml")
 TOP = {"target_sparsity": 0.3, "epochs": 6, "lagrangian_warmup_epochs": 2, "bin_num": 4, "reg_learning_rate": 0.2}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Every run here on one thread, as the killed subprocess: results are bitwise comparable
-    only at the same thread count."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

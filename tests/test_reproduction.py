@@ -257,3 +257,21 @@ def test_seeds_outside_the_tasks_seeds_are_refused_before_the_workflow(tmp_path,
     result = run_script("--dry-run", "mrpc", "--seeds", "45", "--config", str(config), "--glue-dir", str(tmp_path / "glue"), cwd=tmp_path)
     assert result.returncode != 0
     assert message in result.stderr
+
+
+def test_provenance_names_the_configuration_relative_to_the_root_with_its_hash(tmp_path):
+    from top.report.reproduction import file_sha256, provenance
+
+    config = tmp_path / "config" / "run.yaml"
+    config.parent.mkdir()
+    config.write_text("tasks: [mrpc]\n")
+    record = provenance(config, ["seeds=[42]"], machine=MACHINE, date="2026-12-01T00:00:00+00:00", root=tmp_path)
+    assert record == {
+        "config": "config/run.yaml",
+        "config_sha256": file_sha256(config),
+        "overrides": ["seeds=[42]"],
+        "date": "2026-12-01T00:00:00+00:00",
+        "machine": MACHINE,
+    }
+    outside = provenance(config, machine=MACHINE, root=tmp_path / "elsewhere")
+    assert outside["config"] == str(config) and outside["overrides"] == []

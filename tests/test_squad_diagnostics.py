@@ -19,7 +19,7 @@ import yaml
 from snakemake.utils import validate
 from transformers import AutoTokenizer, BertForQuestionAnswering
 
-from tests.conftest import tiny_config, write_tiny_model, write_tiny_squad
+from tests.conftest import TINY_QA, tiny_config, tiny_squad_config, write_tiny_model, write_tiny_squad
 from top.analysis.squad_tokens import (
     GROUPS,
     answer_groups,
@@ -36,17 +36,10 @@ from top.pruning.base import KeepDecision, TokenSelector
 from top.tasks.base import QATask
 from top.tasks.settings import QASettings, TaskConfig
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = str(ROOT / "workflow/schemas/config.schema.yaml")
-QA = {"max_length": 48, "doc_stride": 16, "max_query_length": 8}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class DropWord(TokenSelector):
@@ -65,7 +58,7 @@ class DropWord(TokenSelector):
 
 
 def qa_task(squad_dir: Path, protect: bool = False) -> QATask:
-    settings = QASettings(n_best_size=20, max_answer_length=30, null_threshold=0.0, protect_question=protect, **QA)
+    settings = QASettings(n_best_size=20, max_answer_length=30, null_threshold=0.0, protect_question=protect, **TINY_QA)
     return QATask(TaskConfig(data_source="local", glue_dir=None, squad_dir=str(squad_dir), qa=settings), "squad")
 
 
@@ -155,26 +148,9 @@ def test_golden_shares_groups_and_head_inputs_when_one_word_is_dropped(tmp_path)
 
 
 def squad_config(tmp_path: Path) -> dict:
-    cfg = {
-        "model": str(write_tiny_model(tmp_path / "model", layers=4)),
-        "data_source": "local",
-        "squad_dir": str(write_tiny_squad(tmp_path / "squad")),
-        "tasks": ["squad"],
-        "seeds": [3],
-        "device": "cpu",
-        "qa": {**QA, "protect_question": True},
-        "teacher": {"epochs": 1, "batch_size": 8, "learning_rate": 1e-3},
-        "train": {"batch_size": 8, "learning_rate": 1e-3},
-        "eval": {"batch_size": 16},
-        "methods": {
-            "dense": {"settings": {"default": {}}},
-            "top": {
-                "settings": {
-                    "t30": {"target_sparsity": 0.3, "epochs": 1, "lagrangian_warmup_epochs": 0.5, "bin_num": 4, "flops_lengths": "validation"}
-                }
-            },
-        },
-    }
+    top = {"target_sparsity": 0.3, "epochs": 1, "lagrangian_warmup_epochs": 0.5, "bin_num": 4, "flops_lengths": "validation"}
+    methods = {"dense": {"settings": {"default": {}}}, "top": {"settings": {"t30": top}}}
+    cfg = tiny_squad_config(tmp_path, methods, qa={**TINY_QA, "protect_question": True}, eval={"batch_size": 16})
     validate(cfg, SCHEMA)
     return cfg
 

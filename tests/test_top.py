@@ -24,20 +24,14 @@ from top.pruning.ranking import WEIGHTINGS, ranking_distillation_loss
 from top.pruning.registry import build_method
 from top.pruning.top import ToP
 from top.pruning.top.gates import bin_keep_values, bin_occupancy, rank_bins
-from top.pruning.top.method import ToPInferenceSelector, logit_distillation_loss
+from top.pruning.top.method import logit_distillation_loss
+from top.pruning.top.selectors import ToPInferenceSelector
 from top.teacher import TeacherRunner
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 VOCAB = 60
 BIG = 50.0  # |log_alpha| that makes a gate's P(z > 0) 1 - 1e-6 or 1e-6 (the clamp)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run far faster on one thread (and are not slowed by a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_config(layers: int = 4, num_labels: int = 2) -> BertConfig:

@@ -13,12 +13,14 @@ import pytest
 import torch
 
 import top.train
-from tests.test_top import BIG, make_batch, one_thread, set_gates, tiny_config, tiny_model, toy_dataset  # noqa: F401 (fixture)
+from tests.test_top import BIG, make_batch, set_gates, tiny_config, tiny_model, toy_dataset  # noqa: F401 (fixture)
 from top.encoder import PrunableModel
 from top.measure.flops import example_flops
 from top.pruning.base import StepContext
 from top.pruning.top import ToP
 from top.teacher import TeacherRunner
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def set_bins(method: ToP, layer: int, bin_mask) -> None:

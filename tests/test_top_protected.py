@@ -12,7 +12,7 @@ import pytest
 import torch
 from transformers import BertForQuestionAnswering, BertForSequenceClassification
 
-from tests.test_top import BIG, make_batch, one_thread, set_gates, tiny_config  # noqa: F401 (fixture)
+from tests.test_top import BIG, make_batch, set_gates, tiny_config
 from top.encoder import PrunableModel
 from top.measure.flops import example_flops
 from top.pipeline import _token_counts
@@ -20,8 +20,10 @@ from top.pruning.base import StepContext
 from top.pruning.ranking import ranking_distillation_loss
 from top.pruning.top import ToP
 from top.pruning.top.gates import bin_keep_values, rank_bins
-from top.pruning.top.method import protected_counts
+from top.pruning.top.selectors import protected_counts
 from top.teacher import TeacherRunner
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 LENGTHS = [33, 17, 25]
 QUESTION = [4, 3, 9]  # protected leading tokens ([CLS] included); the last real token is protected too

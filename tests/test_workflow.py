@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import write_fake_hub_cache, write_tiny_model, write_tiny_squad, write_tiny_sst2
+from tests.conftest import tiny_squad_config, write_fake_hub_cache, write_tiny_model, write_tiny_sst2
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -142,25 +142,15 @@ def test_tiny_end_to_end_run(tmp_path):
 
 @pytest.mark.slow
 def test_every_method_runs_on_squad_end_to_end(tmp_path):
-    config = {
-        "model": str(write_tiny_model(tmp_path / "model", layers=4)),
-        "data_source": "local",
-        "squad_dir": str(write_tiny_squad(tmp_path / "squad")),
-        "tasks": ["squad"],
-        "seeds": [3],
-        "device": "cpu",
-        "qa": {"max_length": 48, "doc_stride": 16, "max_query_length": 8},
-        "teacher": {"epochs": 2, "batch_size": 8, "learning_rate": 1e-3},
-        "train": {"batch_size": 8, "learning_rate": 1e-3},
-        "latency": {"n_examples": 3, "warmup": 1, "repeats": 1},
-        "methods": {
-            "dense": {"settings": {"default": {}}},
-            "topk": {"common": {"finetune_epochs": 1}, "settings": {"half": {"keep_ratios": [1.0, 0.6, 0.5, 0.5]}}},
-            "top": {"settings": {"t30": {"target_sparsity": 0.3, "epochs": 2, "lagrangian_warmup_epochs": 1, "bin_num": 4}}},
-            "ltp": {"settings": {"lam0.1": {"reg_lambda": 0.1, "soft_epochs": 1, "hard_epochs": 1}}},
-            "power_bert": {"settings": {"default": {"search_epochs": 1, "retrain_epochs": 1}}},
-        },
+    methods = {
+        "dense": {"settings": {"default": {}}},
+        "topk": {"common": {"finetune_epochs": 1}, "settings": {"half": {"keep_ratios": [1.0, 0.6, 0.5, 0.5]}}},
+        "top": {"settings": {"t30": {"target_sparsity": 0.3, "epochs": 2, "lagrangian_warmup_epochs": 1, "bin_num": 4}}},
+        "ltp": {"settings": {"lam0.1": {"reg_lambda": 0.1, "soft_epochs": 1, "hard_epochs": 1}}},
+        "power_bert": {"settings": {"default": {"search_epochs": 1, "retrain_epochs": 1}}},
     }
+    teacher = {"epochs": 2, "batch_size": 8, "learning_rate": 1e-3}
+    config = tiny_squad_config(tmp_path, methods, teacher=teacher, latency={"n_examples": 3, "warmup": 1, "repeats": 1})
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     result = snakemake("--cores", "2", "--configfile", str(path), "--directory", str(tmp_path))

@@ -270,7 +270,7 @@ def offline_model_config(spec: str):
 
 def _in_hub_cache(name: str) -> bool:
     """Whether the hub model ``name``'s ``config.json`` is in the local Hugging Face cache."""
-    from top.preflight import hub_cache_file
+    from top.hub import hub_cache_file
 
     try:
         return hub_cache_file(name, "config.json") is not None

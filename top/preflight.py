@@ -42,6 +42,7 @@ from typing import Any
 import yaml
 
 from top.config import ConfigError
+from top.hub import datasets_cache_dir, hub_cache_dir, hub_cache_file, offline_reason
 from top.tasks import is_qa_task
 
 CACHE_FILE = ".snakemake/top-preflight.json"
@@ -53,8 +54,7 @@ lacks, on a machine not marked offline)."""
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "vocab.json", "spiece.model", "sentencepiece.bpe.model")
-_TRUE = {"1", "ON", "YES", "TRUE"}
-_CHECKER_SOURCES = ("tasks/glue.py", "tasks/squad.py", "tasks/sources.py", "preflight.py")
+_CHECKER_SOURCES = ("tasks/glue.py", "tasks/squad.py", "tasks/sources.py", "preflight.py", "hub.py")
 
 
 class PreflightError(ConfigError):
@@ -321,50 +321,6 @@ def check_data(cfg: Mapping[str, Any], cache: _VerdictCache, report: PreflightRe
 
 
 # ---- the model ---------------------------------------------------------------------------
-
-
-def hub_cache_dir() -> Path:
-    """The Hugging Face hub cache, as ``huggingface_hub`` finds it (read from the environment
-    at each call, not at import)."""
-    explicit = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
-    if explicit:
-        return Path(explicit).expanduser()
-    return _hf_home() / "hub"
-
-
-def datasets_cache_dir() -> Path:
-    """The ``datasets`` library's cache of prepared datasets."""
-    explicit = os.environ.get("HF_DATASETS_CACHE")
-    return Path(explicit).expanduser() if explicit else _hf_home() / "datasets"
-
-
-def _hf_home() -> Path:
-    home = os.environ.get("HF_HOME")
-    if home:
-        return Path(home).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(xdg) / "huggingface"
-
-
-def hub_cache_file(repo: str, filename: str) -> str | None:
-    """The cached path of ``filename`` of the hub model ``repo``, or None.
-
-    Raises:
-        ValueError: ``repo`` is not a valid repository name.
-    """
-    from huggingface_hub import try_to_load_from_cache
-
-    found = try_to_load_from_cache(repo, filename, cache_dir=hub_cache_dir())
-    return found if isinstance(found, str) else None
-
-
-def offline_reason(data: bool = False) -> str | None:
-    """Why the hub must not be used (an environment variable says so), or None."""
-    names = ["HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"] + (["HF_DATASETS_OFFLINE"] if data else [])
-    for name in names:
-        if os.environ.get(name, "").strip().upper() in _TRUE:
-            return f"{name}={os.environ[name]}"
-    return None
 
 
 def probe_hub(name: str) -> str | None:

@@ -136,6 +136,30 @@ def is_summarised(out_dir: str | Path, task: str) -> bool:
     return (Path(out_dir) / f"{task}.csv").is_file() and (Path(out_dir) / f"{task}.json").is_file()
 
 
+def provenance(
+    config_path: str | Path,
+    overrides: Sequence[str] = (),
+    *,
+    machine: Mapping[str, Any] | None = None,
+    date: str | None = None,
+    root: str | Path | None = None,
+) -> dict[str, Any]:
+    """Where a committed result comes from: the configuration file (relative to ``root`` when
+    inside it) and its SHA-256, the command-line overrides, the date (UTC) and the machine
+    (:func:`machine_info` unless given)."""
+    config_path = Path(config_path)
+    shown = config_path
+    if root is not None and config_path.resolve().is_relative_to(Path(root).resolve()):
+        shown = config_path.resolve().relative_to(Path(root).resolve())
+    return {
+        "config": str(shown),
+        "config_sha256": file_sha256(config_path),
+        "overrides": list(overrides),
+        "date": date or datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": dict(machine) if machine is not None else machine_info(),
+    }
+
+
 def summary_meta(
     task: str,
     config_path: str | Path,
@@ -147,17 +171,14 @@ def summary_meta(
     results_csv: str | Path,
     date: str | None = None,
 ) -> dict[str, Any]:
-    """The sidecar of a task's summary (module docstring)."""
+    """The sidecar of a task's summary (module docstring): :func:`provenance` with the task,
+    its results file, training rows and expected teacher level."""
     return {
         "task": task,
-        "config": str(config_path),
-        "config_sha256": file_sha256(config_path),
-        "overrides": list(overrides),
+        **provenance(config_path, overrides, machine=machine, date=date),
         "results_csv": str(results_csv),
         "train_rows": train_rows,
         "expected_teacher": dict(expected_teacher) if expected_teacher else None,
-        "date": date or datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": dict(machine),
     }
 
 

@@ -114,8 +114,9 @@ are also read through the same clamp, so evaluation and export after the last st
 
 Modules: :mod:`~top.pruning.top.settings` (the settings and their defaults),
 :mod:`~top.pruning.top.gates` (rank bins, their exact occupancy, the hard-concrete gates of
-layers and bins) and :mod:`~top.pruning.top.method` (selectors, losses, the FLOPs constraint,
-calibration, export: the :class:`ToP` method).
+layers and bins), :mod:`~top.pruning.top.selectors` (the gate-backed training selector and the
+deterministic one rebuilt from an export) and :mod:`~top.pruning.top.method` (losses, the FLOPs
+constraint, calibration, export: the :class:`ToP` method).
 """
 
 from top.pruning.top.method import ToP
