@@ -50,24 +50,31 @@ ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "workflow/schemas/config.schema.yaml"
 log = logging.getLogger("reproduction")
 
-THROUGHPUT_FILE = ROOT / "benchmarks/results/train_throughput.json"
+THROUGHPUT_FILES = {
+    "fp32": ROOT / "benchmarks/results/train_throughput.json",
+    "bf16": ROOT / "benchmarks/results/train_throughput_bf16.json",
+}
+"""The committed training-throughput runs, by the training precision they measured."""
 # CoLA and STS-B were not measured: CoLA (single short sentences) takes SST-2's rates, STS-B
 # (sentence pairs, shorter than MRPC's) MRPC's, which overestimates its time.
 STAND_INS = {"cola": "sst2", "stsb": "mrpc"}
 
 
-def measured_throughput(path: Path = THROUGHPUT_FILE) -> dict[str, Throughput]:
+def measured_throughput(precision: str = "fp32", path: Path | None = None) -> dict[str, Throughput]:
     """Training examples/s per task from the committed training-throughput benchmark
-    (``benchmarks/train_throughput.py``): the teacher's length-grouped fine-tune step, and ToP's
-    pruning step with grouping and the cached teacher. The run records its threads; the README's
-    run used one, so on two cores the estimate is an upper bound."""
+    (``benchmarks/train_throughput.py``) at ``precision``: the teacher's length-grouped fine-tune
+    step, and ToP's pruning step with grouping and the cached teacher. The run records its
+    threads; the committed runs used one per job."""
+    path = path or THROUGHPUT_FILES[precision]
     data = json.loads(path.read_text())
     threads = data["environment"].get("threads")
     rates: dict[str, dict[str, float]] = {}
     for row in data["results"]:
-        if (row["phase"], row["variant"]) == ("teacher", "group"):
+        if row.get("precision", "fp32") != precision:
+            continue
+        if (row["phase"], row["variant"].removesuffix("+amp")) == ("teacher", "group"):
             rates.setdefault(row["task"], {})["dense"] = row["examples_per_s"]
-        elif (row["phase"], row["variant"]) == ("top", "group+cache"):
+        elif (row["phase"], row["variant"].removesuffix("+amp")) == ("top", "group+cache"):
             rates.setdefault(row["task"], {})["top_prune"] = row["examples_per_s"]
     source = f"measured, {path.name} ({threads} thread(s))"
     table = {task: Throughput(source=source, **rate) for task, rate in rates.items() if len(rate) == 2}
@@ -175,7 +182,8 @@ def summarise(task: str, cfg: dict, args: argparse.Namespace) -> None:
 def estimate(cfg: dict, args: argparse.Namespace) -> str:
     model_config = offline_model_config(cfg["model"])
     budgets, lines = [], []
-    throughput = measured_throughput()
+    precision = training_precision(cfg)
+    throughput = measured_throughput(precision)
     lines.append(
         "| task | train rows | seeds | runs per seed | steps per method run | throughput (ex/s: fine-tune, ToP prune) | hours per seed | hours |"
     )
@@ -194,7 +202,17 @@ def estimate(cfg: dict, args: argparse.Namespace) -> str:
             f"{rate.dense:.1f}, {rate.top_prune:.1f} ({rate.source}) | {est.per_seed_h:.1f} | {est.total_h:.1f} |"
         )
     lines.append(f"| all | | | | | | | {total:.1f} |")
+    lines.append(
+        f"\nTraining precision {precision}. Hours of one job after another on one thread; with --cores {args.cores} and "
+        f"--threads 1, {args.cores} jobs train side by side (latency jobs run alone): about {total / args.cores:.0f} h."
+    )
     return budget_table(budgets) + "\n" + "\n".join(lines) + "\n"
+
+
+def training_precision(cfg: dict) -> str:
+    """The precision the configuration trains the methods at on the CPU (``auto`` is fp32 there)."""
+    precision = cfg["train"].get("precision", "auto")
+    return "fp32" if precision == "auto" else precision
 
 
 def main() -> None:

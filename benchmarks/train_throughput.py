@@ -16,8 +16,11 @@ per round, warm-up steps first), through the training loop's own step (:class:`t
     this loop with ``group_by_length: false`` and ``teacher_cache: false``.
 ``group``, ``cache``, ``group+cache``
     ``group_by_length`` on; ``teacher_cache`` on (methods that distil from the teacher); both.
-``group+cache+amp``
-    with ``--amp`` (or on CUDA): the last variant with ``precision: auto`` (bf16 on CUDA).
+``group+cache+amp`` (``group+amp`` for methods without a teacher)
+    with ``--amp [PRECISION]`` (or on CUDA): the last variant with ``precision: PRECISION``
+    (default ``auto``: bf16 on CUDA, fp32 on the CPU, so give ``--amp bf16`` there).
+
+``--variants`` keeps only the named variants (e.g. ``group+cache group+cache+amp``).
 
 A variant's timed batches are batches of its own first epoch at evenly spaced quantiles of their
 padded size (so grouped batches are as long or short as in a real epoch); the exact padding of a
@@ -85,6 +88,8 @@ PHASES = {
     "power_bert": ("power_bert", "search"),
     "topk": ("topk", "finetune"),
 }
+AMP = "amp"
+"""The precision of the ``+amp`` variants: ``--amp``'s value."""
 #: variant -> (emulate the old loop, group_by_length, teacher_cache, precision)
 VARIANTS = {
     "before": (True, False, False, "fp32"),
@@ -92,8 +97,8 @@ VARIANTS = {
     "group": (False, True, False, "fp32"),
     "cache": (False, False, True, "fp32"),
     "group+cache": (False, True, True, "fp32"),
-    "group+cache+amp": (False, True, True, "auto"),
-    "group+amp": (False, True, False, "auto"),
+    "group+cache+amp": (False, True, True, AMP),
+    "group+amp": (False, True, False, AMP),
 }
 #: Each timed batch is stepped once (rounds x steps = batches), one step per variant per round.
 MODES = {"full": {"warmup": 2, "rounds": 20, "steps": 1, "batches": 20}, "quick": {"warmup": 1, "rounds": 4, "steps": 1, "batches": 4}}
@@ -205,8 +210,9 @@ class Phase:
         method.prepare({"train": torch.tensor(self.lengths), "validation": torch.tensor(self.dev_lengths)}, self.spec.head)
         return method
 
-    def case(self, variant: str, n_batches: int) -> Case:
+    def case(self, variant: str, n_batches: int, amp: str = "auto") -> Case:
         legacy, group, cache, precision = VARIANTS[variant]
+        precision = amp if precision == AMP else precision
         student = copy.deepcopy(self.base)
         method = self.method(student.config)
         stage_index, stage = next((i, s) for i, s in enumerate(method.stages()) if s.name == self.stage_name)
@@ -300,16 +306,16 @@ class Phase:
         return worst
 
 
-def variants_of(phase: str, amp: bool) -> list[str]:
+def variants_of(phase: str, amp: bool, keep: list[str] | None = None) -> list[str]:
     distils = phase == "top"
     names = ["before", "off", "group"] + (["cache", "group+cache"] if distils else [])
     if amp:
         names.append("group+cache+amp" if distils else "group+amp")
-    return names
+    return [name for name in names if keep is None or name in keep]
 
 
-def measure(phase: Phase, names: list[str], mode: dict[str, int], seed: int) -> list[dict[str, Any]]:
-    cases = [phase.case(name, mode["batches"]) for name in names]
+def measure(phase: Phase, names: list[str], mode: dict[str, int], seed: int, amp: str = "auto") -> list[dict[str, Any]]:
+    cases = [phase.case(name, mode["batches"], amp) for name in names]
     for case in cases:
         case.run(mode["warmup"], phase.device)
     rng = random.Random(seed)
@@ -336,9 +342,15 @@ def measure(phase: Phase, names: list[str], mode: dict[str, int], seed: int) -> 
             record["examples_per_s_amortised"] = epochs * n / (epochs * n / record["examples_per_s"] + record["cache_build_s_full_estimate"])
         records.append(record)
     by_name = {r["variant"]: r for r in records}
+
+    def ratio(record: dict[str, Any], base: str) -> float | None:
+        return record["examples_per_s"] / by_name[base]["examples_per_s"] if base in by_name else None
+
     for record in records:
-        record["speedup_vs_before"] = record["examples_per_s"] / by_name["before"]["examples_per_s"]
-        record["speedup_vs_off"] = record["examples_per_s"] / by_name["off"]["examples_per_s"]
+        record["speedup_vs_before"] = ratio(record, "before")
+        record["speedup_vs_off"] = ratio(record, "off")
+        if record["variant"].endswith("+amp"):  # against the same variant in fp32
+            record["speedup_vs_fp32"] = ratio(record, record["variant"].removesuffix("+amp"))
     return records
 
 
@@ -374,10 +386,14 @@ def environment(device: torch.device) -> dict[str, Any]:
     }
 
 
+def _times(ratio: float | None) -> str:
+    return "–" if ratio is None else f"{ratio:.2f}x"
+
+
 def markdown(records: list[dict[str, Any]]) -> str:
     lines = [
-        "| task | phase | variant | examples/s | vs before | vs off | epoch padding | teacher | amortised ex/s (cache build) |",
-        "|---|---|---|---:|---:|---:|---:|---|---:|",
+        "| task | phase | variant | precision | examples/s | vs before | vs off | vs fp32 | epoch padding | teacher | amortised ex/s (cache build) |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---|---:|",
     ]
     for r in records:
         teacher = "-"
@@ -387,8 +403,9 @@ def markdown(records: list[dict[str, Any]]) -> str:
         if "examples_per_s_amortised" in r:
             amortised = f"{r['examples_per_s_amortised']:.1f} ({r['cache_build_s_full_estimate']:.0f} s / {r['stage_epochs']:g} ep)"
         lines.append(
-            f"| {r['task']} | {r['phase']} ({r['stage']}) | {r['variant']} | {r['examples_per_s']:.1f} | {r['speedup_vs_before']:.2f}x | "
-            f"{r['speedup_vs_off']:.2f}x | {100 * r['epoch_padding_fraction']:.0f}% | {teacher} | {amortised} |"
+            f"| {r['task']} | {r['phase']} ({r['stage']}) | {r['variant']} | {r.get('precision', 'fp32')} | {r['examples_per_s']:.1f} | "
+            f"{_times(r['speedup_vs_before'])} | {_times(r['speedup_vs_off'])} | {_times(r.get('speedup_vs_fp32'))} | "
+            f"{100 * r['epoch_padding_fraction']:.0f}% | {teacher} | {amortised} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -431,7 +448,14 @@ def main() -> None:
     parser.add_argument("--glue-dir", type=Path, default=ROOT.parent / "shared/data/glue")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, auto")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    parser.add_argument("--amp", action="store_true", help="add a precision: auto variant (always on CUDA)")
+    parser.add_argument(
+        "--amp",
+        nargs="?",
+        const="auto",
+        choices=["auto", "bf16", "fp16"],
+        help="add a variant at this precision (default auto: bf16 on CUDA, fp32 on the CPU; always on CUDA)",
+    )
+    parser.add_argument("--variants", nargs="+", help="measure only these variants (default: every one of each phase)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--profile", action="store_true", help="profile ToP prune steps on SST-2 instead")
@@ -445,9 +469,10 @@ def main() -> None:
     if args.profile:
         profile_top(args, device)
         return
-    amp = args.amp or device.type == "cuda"
+    amp_precision = args.amp or "auto"
+    amp = args.amp is not None or device.type == "cuda"
     if amp:
-        resolve_precision("auto", device)
+        resolve_precision(amp_precision, device)
     mode = MODES["quick" if args.quick else "full"]
     out = args.out or ROOT / "benchmarks/results" / ("train_throughput_quick.json" if args.quick else "train_throughput.json")
     records: list[dict[str, Any]] = []
@@ -455,7 +480,7 @@ def main() -> None:
         cfg, spec, base, teacher, tokenizer, train, dev_lengths = load(args.config, args.glue_dir, task, device, args.seed)
         for name in args.phases:
             phase = Phase(cfg, task, name, base, teacher, tokenizer, spec, train, dev_lengths, device, args.seed)
-            records.extend(measure(phase, variants_of(name, amp), mode, args.seed))
+            records.extend(measure(phase, variants_of(name, amp, args.variants), mode, args.seed, amp_precision))
             print(markdown([r for r in records if r["task"] == task and r["phase"] == name]), flush=True)
     payload = {
         "environment": environment(device),
