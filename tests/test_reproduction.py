@@ -275,3 +275,42 @@ def test_provenance_names_the_configuration_relative_to_the_root_with_its_hash(t
     }
     outside = provenance(config, machine=MACHINE, root=tmp_path / "elsewhere")
     assert outside["config"] == str(config) and outside["overrides"] == []
+
+
+def load_script(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_estimate_reads_the_throughput_of_the_configured_precision(tmp_path):
+    reproduction = load_script("reproduction")
+    rows = [
+        ("teacher", "group", "fp32", 20.0),
+        ("teacher", "group+amp", "bf16", 32.0),
+        ("top", "group", "fp32", 17.0),
+        ("top", "group+cache", "fp32", 22.0),
+        ("top", "group+cache+amp", "bf16", 44.0),
+    ]
+    results = [
+        {"task": "mrpc", "phase": phase, "variant": variant, "precision": precision, "examples_per_s": rate}
+        for phase, variant, precision, rate in rows
+    ]
+    path = tmp_path / "throughput.json"
+    path.write_text(json.dumps({"environment": {"threads": 1}, "results": results}))
+    fp32 = reproduction.measured_throughput("fp32", path)["mrpc"]
+    bf16 = reproduction.measured_throughput("bf16", path)["mrpc"]
+    assert (fp32.dense, fp32.top_prune) == (20.0, 22.0)
+    assert (bf16.dense, bf16.top_prune) == (32.0, 44.0)
+    assert reproduction.training_precision({"train": {"precision": "auto"}}) == "fp32"
+    assert reproduction.training_precision({"train": {"precision": "bf16"}}) == "bf16"
+
+
+def test_throughput_variants_can_be_narrowed_to_a_precision_pair():
+    throughput = load_script("train_throughput")
+    assert throughput.variants_of("top", amp=True) == ["before", "off", "group", "cache", "group+cache", "group+cache+amp"]
+    assert throughput.variants_of("teacher", amp=True, keep=["group", "group+amp", "group+cache"]) == ["group", "group+amp"]
