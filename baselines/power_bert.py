@@ -106,6 +106,11 @@ class PoWERBERTSettings:
             setting overrides a task's value in the workflow configuration).
         retention_lr: peak learning rate of the retention weights (reference ``LR_SOFT_EXTRACT``,
             range [1e-4, 1e-2]); 10% warm-up, then linear decay (module docstring).
+        retention_lr_scale: multiplies ``retention_lr``, as ``reg_lambda_scale`` does
+            ``reg_lambda``. Adam moves each weight by about the learning rate per step whatever
+            the size of its gradient, so once the L1 term dominates a larger ``reg_lambda`` no
+            longer speeds the weights up: how far they can travel in the search, hence how much
+            it can eliminate, is set by this rate and the number of steps.
         search_epochs / retrain_epochs: epochs of the two stages (the reference uses ``EPOCH`` for
             both; README example 3); ``retrain_epochs = 0`` skips the retraining.
         retention: explicit retention configuration (one count per layer, [CLS] included,
@@ -121,6 +126,7 @@ class PoWERBERTSettings:
     reg_lambda: float = 3e-3
     reg_lambda_scale: float = 1.0
     retention_lr: float = 3e-3
+    retention_lr_scale: float = 1.0
     search_epochs: float = 3.0
     retrain_epochs: float = 3.0
     retention: tuple[int, ...] | None = None
@@ -134,7 +140,7 @@ class PoWERBERTSettings:
         """Build from a settings dict; unknown keys and bad values raise ``ValueError``."""
         values = dict(values or {})
         reject_unknown_settings("power_bert", values, cls)
-        floats = ("reg_lambda", "reg_lambda_scale", "retention_lr", "search_epochs", "retrain_epochs", "count_threshold")
+        floats = ("reg_lambda", "reg_lambda_scale", "retention_lr", "retention_lr_scale", "search_epochs", "retrain_epochs", "count_threshold")
         for name in floats:
             if name in values:
                 values[name] = float(values[name])
@@ -378,7 +384,7 @@ class PoWERBERT(PruningMethod):
         return [
             {
                 "params": [self.store.weights],
-                "lr": self.resolved.retention_lr,
+                "lr": self.resolved.retention_lr * self.resolved.retention_lr_scale,
                 "weight_decay": 0.0,
                 "schedule": "linear",
                 "warmup_ratio": RETENTION_WARMUP_RATIO,

@@ -123,6 +123,14 @@ def test_search_stage_gives_gradients_to_retention_weights():
     assert method.parameter_groups("retrain") == []
 
 
+def test_retention_lr_scale_multiplies_the_retention_learning_rate():
+    method = PoWERBERT(tiny_config(), {"retention_lr": 2e-3, "retention_lr_scale": 10, "max_length": 6})
+    [group] = method.parameter_groups("search")
+    assert group["lr"] == pytest.approx(2e-2)
+    with pytest.raises(ValueError, match="retention_lr_scale must be >= 0"):
+        PoWERBERT(tiny_config(), {"retention_lr_scale": -1})
+
+
 def reference_forward(model: PrunableModel, inputs, weights: torch.Tensor, before_ffn: bool) -> torch.Tensor:
     """The search-stage forward written out layer by layer: the token of rank ``j`` is scaled by
     ``weights[l, j]`` ([CLS] by 1) either after the attention sublayer's LayerNorm, before the
