@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from top.files import atomic_write_text
+from top.report.outputs import RUN_DIR
 from top.report.tables import collect
 
 #: the example's model: its name (paper points are drawn for it) and BERT-base's dimensions
@@ -105,7 +106,7 @@ def write_example_runs(root: str | Path) -> tuple[list[Path], list[Path], list[P
             for seed in SEEDS:
                 rng = np.random.default_rng([seed, len(task), len(setting.method), len(setting.setting)])
                 keys = {"task": task, "method": setting.method, "setting": setting.setting, "seed": seed}
-                folder = root / task / setting.method / setting.setting / f"seed{seed}"
+                folder = root / RUN_DIR.format(**keys)
                 folder.mkdir(parents=True, exist_ok=True)
                 score = (dense_score - setting.loss * (1.0 - 1.0 / reduction) + rng.normal(0.0, 0.4)) / 100.0
                 split = {metric: score, "n_examples": 872 if task == "sst2" else 408}

@@ -24,6 +24,9 @@ import yaml
 DEFAULT_RESULTS_DIR = "results"
 #: the HTML report's name inside ``results_dir`` (``make report``)
 REPORT_NAME = "report.html"
+#: a run's folder under each per-run folder of ``results_dir`` (``models/``, ``eval/``, ``flops/``,
+#: ``latency/``): the workflow's wildcard pattern, and ``RUN_DIR.format(...)`` for one run
+RUN_DIR = "{task}/{method}/{setting}/seed{seed}"
 #: ``make`` variables that carry a data folder (everything else goes to ``CONFIG_ARGS``)
 _MAKE_VARIABLES = {"glue_dir": "GLUE_DIR", "squad_dir": "SQUAD_DIR"}
 

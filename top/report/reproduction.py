@@ -39,6 +39,7 @@ import pandas as pd
 from top.files import atomic_write_text, json_text
 from top.report.equal_flops import TARGETS, readouts, verdicts
 from top.report.labels import METRIC_LABELS, TASK_LABELS, method_label, method_rank
+from top.report.outputs import RUN_DIR
 
 log = logging.getLogger(__name__)
 
@@ -186,11 +187,11 @@ def summary_meta(
 
 RUN_OUTPUTS = ("eval/{run}/metrics.json", "flops/{run}/flops.json", "latency/{run}/latency.json")
 """A run is finished when the workflow has written these under its ``results_dir`` (``{run}``:
-``<task>/<method>/<setting>/seed<seed>``, the workflow's ``RUN`` pattern)."""
+the run's :data:`top.report.outputs.RUN_DIR`)."""
 
 
 def run_finished(results_dir: str | Path, task: str, method: str, setting: str, seed: int) -> bool:
-    run = f"{task}/{method}/{setting}/seed{seed}"
+    run = RUN_DIR.format(task=task, method=method, setting=setting, seed=seed)
     return all((Path(results_dir) / pattern.format(run=run)).is_file() for pattern in RUN_OUTPUTS)
 
 
