@@ -5,18 +5,23 @@ and RTE (``config/reproduction.yaml``), one task at a time, with results that pe
     python benchmarks/reproduction.py --dry-run all              # what the workflow would run (snakemake -n)
     python benchmarks/reproduction.py --task mrpc [--cores 2]    # run, summarise and render one task
     python benchmarks/reproduction.py --task mrpc --seeds 42     # a first pass: one seed's runs only
-    python benchmarks/reproduction.py --status all               # finished and missing runs per task
+    python benchmarks/reproduction.py --status all               # recorded, finished and missing runs per task
+    python benchmarks/reproduction.py --record mrpc              # record finished runs (after an interrupted run)
     python benchmarks/reproduction.py --task all                 # every task not summarised yet
-    python benchmarks/reproduction.py --summarise mrpc           # summarise finished results again
+    python benchmarks/reproduction.py --summarise mrpc           # summarise the recorded runs again
     python benchmarks/reproduction.py --render                   # docs/reproduction.md and its figure
 
-Each task runs the workflow with ``tasks=[<task>]`` and ``results_dir=results/reproduction/<task>``.
-When it has finished, ``benchmarks/reproduction/<task>.csv`` and ``<task>.json`` are written
+Each task runs the workflow with ``tasks=[<task>]`` and ``results_dir=results/reproduction/<task>``,
+on the runs that the task's ledger ``benchmarks/reproduction/runs/<task>.csv`` does not hold yet
+(:mod:`top.report.ledger`: a row per finished run, with the hash of its settings and of its
+teacher's weights; commit it, so that runs accumulate across machines whose ``results/`` is gone).
+When the workflow stops, finished or not, its finished runs are recorded. Once every run is
+recorded, ``benchmarks/reproduction/<task>.csv`` and ``<task>.json`` are written from the ledger
 (:mod:`top.report.reproduction`), and the report ``docs/reproduction.md`` with
-``docs/figures/reproduction.png`` is rebuilt from those files alone. With ``--seeds`` only those seeds
-run, and the task is summarised once every seed has. A task that already has its
-summary is skipped unless ``--force`` (which summarises it again; the workflow itself reruns only
-what is missing or out of date, and resumes interrupted training from its last epoch).
+``docs/figures/reproduction.png`` is rebuilt from those files alone. With ``--seeds`` only those
+seeds run. A task that already has its summary is skipped unless ``--force`` (which summarises
+it again; the workflow itself reruns only what is missing or out of date, and resumes interrupted
+training from its last epoch).
 """
 
 from __future__ import annotations
@@ -35,11 +40,13 @@ from snakemake.utils import validate
 
 from top.budget import Throughput, budget_table, estimate_task, task_budgets, teacher_budget
 from top.config import offline_model_config, runs, task_seeds, validate_config
+from top.report.ledger import ledger_path, ledger_summary_rows, read_ledger, record_runs, run_sha256, run_states
 from top.report.reproduction import (
     is_summarised,
     machine_info,
     progress_frame,
     render,
+    run_outputs,
     summary_frame,
     summary_meta,
     write_summary,
@@ -112,17 +119,19 @@ def results_dir(task: str, args: argparse.Namespace) -> str:
     return str(Path(args.results_root) / task)
 
 
-def run_workflow(task: str, args: argparse.Namespace, dry_run: bool) -> None:
-    """Snakemake on ``task`` with ``--cores``, every job at ``--threads`` threads (the profile's
-    set-threads give each job every core, so that jobs would run one at a time), only ``--seeds``
-    if given."""
-    threads = [f"{rule}={args.threads}" for rule in ("teacher", "train", "evaluate")]
+def run_workflow(task: str, args: argparse.Namespace, dry_run: bool, runs: list[tuple[str, str, int]]) -> None:
+    """Snakemake on ``runs`` of ``task`` (their metrics, FLOPs and latency files) with
+    ``--cores``, every job at ``--threads`` threads (the profile's set-threads give each job every
+    core, so that jobs would run one at a time) except the teacher's fine-tune, which nothing runs
+    beside and which gets every core; only ``--seeds`` if given."""
+    threads = [f"teacher={args.cores}"] + [f"{rule}={args.threads}" for rule in ("train", "evaluate")]
     command = [sys.executable, "-m", "snakemake", "--cores", str(args.cores), "--set-threads", *threads]
     command += ["--configfile", str(args.config), "--config"]
     command += [f"glue_dir={args.glue_dir}", f"tasks=[{task}]", f"results_dir={results_dir(task, args)}"]
     if args.seeds:
         command.append(f"seeds=[{','.join(str(seed) for seed in args.seeds)}]")
     command.append("--rerun-incomplete")
+    command += [str(path) for run in runs for path in run_outputs(results_dir(task, args), task, *run)]
     if dry_run:
         command.append("-n")
     log.info("running %s", " ".join(command))
@@ -146,36 +155,73 @@ def check_seeds(cfg: dict, tasks: list[str], seeds: list[int]) -> None:
             raise SystemExit(f"--seeds: {unknown} not among {task}'s seeds {task_seeds(cfg, task)}")
 
 
-def status(task: str, cfg: dict, args: argparse.Namespace) -> str:
-    frame = progress_frame(ROOT / results_dir(task, args), task, expected_runs(cfg, task))
-    done, total = int(frame["finished"].sum()), int(frame["expected"].sum())
-    summary = "summarised" if is_summarised(args.out, task) else "not summarised"
-    lines = [f"{task}: {done} of {total} runs finished, {summary} ({results_dir(task, args)})"]
-    lines += [frame.to_string(index=False)]
-    return "\n".join(lines)
+@dataclasses.dataclass
+class TaskRuns:
+    """A task's runs under the current configuration, and their state in the run ledger."""
+
+    train_rows: int
+    steps: dict[tuple[str, str], int]
+    """(method, setting) -> optimiser steps over all stages (dense: the teacher's fine-tune)"""
+    hashes: dict[tuple[str, str, int], str]
+    """run -> :func:`top.report.ledger.run_sha256`"""
+    states: dict[tuple[str, str, int], str]
+    """run -> recorded / stale settings / stale teacher / missing"""
+
+    @property
+    def pending(self) -> list[tuple[str, str, int]]:
+        return [run for run, state in self.states.items() if state != "recorded"]
 
 
-def summarise(task: str, cfg: dict, args: argparse.Namespace) -> None:
-    import pandas as pd
-
-    results_csv = ROOT / results_dir(task, args) / "tables/results.csv"
-    if not results_csv.is_file():
-        raise SystemExit(f"{results_csv}: no results for {task} (run: python benchmarks/reproduction.py --task {task})")
+def task_runs(task: str, cfg: dict, args: argparse.Namespace) -> TaskRuns:
     rows = train_rows(task, args.glue_dir)
     model_config = offline_model_config(cfg["model"])
     steps = {(b.method, b.setting): b.total_steps for b in task_budgets(cfg, task, rows, model_config)}
     for setting in cfg["methods"]["dense"]["settings"]:
         steps[("dense", setting)] = teacher_budget(cfg, task, rows).total_steps
-    frame = summary_frame(pd.read_csv(results_csv), task, steps, expected_runs(cfg, task))
+    expected = expected_runs(cfg, task)
+    hashes = {run: run_sha256(cfg, task, *run, train_rows=rows) for run in expected}
+    return TaskRuns(rows, steps, hashes, run_states(read_ledger(args.out, task), expected, hashes))
+
+
+def status(task: str, cfg: dict, args: argparse.Namespace) -> str:
+    runs = task_runs(task, cfg, args)
+    frame = progress_frame(ROOT / results_dir(task, args), task, list(runs.states), runs.states)
+    recorded, finished, total = int(frame["recorded"].sum()), int(frame["finished"].sum()), int(frame["expected"].sum())
+    summary = "summarised" if is_summarised(args.out, task) else "not summarised"
+    lines = [
+        f"{task}: {recorded} of {total} runs recorded in {os.path.relpath(ledger_path(args.out, task), ROOT)}, "
+        f"{finished} more finished in {results_dir(task, args)} (--record {task} records them), {summary}"
+    ]
+    lines += [frame.to_string(index=False)]
+    return "\n".join(lines)
+
+
+def record(task: str, cfg: dict, args: argparse.Namespace) -> TaskRuns:
+    """Record the task's finished runs in its ledger; the task's runs as they are then."""
+    runs = task_runs(task, cfg, args)
+    record_runs(ROOT / results_dir(task, args), task, args.out, list(runs.states), runs.hashes, runs.steps, machine_info())
+    return task_runs(task, cfg, args)
+
+
+def summarise(task: str, cfg: dict, args: argparse.Namespace, runs: TaskRuns) -> None:
+    """Write the task's summary from its ledger, every run recorded."""
+    try:
+        rows = ledger_summary_rows(read_ledger(args.out, task), runs.states)
+    except ValueError as error:
+        raise SystemExit(f"{task}: {error} (run: python benchmarks/reproduction.py --task {task})") from None
+    frame = summary_frame(rows, task, runs.steps, list(runs.states))
+    machines = sorted({f"{cpu}, torch {torch}" for cpu, torch in zip(rows["cpu_model"], rows["torch_version"])})
     meta = summary_meta(
         task,
-        os.path.relpath(args.config, ROOT),
+        args.config,
         overrides(task, args),
-        train_rows=rows,
+        train_rows=runs.train_rows,
         expected_teacher=(cfg.get("task_settings") or {}).get(task, {}).get("expected_teacher"),
         machine=machine_info(),
-        results_csv=os.path.relpath(results_csv, ROOT),
+        runs_csv=os.path.relpath(ledger_path(args.out, task), ROOT),
+        root=ROOT,
     )
+    meta |= {"run_dates": [str(rows["date"].min()), str(rows["date"].max())], "run_machines": machines}
     write_summary(args.out, task, frame, meta)
 
 
@@ -220,17 +266,20 @@ def main() -> None:
     action = parser.add_mutually_exclusive_group(required=True)
     action.add_argument("--task", nargs="+", metavar="TASK", help="run, summarise and render these tasks ('all': every task)")
     action.add_argument("--dry-run", nargs="+", metavar="TASK", help="plan these tasks' workflow (snakemake -n)")
-    action.add_argument("--summarise", nargs="+", metavar="TASK", help="summarise these tasks' finished results")
+    action.add_argument("--summarise", nargs="+", metavar="TASK", help="summarise these tasks' recorded runs")
+    action.add_argument("--record", nargs="+", metavar="TASK", help="record these tasks' finished runs in their ledgers")
     action.add_argument("--render", action="store_true", help="build docs/reproduction.md and its figure from the summaries")
     action.add_argument("--estimate", action="store_true", help="print every run's optimiser steps and the estimated hours per task")
-    action.add_argument("--status", nargs="+", metavar="TASK", help="finished and missing runs of these tasks")
+    action.add_argument("--status", nargs="+", metavar="TASK", help="recorded, finished and missing runs of these tasks")
     parser.add_argument("--config", type=Path, default=ROOT / "config/reproduction.yaml")
     parser.add_argument("--glue-dir", type=Path, default=ROOT.parent / "shared/data/glue")
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1, help="threads per job (default 1: --cores jobs run side by side, each on one thread)")
     parser.add_argument("--seeds", type=int, nargs="+", help="run only these seeds (a first pass); the task is summarised once all have run")
     parser.add_argument("--results-root", default="results/reproduction", help="each task's results_dir is <this>/<task>")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/reproduction", help="where the task summaries go")
+    parser.add_argument(
+        "--out", type=Path, default=ROOT / "benchmarks/reproduction", help="where the task summaries and run ledgers (runs/<task>.csv) go"
+    )
     parser.add_argument("--report", type=Path, default=ROOT / "docs/reproduction.md")
     parser.add_argument("--figure", type=Path, default=ROOT / "docs/figures/reproduction.png")
     parser.add_argument("--force", action="store_true", help="summarise tasks again that already have a summary")
@@ -257,22 +306,38 @@ def main() -> None:
         for task in chosen(args.status):
             print(status(task, cfg, args))
         return
+    if args.record:
+        for task in chosen(args.record):
+            record(task, cfg, args)
+        return
     if args.seeds:
         check_seeds(cfg, chosen(args.task or args.dry_run or []), args.seeds)
+
+    def to_run(runs: TaskRuns) -> list[tuple[str, str, int]]:
+        return [run for run in runs.pending if not args.seeds or run[2] in args.seeds]
+
     if args.dry_run:
         for task in chosen(args.dry_run):
-            run_workflow(task, args, dry_run=True)
+            todo = to_run(task_runs(task, cfg, args))
+            if todo:
+                run_workflow(task, args, dry_run=True, runs=todo)
+            else:
+                log.info("%s: every run is recorded; nothing to run", task)
         return
     for task in chosen(args.summarise or args.task):
         if is_summarised(args.out, task) and not args.force:
             log.info("%s: already summarised in %s (--force to summarise again)", task, args.out)
             continue
-        if args.task:
-            run_workflow(task, args, dry_run=False)
-            if args.seeds and set(args.seeds) != set(task_seeds(cfg, task)):
-                log.info("%s: seeds %s done; summarised once every seed has run\n%s", task, args.seeds, status(task, cfg, args))
-                continue
-        summarise(task, cfg, args)
+        runs = task_runs(task, cfg, args)
+        if args.task and to_run(runs):
+            try:
+                run_workflow(task, args, dry_run=False, runs=to_run(runs))
+            finally:  # what finished is kept, whether the workflow did or not
+                runs = record(task, cfg, args)
+        if args.task and runs.pending:
+            log.info("%s: %d run(s) not recorded yet; summarised once every run is\n%s", task, len(runs.pending), status(task, cfg, args))
+            continue
+        summarise(task, cfg, args, runs)
         render(args.out, args.report, args.figure, tasks=cfg["tasks"])
 
 

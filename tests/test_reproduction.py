@@ -95,7 +95,7 @@ def summarise(tmp_path: Path, task: str = "mrpc", metric: str = "f1", **options)
         train_rows=3668,
         expected_teacher=EXPECTED,
         machine=MACHINE,
-        results_csv=csv,
+        runs_csv=csv,
         date="2026-12-01T00:00:00+00:00",
     )
     return write_summary(tmp_path / "summaries", task, frame, meta)
@@ -188,7 +188,7 @@ def test_markdown_of_a_single_seed_has_no_spread(tmp_path):
     frame = pd.read_csv(csv)
     frame = frame[frame["seed"] == 42]
     summary = summary_frame(frame, "mrpc", STEPS, [run for run in expected_runs() if run[2] == 42])
-    meta = summary_meta("mrpc", csv, [], train_rows=None, expected_teacher=None, machine=MACHINE, results_csv=csv)
+    meta = summary_meta("mrpc", csv, [], train_rows=None, expected_teacher=None, machine=MACHINE, runs_csv=csv)
     write_summary(tmp_path / "summaries", "mrpc", summary, meta)
     text = markdown(load_summaries(tmp_path / "summaries"), figure=None)
     assert "**undetermined (one seed)**" in text and "(1 seed)" in text and "![" not in text
@@ -225,6 +225,19 @@ def test_progress_counts_a_run_finished_only_with_all_its_outputs(tmp_path):
         ("top", 43): (0, 3, "s33, s50, s75"),
         ("topk", 42): (0, 1, "r5"),
     }
+
+
+def test_progress_counts_recorded_runs_apart_and_says_why_a_recorded_run_is_redone(tmp_path):
+    touch_outputs(tmp_path, "mrpc/top/s50/seed42")  # finished here, not recorded yet
+    expected = [("top", setting, 42) for setting in ("s33", "s50", "s75", "s80")]
+    states = {
+        ("top", "s33", 42): "recorded",
+        ("top", "s50", 42): "missing",
+        ("top", "s75", 42): "stale teacher",
+        ("top", "s80", 42): "missing",
+    }
+    row = progress_frame(tmp_path, "mrpc", expected, states).iloc[0]
+    assert (row.recorded, row.finished, row.expected, row.missing) == (1, 1, 4, "s75 (stale teacher), s80")
 
 
 def run_script(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -314,3 +327,50 @@ def test_throughput_variants_can_be_narrowed_to_a_precision_pair():
     throughput = load_script("train_throughput")
     assert throughput.variants_of("top", amp=True) == ["before", "off", "group", "cache", "group+cache", "group+cache+amp"]
     assert throughput.variants_of("teacher", amp=True, keep=["group", "group+amp", "group+cache"]) == ["group", "group+amp"]
+
+
+def test_recorded_runs_are_summarised_without_running_the_workflow(tmp_path):
+    """--record takes the finished runs of a results folder into the ledger, --status counts
+    them, and --task summarises and renders once every run is recorded, with nothing to train."""
+    import shutil
+
+    import yaml
+
+    from tests.conftest import write_tiny_sst2
+    from top.report.example import write_example_runs
+    from top.report.outputs import RUN_DIR, TEACHER_DIR
+    from top.report.reproduction import RUN_OUTPUTS
+
+    cfg = yaml.safe_load((ROOT / "config/reproduction.yaml").read_text())
+    cfg.update(tasks=["sst2"], seeds=[42])
+    cfg["methods"] = {"dense": cfg["methods"]["dense"], "topk": {"settings": {"keep50": {"keep_ratios": [1.0, 0.8, 0.6, 0.5, 0.4, 0.3]}}}}
+    cfg["task_settings"] = {"sst2": {**cfg["task_settings"]["sst2"], "methods": {"topk": {"finetune_epochs": 4}}}}
+    config = tmp_path / "reproduction.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    glue = write_tiny_sst2(tmp_path / "glue")
+    examples, results = tmp_path / "examples", tmp_path / "results" / "sst2"
+    write_example_runs(examples)
+    for method, setting in (("dense", "default"), ("topk", "keep50")):
+        run = RUN_DIR.format(task="sst2", method=method, setting=setting, seed=42)
+        for pattern in RUN_OUTPUTS:
+            target = results / pattern.format(run=run)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(examples / run / target.name, target)
+    teacher = results / TEACHER_DIR.format(task="sst2", seed=42)
+    teacher.mkdir(parents=True)
+    (teacher / "model.safetensors").write_bytes(b"teacher")
+    common = ["--config", str(config), "--glue-dir", str(glue), "--results-root", str(tmp_path / "results"), "--out", str(tmp_path / "out")]
+    recorded = run_script("--record", "sst2", *common, cwd=tmp_path)
+    assert recorded.returncode == 0, recorded.stderr
+    assert (tmp_path / "out/runs/sst2.csv").is_file() and not is_summarised(tmp_path / "out", "sst2")
+    status = run_script("--status", "sst2", *common, cwd=tmp_path)
+    assert "sst2: 2 of 2 runs recorded" in status.stdout, status.stdout + status.stderr
+    shutil.rmtree(tmp_path / "results")  # the summary comes from the ledger alone
+    report = ["--report", str(tmp_path / "reproduction.md"), "--figure", str(tmp_path / "reproduction.png")]
+    summarised = run_script("--task", "sst2", *common, *report, cwd=tmp_path)
+    assert summarised.returncode == 0, summarised.stderr
+    assert "running" not in summarised.stderr  # no workflow started
+    summary = load_summaries(tmp_path / "out")
+    assert sorted(summary.frame["method"]) == ["dense", "topk"]
+    assert summary.meta["sst2"]["runs_csv"].endswith("runs/sst2.csv") and summary.meta["sst2"]["run_machines"]
+    assert (tmp_path / "reproduction.png").is_file() and "SST-2" in (tmp_path / "reproduction.md").read_text()

@@ -27,6 +27,9 @@ REPORT_NAME = "report.html"
 #: a run's folder under each per-run folder of ``results_dir`` (``models/``, ``eval/``, ``flops/``,
 #: ``latency/``): the workflow's wildcard pattern, and ``RUN_DIR.format(...)`` for one run
 RUN_DIR = "{task}/{method}/{setting}/seed{seed}"
+#: a task's fine-tuned teacher (every run of that task and seed starts from it, and the ``dense``
+#: row is it) under ``results_dir``
+TEACHER_DIR = "teachers/{task}/seed{seed}"
 #: ``make`` variables that carry a data folder (everything else goes to ``CONFIG_ARGS``)
 _MAKE_VARIABLES = {"glue_dir": "GLUE_DIR", "squad_dir": "SQUAD_DIR"}
 

@@ -2,17 +2,18 @@
 report built from those summaries alone.
 
 ``benchmarks/reproduction.py`` runs the workflow on ``config/reproduction.yaml`` one task at a
-time. When a task's runs are done, :func:`summarise_task` reads the workflow's ``results.csv``
-and writes two files meant to be committed:
+time, and records each finished run in the task's run ledger (:mod:`top.report.ledger`). When
+every run of a task is recorded, :func:`summary_frame` cuts the ledger's rows and
+:func:`write_summary` writes two files meant to be committed:
 
 - ``<task>.csv``: one row per run (method, setting, seed) with the columns of
   :data:`SUMMARY_COLUMNS`: the dev score (0-100), the FLOPs reduction, the kept epoch, the
   optimiser steps the configuration gives the run (:mod:`top.budget`; the ``dense`` row: the
   teacher's fine-tune) and the batch-1 latency speedups;
 - ``<task>.json``: where the rows come from: the configuration file and its SHA-256, the
-  command-line overrides, the training rows, the expected teacher level (the configuration's
-  ``task_settings.<task>.expected_teacher``), the machine (CPU model, cores, GPUs), the torch and
-  transformers versions, and the date.
+  command-line overrides, the ledger the rows came from, the training rows, the expected teacher
+  level (the configuration's ``task_settings.<task>.expected_teacher``), the machine (CPU model,
+  cores, GPUs), the torch and transformers versions, and the date.
 
 :func:`render` then builds the Markdown report (:func:`markdown`: the comparison at 2x and 4x
 FLOPs reduction of :mod:`top.report.equal_flops`, the teachers against their expected level,
@@ -169,15 +170,17 @@ def summary_meta(
     train_rows: int | None,
     expected_teacher: Mapping[str, Any] | None,
     machine: Mapping[str, Any],
-    results_csv: str | Path,
+    runs_csv: str | Path,
     date: str | None = None,
+    root: str | Path | None = None,
 ) -> dict[str, Any]:
     """The sidecar of a task's summary (module docstring): :func:`provenance` with the task,
-    its results file, training rows and expected teacher level."""
+    the file its rows came from (``runs_csv``: the run ledger), training rows and expected
+    teacher level."""
     return {
         "task": task,
-        **provenance(config_path, overrides, machine=machine, date=date),
-        "results_csv": str(results_csv),
+        **provenance(config_path, overrides, machine=machine, date=date, root=root),
+        "runs_csv": str(runs_csv),
         "train_rows": train_rows,
         "expected_teacher": dict(expected_teacher) if expected_teacher else None,
     }
@@ -190,28 +193,47 @@ RUN_OUTPUTS = ("eval/{run}/metrics.json", "flops/{run}/flops.json", "latency/{ru
 the run's :data:`top.report.outputs.RUN_DIR`)."""
 
 
-def run_finished(results_dir: str | Path, task: str, method: str, setting: str, seed: int) -> bool:
+def run_outputs(results_dir: str | Path, task: str, method: str, setting: str, seed: int) -> list[Path]:
+    """The files (:data:`RUN_OUTPUTS`) that make one run finished, under ``results_dir``."""
     run = RUN_DIR.format(task=task, method=method, setting=setting, seed=seed)
-    return all((Path(results_dir) / pattern.format(run=run)).is_file() for pattern in RUN_OUTPUTS)
+    return [Path(results_dir) / pattern.format(run=run) for pattern in RUN_OUTPUTS]
 
 
-def progress_frame(results_dir: str | Path, task: str, expected_runs: Sequence[tuple[str, str, int]]) -> pd.DataFrame:
-    """How far ``task``'s runs have got: one row per (method, seed) with the finished and
-    expected settings, and a ``missing`` column naming the settings still to run.
+def run_finished(results_dir: str | Path, task: str, method: str, setting: str, seed: int) -> bool:
+    return all(path.is_file() for path in run_outputs(results_dir, task, method, setting, seed))
+
+
+def progress_frame(
+    results_dir: str | Path,
+    task: str,
+    expected_runs: Sequence[tuple[str, str, int]],
+    states: Mapping[tuple[str, str, int], str] | None = None,
+) -> pd.DataFrame:
+    """How far ``task``'s runs have got: one row per (method, seed) with the settings
+    ``recorded`` in the run ledger (``states``: :func:`top.report.ledger.run_states`), those
+    ``finished`` under ``results_dir`` but not recorded, the ``expected`` ones, and a ``missing``
+    column naming the settings still to run (with the ledger's reason where its row is stale).
 
     Args:
         results_dir: the task's workflow ``results_dir``.
         expected_runs: the (method, setting, seed) triples the configuration asks for.
     """
+    states = states or {}
     rows: dict[tuple[str, int], dict[str, Any]] = {}
     for method, setting, seed in expected_runs:
-        row = rows.setdefault((method, int(seed)), {"task": task, "method": method, "seed": int(seed), "finished": 0, "expected": 0, "missing": []})
+        row = rows.setdefault(
+            (method, int(seed)),
+            {"task": task, "method": method, "seed": int(seed), "recorded": 0, "finished": 0, "expected": 0, "missing": []},
+        )
         row["expected"] += 1
-        if run_finished(results_dir, task, method, setting, seed):
+        state = states.get((method, setting, int(seed)), "missing")
+        if state == "recorded":
+            row["recorded"] += 1
+        elif run_finished(results_dir, task, method, setting, seed):
             row["finished"] += 1
         else:
-            row["missing"].append(setting)
-    frame = pd.DataFrame(list(rows.values()), columns=["task", "method", "seed", "finished", "expected", "missing"])
+            row["missing"].append(setting if state == "missing" else f"{setting} ({state})")
+    frame = pd.DataFrame(list(rows.values()), columns=["task", "method", "seed", "recorded", "finished", "expected", "missing"])
     frame["missing"] = [", ".join(settings) for settings in frame["missing"]]
     return frame
 
@@ -344,15 +366,21 @@ def runs_table(frame: pd.DataFrame) -> list[str]:
 
 
 def provenance_table(summaries: Summaries) -> list[str]:
-    lines = ["| task | date | config (SHA-256) | overrides | machine | torch | transformers |", "|---|---|---|---|---|---|---|"]
+    """Per task: when its runs ran (the ledger's first and last date; else the summary's date),
+    the configuration, the overrides, and the machines that ran them (else the summarising one)."""
+    lines = ["| task | runs | config (SHA-256) | overrides | machine | torch | transformers |", "|---|---|---|---|---|---|---|"]
     for task in summaries.tasks:
         meta = summaries.meta[task]
         machine = meta.get("machine") or {}
         gpus = ", ".join(machine.get("gpus") or []) or "no GPU"
         where = f"{machine.get('cpu_model', '?')}, {machine.get('cores_available', '?')} cores, {gpus}"
+        if meta.get("run_machines"):
+            where = "; ".join(meta["run_machines"])
+        dates = meta.get("run_dates") or [meta["date"]]
+        when = dates[0] if len(set(dates)) == 1 else f"{dates[0]} to {dates[-1]}"
         overrides = " ".join(f"`{o}`" for o in meta.get("overrides") or []) or "–"
         lines.append(
-            f"| {_task_label(task)} | {meta['date']} | `{meta['config']}` ({meta['config_sha256'][:12]}) | {overrides} | {where} | "
+            f"| {_task_label(task)} | {when} | `{meta['config']}` ({meta['config_sha256'][:12]}) | {overrides} | {where} | "
             f"{machine.get('torch_version', '?')} | {machine.get('transformers_version', '?')} |"
         )
     return lines

@@ -10,7 +10,7 @@ from snakemake.utils import validate
 
 from top.config import ConfigError, runs, schema_error_message, seeds_from_command_line, validate_config
 from top.preflight import PreflightError, check_yaml_files, run_preflight
-from top.report.outputs import RUN_DIR, report_command, where_outputs_are
+from top.report.outputs import RUN_DIR, TEACHER_DIR, report_command, where_outputs_are
 from top.report.paper import PaperResultsError, load_paper_results
 from top.tasks import is_qa_task
 
@@ -96,7 +96,7 @@ FIGURES = ["accuracy_vs_flops", "latency_vs_flops", "retained_tokens"]
 # too. Downstream rules take their inputs from the upstream rule (rules.evaluate.output.lengths).
 RESULTS = config["results_dir"]
 RUN = RUN_DIR
-TEACHER = f"{RESULTS}/teachers/{{task}}/seed{{seed}}"
+TEACHER = f"{RESULTS}/{TEACHER_DIR}"
 MODEL = f"{RESULTS}/models/{RUN}"
 
 
