@@ -42,6 +42,7 @@ from top.budget import Throughput, budget_table, estimate_task, task_budgets, te
 from top.config import offline_model_config, runs, task_seeds, validate_config
 from top.report.ledger import ledger_path, ledger_summary_rows, read_ledger, record_runs, run_sha256, run_states
 from top.report.reproduction import (
+    Provisional,
     is_summarised,
     machine_info,
     progress_frame,
@@ -225,6 +226,25 @@ def summarise(task: str, cfg: dict, args: argparse.Namespace, runs: TaskRuns) ->
     write_summary(args.out, task, frame, meta)
 
 
+def provisional(cfg: dict, args: argparse.Namespace) -> dict[str, Provisional]:
+    """The recorded runs of every task with a ledger but no summary, for the report."""
+    parts = {}
+    for task in cfg["tasks"]:
+        if is_summarised(args.out, task) or not ledger_path(args.out, task).is_file():
+            continue
+        runs = task_runs(task, cfg, args)
+        recorded = {run: state for run, state in runs.states.items() if state == "recorded"}
+        if recorded:
+            rows = ledger_summary_rows(read_ledger(args.out, task), recorded)
+            expected_teacher = (cfg.get("task_settings") or {}).get(task, {}).get("expected_teacher")
+            parts[task] = Provisional(summary_frame(rows, task, runs.steps, list(recorded)), len(runs.states), expected_teacher)
+    return parts
+
+
+def render_report(cfg: dict, args: argparse.Namespace) -> None:
+    render(args.out, args.report, args.figure, tasks=cfg["tasks"], provisional=provisional(cfg, args))
+
+
 def estimate(cfg: dict, args: argparse.Namespace) -> str:
     model_config = offline_model_config(cfg["model"])
     budgets, lines = [], []
@@ -287,10 +307,14 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     args.glue_dir = args.glue_dir.resolve()
     args.config = args.config.resolve()
-    if args.render:  # from the summaries alone: neither data nor model needed
-        render(args.out, args.report, args.figure, tasks=yaml.safe_load(args.config.read_text())["tasks"])
+    tasks = yaml.safe_load(args.config.read_text())["tasks"]
+    if args.render and not any(ledger_path(args.out, task).is_file() for task in tasks):
+        render(args.out, args.report, args.figure, tasks=tasks)  # from the summaries alone: neither data nor model needed
         return
     cfg = load_config(args.config, args.glue_dir)
+    if args.render:  # the ledgers' runs are checked against the configuration, which reads the data
+        render_report(cfg, args)
+        return
 
     def chosen(names: list[str]) -> list[str]:
         tasks = list(cfg["tasks"]) if names == ["all"] else names
@@ -309,6 +333,7 @@ def main() -> None:
     if args.record:
         for task in chosen(args.record):
             record(task, cfg, args)
+        render_report(cfg, args)
         return
     if args.seeds:
         check_seeds(cfg, chosen(args.task or args.dry_run or []), args.seeds)
@@ -336,9 +361,10 @@ def main() -> None:
                 runs = record(task, cfg, args)
         if args.task and runs.pending:
             log.info("%s: %d run(s) not recorded yet; summarised once every run is\n%s", task, len(runs.pending), status(task, cfg, args))
+            render_report(cfg, args)
             continue
         summarise(task, cfg, args, runs)
-        render(args.out, args.report, args.figure, tasks=cfg["tasks"])
+        render_report(cfg, args)
 
 
 if __name__ == "__main__":

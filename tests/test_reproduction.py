@@ -360,17 +360,21 @@ def test_recorded_runs_are_summarised_without_running_the_workflow(tmp_path):
     teacher.mkdir(parents=True)
     (teacher / "model.safetensors").write_bytes(b"teacher")
     common = ["--config", str(config), "--glue-dir", str(glue), "--results-root", str(tmp_path / "results"), "--out", str(tmp_path / "out")]
-    recorded = run_script("--record", "sst2", *common, cwd=tmp_path)
+    report = ["--report", str(tmp_path / "reproduction.md"), "--figure", str(tmp_path / "reproduction.png")]
+    recorded = run_script("--record", "sst2", *common, *report, cwd=tmp_path)
     assert recorded.returncode == 0, recorded.stderr
     assert (tmp_path / "out/runs/sst2.csv").is_file() and not is_summarised(tmp_path / "out", "sst2")
+    # every run of the task is recorded but it is not summarised yet: the report shows it apart
+    text = (tmp_path / "reproduction.md").read_text()
+    assert "### SST-2 (provisional: 2 of 2 runs, seed 42)" in text and "No task has finished yet" in text
     status = run_script("--status", "sst2", *common, cwd=tmp_path)
     assert "sst2: 2 of 2 runs recorded" in status.stdout, status.stdout + status.stderr
     shutil.rmtree(tmp_path / "results")  # the summary comes from the ledger alone
-    report = ["--report", str(tmp_path / "reproduction.md"), "--figure", str(tmp_path / "reproduction.png")]
     summarised = run_script("--task", "sst2", *common, *report, cwd=tmp_path)
     assert summarised.returncode == 0, summarised.stderr
     assert "running" not in summarised.stderr  # no workflow started
     summary = load_summaries(tmp_path / "out")
     assert sorted(summary.frame["method"]) == ["dense", "topk"]
     assert summary.meta["sst2"]["runs_csv"].endswith("runs/sst2.csv") and summary.meta["sst2"]["run_machines"]
-    assert (tmp_path / "reproduction.png").is_file() and "SST-2" in (tmp_path / "reproduction.md").read_text()
+    text = (tmp_path / "reproduction.md").read_text()
+    assert (tmp_path / "reproduction.png").is_file() and "| SST-2 | 2x |" in text and "provisional" not in text

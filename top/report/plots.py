@@ -407,12 +407,17 @@ def retained_tokens(layers_csv: str | Path, results_csv: str | Path, out_paths: 
 
 
 def reproduction_figure(
-    frame: pd.DataFrame, out_paths: Sequence[str | Path], expected_teacher: dict[str, dict | None] | None = None, tasks: Sequence[str] | None = None
+    frame: pd.DataFrame,
+    out_paths: Sequence[str | Path],
+    expected_teacher: dict[str, dict | None] | None = None,
+    tasks: Sequence[str] | None = None,
+    notes: dict[str, str] | None = None,
 ) -> None:
     """Dev score against FLOPs reduction (log scale), one panel per task, from the reproduction's
     summaries (one row per run, :data:`top.report.reproduction.SUMMARY_COLUMNS`): each method
     setting at its mean over seeds (error bars: std), labelled with the setting's name, the
-    teacher as a dashed level and, where given, the expected teacher level as a dotted one."""
+    teacher as a dashed level and, where given, the expected teacher level as a dotted one.
+    ``notes``: a line under a task's title (e.g. that its runs are not all done)."""
     tasks = list(tasks or dict.fromkeys(frame["task"]))
     numeric = frame.assign(score=pd.to_numeric(frame["score"]), flops_reduction=pd.to_numeric(frame["flops_reduction"]))
     grouped = numeric.groupby(["task", "method", "setting"], sort=False)
@@ -440,7 +445,8 @@ def reproduction_figure(
         _ratio_axis(ax.xaxis)
         ax.set_xlabel("FLOPs reduction (dense / pruned, log scale)")
         ax.set_ylabel(f"{METRIC_LABELS.get(metric, metric)} (dev, x100)")
-        ax.set_title(TASK_LABELS.get(task, task))
+        note = (notes or {}).get(task)
+        ax.set_title(TASK_LABELS.get(task, task) + (f"\n({note})" if note else ""))
         ax.grid(True, which="both", alpha=0.3)
     _figure_legend(fig, axes)
     _save(fig, out_paths)
