@@ -124,8 +124,8 @@ def run_workflow(task: str, args: argparse.Namespace, dry_run: bool, runs: list[
     """Snakemake on ``runs`` of ``task`` (their metrics, FLOPs and latency files) with
     ``--cores``, every job at ``--threads`` threads (the profile's set-threads give each job every
     core, so that jobs would run one at a time) except the teacher's fine-tune, which nothing runs
-    beside and which gets every core; only ``--seeds`` if given."""
-    threads = [f"teacher={args.cores}"] + [f"{rule}={args.threads}" for rule in ("train", "evaluate")]
+    beside, at ``--teacher-threads``; only ``--seeds`` if given."""
+    threads = [f"teacher={args.teacher_threads}"] + [f"{rule}={args.threads}" for rule in ("train", "evaluate")]
     command = [sys.executable, "-m", "snakemake", "--cores", str(args.cores), "--set-threads", *threads]
     command += ["--configfile", str(args.config), "--config"]
     command += [f"glue_dir={args.glue_dir}", f"tasks=[{task}]", f"results_dir={results_dir(task, args)}"]
@@ -295,6 +295,14 @@ def main() -> None:
     parser.add_argument("--glue-dir", type=Path, default=ROOT.parent / "shared/data/glue")
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1, help="threads per job (default 1: --cores jobs run side by side, each on one thread)")
+    parser.add_argument(
+        "--teacher-threads",
+        type=int,
+        default=2,
+        help="threads of the teacher's fine-tune (default 2). Its weights depend on the thread count and are bit-identical "
+        "for the same count, so keep it the same on every machine: the ledger's rows of a seed stay valid only while its "
+        "teacher comes out identical",
+    )
     parser.add_argument("--seeds", type=int, nargs="+", help="run only these seeds (a first pass); the task is summarised once all have run")
     parser.add_argument("--results-root", default="results/reproduction", help="each task's results_dir is <this>/<task>")
     parser.add_argument(

@@ -165,3 +165,20 @@ def test_atomic_path_renames_on_success_and_leaves_nothing_on_failure(tmp_path):
     assert target.read_text() == "new" and sorted(p.name for p in target.parent.iterdir()) == ["figure.png"]
     atomic_write_text(tmp_path / "a.md", "text")
     assert (tmp_path / "a.md").read_text() == "text"
+
+
+def test_the_teacher_comes_out_bit_identical_in_another_process(setup):
+    """The reproduction's run ledger keeps a run valid on a new machine only if its teacher,
+    fine-tuned again there, has the same weights (top/report/ledger.py): at a fixed thread count
+    a fresh process must reproduce the teacher's weights exactly."""
+    from top.report.ledger import weights_sha256
+
+    root, cfg = setup
+    again = root / "teacher_again"
+    code = (
+        "import json, sys, torch; torch.set_num_threads(1); from top.pipeline import finetune_teacher; "
+        "finetune_teacher(json.loads(sys.argv[1]), 'sst2', 7, sys.argv[2])"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    subprocess.run([sys.executable, "-c", code, json.dumps(cfg), str(again)], check=True, env=env, capture_output=True)
+    assert weights_sha256(again) == weights_sha256(root / "teacher")
