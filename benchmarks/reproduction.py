@@ -41,6 +41,7 @@ from snakemake.utils import validate
 from top.budget import Throughput, budget_table, estimate_task, task_budgets, teacher_budget
 from top.config import offline_model_config, runs, task_seeds, validate_config
 from top.report.ledger import ledger_path, ledger_summary_rows, read_ledger, record_runs, run_sha256, run_states
+from top.report.outputs import RUN_DIR, TEACHER_DIR
 from top.report.reproduction import (
     Provisional,
     is_summarised,
@@ -139,6 +140,12 @@ def run_workflow(task: str, args: argparse.Namespace, dry_run: bool, runs: list[
     code = subprocess.run(command, cwd=ROOT).returncode
     if code:
         raise SystemExit(f"the workflow for {task} failed (exit status {code}); job logs: {results_dir(task, args)}/logs/")
+
+
+def trained(task: str, args: argparse.Namespace, method: str, setting: str, seed: int) -> bool:
+    """Whether the run's model folder (the dense row: its teacher) is in the task's results."""
+    folder = f"models/{RUN_DIR}" if method != "dense" else TEACHER_DIR
+    return (ROOT / results_dir(task, args) / folder.format(task=task, method=method, setting=setting, seed=seed)).is_dir()
 
 
 def expected_runs(cfg: dict, task: str) -> list[tuple[str, str, int]]:
@@ -303,6 +310,12 @@ def main() -> None:
         "for the same count, so keep it the same on every machine: the ledger's rows of a seed stay valid only while its "
         "teacher comes out identical",
     )
+    parser.add_argument(
+        "--trained-only",
+        action="store_true",
+        help="only runs whose training has finished: evaluate, count and time them, and start no new training "
+        "(before stopping for the day, so that what trained gets recorded)",
+    )
     parser.add_argument("--seeds", type=int, nargs="+", help="run only these seeds (a first pass); the task is summarised once all have run")
     parser.add_argument("--results-root", default="results/reproduction", help="each task's results_dir is <this>/<task>")
     parser.add_argument(
@@ -346,25 +359,26 @@ def main() -> None:
     if args.seeds:
         check_seeds(cfg, chosen(args.task or args.dry_run or []), args.seeds)
 
-    def to_run(runs: TaskRuns) -> list[tuple[str, str, int]]:
-        return [run for run in runs.pending if not args.seeds or run[2] in args.seeds]
+    def to_run(task: str, runs: TaskRuns) -> list[tuple[str, str, int]]:
+        todo = [run for run in runs.pending if not args.seeds or run[2] in args.seeds]
+        return [run for run in todo if trained(task, args, *run)] if args.trained_only else todo
 
     if args.dry_run:
         for task in chosen(args.dry_run):
-            todo = to_run(task_runs(task, cfg, args))
+            todo = to_run(task, task_runs(task, cfg, args))
             if todo:
                 run_workflow(task, args, dry_run=True, runs=todo)
             else:
-                log.info("%s: every run is recorded; nothing to run", task)
+                log.info("%s: nothing to run (every run is recorded%s)", task, ", or none has trained" if args.trained_only else "")
         return
     for task in chosen(args.summarise or args.task):
         if is_summarised(args.out, task) and not args.force:
             log.info("%s: already summarised in %s (--force to summarise again)", task, args.out)
             continue
         runs = task_runs(task, cfg, args)
-        if args.task and to_run(runs):
+        if args.task and to_run(task, runs):
             try:
-                run_workflow(task, args, dry_run=False, runs=to_run(runs))
+                run_workflow(task, args, dry_run=False, runs=to_run(task, runs))
             finally:  # what finished is kept, whether the workflow did or not
                 runs = record(task, cfg, args)
         if args.task and runs.pending:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -329,9 +330,10 @@ def test_throughput_variants_can_be_narrowed_to_a_precision_pair():
     assert throughput.variants_of("teacher", amp=True, keep=["group", "group+amp", "group+cache"]) == ["group", "group+amp"]
 
 
-def test_recorded_runs_are_summarised_without_running_the_workflow(tmp_path):
-    """--record takes the finished runs of a results folder into the ledger, --status counts
-    them, and --task summarises and renders once every run is recorded, with nothing to train."""
+def tiny_reproduction(tmp_path: Path, finished: tuple[tuple[str, str], ...]) -> list[str]:
+    """A reproduction of SST-2 (tiny files) with a dense row and one top-k setting, seed 42: the
+    teacher's folder, and the finished runs' metrics, FLOPs and latency files (the example
+    runs'); returns the script's arguments that point at them."""
     import shutil
 
     import yaml
@@ -350,7 +352,7 @@ def test_recorded_runs_are_summarised_without_running_the_workflow(tmp_path):
     glue = write_tiny_sst2(tmp_path / "glue")
     examples, results = tmp_path / "examples", tmp_path / "results" / "sst2"
     write_example_runs(examples)
-    for method, setting in (("dense", "default"), ("topk", "keep50")):
+    for method, setting in finished:
         run = RUN_DIR.format(task="sst2", method=method, setting=setting, seed=42)
         for pattern in RUN_OUTPUTS:
             target = results / pattern.format(run=run)
@@ -359,9 +361,27 @@ def test_recorded_runs_are_summarised_without_running_the_workflow(tmp_path):
     teacher = results / TEACHER_DIR.format(task="sst2", seed=42)
     teacher.mkdir(parents=True)
     (teacher / "model.safetensors").write_bytes(b"teacher")
-    common = ["--config", str(config), "--glue-dir", str(glue), "--results-root", str(tmp_path / "results"), "--out", str(tmp_path / "out")]
     report = ["--report", str(tmp_path / "reproduction.md"), "--figure", str(tmp_path / "reproduction.png")]
-    recorded = run_script("--record", "sst2", *common, *report, cwd=tmp_path)
+    return ["--config", str(config), "--glue-dir", str(glue), "--results-root", str(tmp_path / "results"), "--out", str(tmp_path / "out"), *report]
+
+
+def test_trained_only_plans_the_runs_that_have_trained_and_no_training(tmp_path):
+    common = tiny_reproduction(tmp_path, finished=())  # the teacher has trained, top-k has not
+    planned = run_script("--dry-run", "sst2", "--trained-only", *common, cwd=tmp_path)
+    assert planned.returncode == 0, planned.stderr
+    command = next(line for line in planned.stderr.splitlines() if "running" in line)
+    assert "latency/sst2/dense/default/seed42/latency.json" in command and "topk" not in command
+    jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", planned.stdout.split("Job stats:")[1].split("total")[0], re.M))
+    assert jobs == {"evaluate": "1", "flops": "1", "latency": "1"}  # the dense row's; no training
+
+
+def test_recorded_runs_are_summarised_without_running_the_workflow(tmp_path):
+    """--record takes the finished runs of a results folder into the ledger, --status counts
+    them, and --task summarises and renders once every run is recorded, with nothing to train."""
+    import shutil
+
+    common = tiny_reproduction(tmp_path, finished=(("dense", "default"), ("topk", "keep50")))
+    recorded = run_script("--record", "sst2", *common, cwd=tmp_path)
     assert recorded.returncode == 0, recorded.stderr
     assert (tmp_path / "out/runs/sst2.csv").is_file() and not is_summarised(tmp_path / "out", "sst2")
     # every run of the task is recorded but it is not summarised yet: the report shows it apart
@@ -370,7 +390,7 @@ def test_recorded_runs_are_summarised_without_running_the_workflow(tmp_path):
     status = run_script("--status", "sst2", *common, cwd=tmp_path)
     assert "sst2: 2 of 2 runs recorded" in status.stdout, status.stdout + status.stderr
     shutil.rmtree(tmp_path / "results")  # the summary comes from the ledger alone
-    summarised = run_script("--task", "sst2", *common, *report, cwd=tmp_path)
+    summarised = run_script("--task", "sst2", *common, cwd=tmp_path)
     assert summarised.returncode == 0, summarised.stderr
     assert "running" not in summarised.stderr  # no workflow started
     summary = load_summaries(tmp_path / "out")
