@@ -39,7 +39,7 @@ import yaml
 from snakemake.utils import validate
 
 from top.budget import Throughput, budget_table, estimate_task, task_budgets, teacher_budget
-from top.config import offline_model_config, runs, task_seeds, validate_config
+from top.config import merge_layers, offline_model_config, runs, task_seeds, validate_config
 from top.report.ledger import ledger_path, ledger_summary_rows, read_ledger, record_runs, run_sha256, run_states
 from top.report.outputs import RUN_DIR, TEACHER_DIR
 from top.report.reproduction import (
@@ -98,9 +98,15 @@ OVERHEAD_S_PER_RUN = 120.0
 and latency measurement (100 dev examples, 5 repeats, four runners)."""
 
 
-def load_config(path: Path, glue_dir: Path) -> dict:
-    """The configuration as the workflow sees it: the schema's defaults filled in, validated."""
-    cfg = yaml.safe_load(path.read_text())
+def read_configs(paths: list[Path]) -> dict:
+    """The configuration files merged in order, as Snakemake merges several ``--configfile``."""
+    return merge_layers(*(yaml.safe_load(path.read_text()) for path in paths))
+
+
+def load_config(paths: list[Path], glue_dir: Path) -> dict:
+    """The configuration as the workflow sees it: the files merged, the schema's defaults filled
+    in, validated."""
+    cfg = read_configs(paths)
     cfg["glue_dir"] = str(glue_dir)
     validate(cfg, str(SCHEMA))
     validate_config(cfg)
@@ -128,7 +134,7 @@ def run_workflow(task: str, args: argparse.Namespace, dry_run: bool, runs: list[
     beside, at ``--teacher-threads``; only ``--seeds`` if given."""
     threads = [f"teacher={args.teacher_threads}"] + [f"{rule}={args.threads}" for rule in ("train", "evaluate")]
     command = [sys.executable, "-m", "snakemake", "--cores", str(args.cores), "--set-threads", *threads]
-    command += ["--configfile", str(args.config), "--config"]
+    command += ["--configfile", *map(str, args.config), "--config"]
     command += [f"glue_dir={args.glue_dir}", f"tasks=[{task}]", f"results_dir={results_dir(task, args)}"]
     if args.seeds:
         command.append(f"seeds=[{','.join(str(seed) for seed in args.seeds)}]")
@@ -229,7 +235,7 @@ def summarise(task: str, cfg: dict, args: argparse.Namespace, runs: TaskRuns) ->
         runs_csv=os.path.relpath(ledger_path(args.out, task), ROOT),
         root=ROOT,
     )
-    meta |= {"run_dates": [str(rows["date"].min()), str(rows["date"].max())], "run_machines": machines}
+    meta |= {"run_dates": [str(rows["date"].min()), str(rows["date"].max())], "run_machines": machines, "ablations": cfg.get("ablations") or {}}
     write_summary(args.out, task, frame, meta)
 
 
@@ -244,7 +250,8 @@ def provisional(cfg: dict, args: argparse.Namespace) -> dict[str, Provisional]:
         if recorded:
             rows = ledger_summary_rows(read_ledger(args.out, task), recorded)
             expected_teacher = (cfg.get("task_settings") or {}).get(task, {}).get("expected_teacher")
-            parts[task] = Provisional(summary_frame(rows, task, runs.steps, list(recorded)), len(runs.states), expected_teacher)
+            frame = summary_frame(rows, task, runs.steps, list(recorded))
+            parts[task] = Provisional(frame, len(runs.states), expected_teacher, cfg.get("ablations") or {})
     return parts
 
 
@@ -298,7 +305,13 @@ def main() -> None:
     action.add_argument("--render", action="store_true", help="build docs/reproduction.md and its figure from the summaries")
     action.add_argument("--estimate", action="store_true", help="print every run's optimiser steps and the estimated hours per task")
     action.add_argument("--status", nargs="+", metavar="TASK", help="recorded, finished and missing runs of these tasks")
-    parser.add_argument("--config", type=Path, default=ROOT / "config/reproduction.yaml")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        nargs="+",
+        default=[ROOT / "config/reproduction.yaml"],
+        help="configuration file(s), merged in order (e.g. config/reproduction.yaml config/reproduction_ablation.yaml)",
+    )
     parser.add_argument("--glue-dir", type=Path, default=ROOT.parent / "shared/data/glue")
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1, help="threads per job (default 1: --cores jobs run side by side, each on one thread)")
@@ -327,8 +340,8 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     args.glue_dir = args.glue_dir.resolve()
-    args.config = args.config.resolve()
-    tasks = yaml.safe_load(args.config.read_text())["tasks"]
+    args.config = [path.resolve() for path in args.config]
+    tasks = read_configs(args.config)["tasks"]
     if args.render and not any(ledger_path(args.out, task).is_file() for task in tasks):
         render(args.out, args.report, args.figure, tasks=tasks)  # from the summaries alone: neither data nor model needed
         return
@@ -341,7 +354,7 @@ def main() -> None:
         tasks = list(cfg["tasks"]) if names == ["all"] else names
         unknown = [t for t in tasks if t not in cfg["tasks"]]
         if unknown:
-            parser.error(f"{', '.join(unknown)}: not a task of {args.config.name} ({', '.join(cfg['tasks'])})")
+            parser.error(f"{', '.join(unknown)}: not a task of {' + '.join(p.name for p in args.config)} ({', '.join(cfg['tasks'])})")
         return tasks
 
     if args.estimate:

@@ -121,6 +121,20 @@ def test_estimate_counts_top_prune_at_its_own_rate():
     assert est.total_h == pytest.approx(2 * est.per_seed_h)
 
 
+def test_an_ablation_is_held_to_its_budget_scale():
+    """A setting twice as long is allowed as an ablation with budget_scale 2, and only so."""
+    cfg = config()
+    cfg["methods"]["top"]["settings"]["long"] = {"epochs": 4, "lagrangian_warmup_epochs": 2, "finetune_epochs": 2}
+    cfg["methods"]["topk"]["common"]["finetune_epochs"] = 3  # 12 steps, as power_bert and top
+    cfg["methods"]["ltp"]["common"].update(soft_epochs=2, hard_epochs=1)
+    budgets = task_budgets(cfg, "mrpc", 100, tiny_config())
+    (problem,) = check_budgets(budgets, tolerance=0.02)
+    assert "largest top/long: prune 4 epochs" in problem
+    assert check_budgets(budgets, tolerance=0.02, scales={("top", "long"): 2.0}) == []
+    (problem,) = check_budgets(budgets, tolerance=0.02, scales={("top", "long"): 1.5})
+    assert "largest top/long:" in problem and "(budget_scale 1.5)" in problem
+
+
 def test_reproduction_config_gives_every_method_the_same_steps():
     cfg = yaml.safe_load((ROOT / "config/reproduction.yaml").read_text())
     validate(cfg, SCHEMA)

@@ -72,6 +72,15 @@ def test_valid_config_passes(config):
     validate_config(config)
 
 
+def test_ablations_name_their_base_setting_and_budget_scale(config):
+    from top.config import ablation_scales
+
+    config["ablations"] = {"topk": {"b": {"of": "a", "change": "keeps fewer tokens", "budget_scale": 2}}}
+    validate(config, SCHEMA)
+    validate_config(config)
+    assert ablation_scales(config) == {("topk", "b"): 2.0}
+
+
 @pytest.mark.parametrize(
     "change, message",
     [
@@ -104,6 +113,15 @@ def test_valid_config_passes(config):
         (lambda c: c.update(tasks=["squad"]), "squad_dir: required when data_source is 'local'"),
         (lambda c: c.update(tasks=["squad"], squad_dir="/nonexistent/squad"), "squad_dir: '/nonexistent/squad' is not a directory"),
         (lambda c: c["qa"].update(doc_stride=400), "qa.doc_stride: 400 leaves the context windows no room"),
+        (
+            lambda c: c.update(ablations={"topk": {"c": {"of": "a", "change": "x"}}}),
+            "ablations.topk.c: no such setting in methods.topk.settings (a, b)",
+        ),
+        (lambda c: c.update(ablations={"topk": {"b": {"of": "z", "change": "x"}}}), "ablations.topk.b.of: 'z' is not a setting of methods.topk"),
+        (
+            lambda c: c.update(ablations={"topk": {"a": {"of": "b", "change": "x"}, "b": {"of": "a", "change": "y"}}}),
+            "ablations.topk.a.of: 'b' is not a setting of methods.topk that is not itself an ablation",
+        ),
     ],
 )
 def test_bad_configs_name_the_key(config, change, message):
@@ -139,6 +157,21 @@ def test_shipped_configs_are_valid():
         cfg = yaml.safe_load((root / "config" / name).read_text())
         validate(cfg, SCHEMA)
         validate_config(cfg, check_paths=False)
+
+
+def test_the_ablation_overlay_adds_only_ablations_of_existing_settings():
+    from top.config import merge_layers
+
+    root = Path(__file__).resolve().parents[1]
+    base = yaml.safe_load((root / "config/reproduction.yaml").read_text())
+    overlay = yaml.safe_load((root / "config/reproduction_ablation.yaml").read_text())
+    cfg = merge_layers(base, overlay)
+    added = set(cfg["methods"]["top"]["settings"]) - set(base["methods"]["top"]["settings"])
+    assert added == set(cfg["ablations"]["top"]) and added
+    assert all(cfg["methods"][m] == base["methods"][m] for m in base["methods"] if m != "top")
+    assert all(cfg["methods"]["top"]["settings"][s] == base["methods"]["top"]["settings"][s] for s in base["methods"]["top"]["settings"])
+    validate(cfg, SCHEMA)
+    validate_config(cfg, check_paths=False)
 
 
 def test_paper_config_builds_every_method_for_bert_base():

@@ -195,6 +195,28 @@ def test_markdown_of_a_single_seed_has_no_spread(tmp_path):
     assert "**undetermined (one seed)**" in text and "(1 seed)" in text and "![" not in text
 
 
+def test_ablations_stand_beside_their_base_setting_and_out_of_the_comparison(tmp_path):
+    """An ablation of ToP s50 scoring 2 below it and landing at 4x would lift nothing and put
+    a point on ToP's curve; as an ablation it only appears in its own table, paired by seed."""
+    csv = results_csv(tmp_path / "results/results.csv")
+    frame = pd.read_csv(csv)
+    ablated = frame[(frame["method"] == "top") & (frame["setting"] == "s50")].assign(setting="s50_norank", flops_reduction=4.0)
+    ablated["score"] -= 2.0 + 0.1 * (ablated["seed"] - 43)  # paired differences -1.9, -2.0, -2.1
+    frame = pd.concat([frame, ablated], ignore_index=True)
+    runs = expected_runs() + [("top", "s50_norank", seed) for seed in SEEDS]
+    summary = summary_frame(frame, "mrpc", STEPS, runs)
+    ablations = {"top": {"s50_norank": {"of": "s50", "change": "no ranking distillation"}}}
+    meta = summary_meta("mrpc", csv, [], train_rows=None, expected_teacher=None, machine=MACHINE, runs_csv=csv) | {"ablations": ablations}
+    write_summary(tmp_path / "summaries", "mrpc", summary, meta)
+    text = markdown(load_summaries(tmp_path / "summaries"), figure=None)
+    assert "| MRPC | 4x | 81.0 ± 0.2 [80.8–81.2] (3 seeds) |" in text  # s75's own point, not the ablation's 87.0
+    assert "| MRPC | ToP | s50_norank |" not in text
+    assert "## Ablations" in text
+    assert (
+        "| MRPC | ToP s50_norank | no ranking distillation | 3 | 87.0 ± 0.1 | 4.00x ± 0.00 | s50 | 89.0 ± 0.2 | 2.00x ± 0.00 | -2.0 ± 0.1 |" in text
+    )
+
+
 def test_render_command_builds_the_report_from_the_summaries_only(tmp_path):
     summarise(tmp_path, "mrpc")
     report, figure = tmp_path / "out.md", tmp_path / "fig.png"

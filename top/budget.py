@@ -122,34 +122,44 @@ def task_budgets(cfg: Mapping[str, Any], task: str, train_rows: int, model_confi
     ]
 
 
-def budget_spread(budgets: Sequence[RunBudget]) -> float:
-    """(largest - smallest) / largest total steps; 0 for fewer than two budgets."""
-    totals = [b.total_steps for b in budgets]
+def budget_spread(budgets: Sequence[RunBudget], scales: Mapping[tuple[str, str], float] | None = None) -> float:
+    """(largest - smallest) / largest total steps, each divided by its ``scales`` entry
+    ((method, setting) -> factor, default 1); 0 for fewer than two budgets."""
+    totals = [b.total_steps / (scales or {}).get((b.method, b.setting), 1.0) for b in budgets]
     if len(totals) < 2 or max(totals) == 0:
         return 0.0
     return (max(totals) - min(totals)) / max(totals)
 
 
-def check_budgets(budgets: Iterable[RunBudget], tolerance: float) -> list[str]:
+def check_budgets(budgets: Iterable[RunBudget], tolerance: float, scales: Mapping[tuple[str, str], float] | None = None) -> list[str]:
     """One problem per task whose method settings' total steps differ by more than
-    ``tolerance`` (a fraction of the task's largest total). The message names the largest
-    setting and every setting below ``(1 - tolerance)`` times it, with their stages."""
+    ``tolerance`` (a fraction of the task's largest total). ``scales``: (method, setting) -> the
+    factor its steps are meant to have over the others' (an ablation's ``budget_scale``; its
+    steps are divided by it first). The message names the largest setting and every setting
+    below ``(1 - tolerance)`` times it, with their stages."""
+    scales = scales or {}
+
+    def steps(budget: RunBudget) -> float:
+        return budget.total_steps / scales.get((budget.method, budget.setting), 1.0)
+
+    def named(budget: RunBudget) -> str:
+        scale = scales.get((budget.method, budget.setting), 1.0)
+        return f"{budget.method}/{budget.setting}: {budget.describe()}" + (f" (budget_scale {scale:g})" if scale != 1.0 else "")
+
     by_task: dict[str, list[RunBudget]] = {}
     for budget in budgets:
         by_task.setdefault(budget.task, []).append(budget)
     problems = []
     for task, group in by_task.items():
-        spread = budget_spread(group)
+        spread = budget_spread(group, scales)
         if spread <= tolerance:
             continue
-        largest = max(group, key=lambda b: b.total_steps)
-        floor = (1 - tolerance) * largest.total_steps
-        short = [b for b in group if b.total_steps < floor]
-        lines = [
-            f"task {task}: training budgets differ by {100 * spread:.1f}% (budget_tolerance {100 * tolerance:g}%); "
-            f"largest {largest.method}/{largest.setting}: {largest.describe()}"
-        ]
-        lines += [f"  {b.method}/{b.setting}: {b.describe()}" for b in short]
+        largest = max(group, key=steps)
+        floor = (1 - tolerance) * steps(largest)
+        short = [b for b in group if steps(b) < floor]
+
+        lines = [f"task {task}: training budgets differ by {100 * spread:.1f}% (budget_tolerance {100 * tolerance:g}%); largest {named(largest)}"]
+        lines += [f"  {named(b)}" for b in short]
         lines.append(
             "  give every method setting the same optimiser steps (epochs x ceil(rows / batch_size), summed over its stages), "
             "e.g. in task_settings.<task>.methods"

@@ -85,12 +85,14 @@ def schema_error_message(error: BaseException, limit: int = 200) -> str:
     return "\n".join(lines)
 
 
-def _merge(*layers: Mapping[str, Any] | None) -> dict[str, Any]:
+def merge_layers(*layers: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Mappings merged key by key, later layers winning; nested mappings are merged, anything
+    else replaced (as Snakemake merges several ``--configfile``)."""
     out: dict[str, Any] = {}
     for layer in layers:
         for key, value in (layer or {}).items():
             if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-                out[key] = _merge(out[key], value)
+                out[key] = merge_layers(out[key], value)
             else:
                 out[key] = copy.deepcopy(value)
     return out
@@ -102,7 +104,7 @@ def _task_block(cfg: Mapping[str, Any], task: str) -> Mapping[str, Any]:
 
 def teacher_settings(cfg: Mapping[str, Any], task: str) -> dict[str, Any]:
     """The teacher fine-tune's settings for ``task``."""
-    return _merge(cfg["teacher"], _task_block(cfg, task).get("teacher"))
+    return merge_layers(cfg["teacher"], _task_block(cfg, task).get("teacher"))
 
 
 def resolve_run(cfg: Mapping[str, Any], task: str, method: str, setting: str, seed: int) -> dict[str, Any]:
@@ -113,7 +115,7 @@ def resolve_run(cfg: Mapping[str, Any], task: str, method: str, setting: str, se
     if setting not in methods[method]["settings"]:
         raise ConfigError(f"methods.{method}.settings.{setting}: no such setting; settings: {', '.join(methods[method]['settings'])}")
     block = _task_block(cfg, task)
-    method_settings = _merge(
+    method_settings = merge_layers(
         methods[method].get("common"),
         (block.get("methods") or {}).get(method),
         methods[method]["settings"][setting],
@@ -125,7 +127,7 @@ def resolve_run(cfg: Mapping[str, Any], task: str, method: str, setting: str, se
         "seed": int(seed),
         "model": cfg["model"],
         "device": cfg["device"],
-        "train": _merge(cfg["train"], block.get("train"), method_settings.pop("train", None)),
+        "train": merge_layers(cfg["train"], block.get("train"), method_settings.pop("train", None)),
         "method_settings": method_settings,
     }
 
@@ -175,6 +177,7 @@ def validate_config(cfg: Mapping[str, Any], *, check_paths: bool = True) -> None
         )
     _check_latency(cfg.get("latency") or {})
     _check_protected_tokens(cfg)
+    _check_ablations(cfg)
 
     if check_paths:
         if cfg["data_source"] == "local":
@@ -188,6 +191,29 @@ def validate_config(cfg: Mapping[str, Any], *, check_paths: bool = True) -> None
                     raise ConfigError(f"{key}: {folder!r} is not a directory")
         _check_model(cfg["model"])
     _check_method_settings(cfg)
+
+
+def _check_ablations(cfg: Mapping[str, Any]) -> None:
+    """Every ``ablations.<method>.<setting>`` is a configured setting, and ablates (``of``)
+    another configured setting of the same method that is not itself an ablation."""
+    for method, block in (cfg.get("ablations") or {}).items():
+        settings = (cfg["methods"].get(method) or {}).get("settings") or {}
+        for setting, ablation in block.items():
+            where = f"ablations.{method}.{setting}"
+            if setting not in settings:
+                raise ConfigError(f"{where}: no such setting in methods.{method}.settings ({', '.join(settings) or 'none'})")
+            base = ablation["of"]
+            if base not in settings or base in block:
+                raise ConfigError(f"{where}.of: {base!r} is not a setting of methods.{method} that is not itself an ablation")
+
+
+def ablation_scales(cfg: Mapping[str, Any]) -> dict[tuple[str, str], float]:
+    """(method, setting) -> ``budget_scale`` of every ablation (:data:`ablations` in the schema)."""
+    return {
+        (method, setting): float(ablation.get("budget_scale", 1.0))
+        for method, block in (cfg.get("ablations") or {}).items()
+        for setting, ablation in block.items()
+    }
 
 
 def _check_expected_teacher(task: str, expected: Mapping[str, Any] | None) -> None:

@@ -498,7 +498,7 @@ def check_training_budgets(cfg: Mapping[str, Any], cache: _VerdictCache, report:
     if tolerance is None:
         return []
     from top.budget import check_budgets, task_budgets
-    from top.config import offline_model_config
+    from top.config import ablation_scales, offline_model_config
 
     try:
         model_config = offline_model_config(cfg["model"])
@@ -519,7 +519,7 @@ def check_training_budgets(cfg: Mapping[str, Any], cache: _VerdictCache, report:
             f"training budgets not checked for {', '.join(unknown)}: the training rows are counted only for local GLUE files that passed the data check"
         )
     report.checked.append("training budgets")
-    return check_budgets(budgets, float(tolerance))
+    return check_budgets(budgets, float(tolerance), ablation_scales(cfg))
 
 
 # ---- all of it ---------------------------------------------------------------------------

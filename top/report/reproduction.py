@@ -139,7 +139,7 @@ def is_summarised(out_dir: str | Path, task: str) -> bool:
 
 
 def provenance(
-    config_path: str | Path,
+    config_path: str | Path | Sequence[str | Path],
     overrides: Sequence[str] = (),
     *,
     machine: Mapping[str, Any] | None = None,
@@ -148,14 +148,19 @@ def provenance(
 ) -> dict[str, Any]:
     """Where a committed result comes from: the configuration file (relative to ``root`` when
     inside it) and its SHA-256, the command-line overrides, the date (UTC) and the machine
-    (:func:`machine_info` unless given)."""
-    config_path = Path(config_path)
-    shown = config_path
-    if root is not None and config_path.resolve().is_relative_to(Path(root).resolve()):
-        shown = config_path.resolve().relative_to(Path(root).resolve())
+    (:func:`machine_info` unless given). Several files (merged in order, as Snakemake merges
+    several ``--configfile``) are named joined by `` + ``, with the SHA-256 of their SHA-256s."""
+    paths = [Path(config_path)] if isinstance(config_path, (str, Path)) else [Path(p) for p in config_path]
+
+    def shown(path: Path) -> str:
+        if root is not None and path.resolve().is_relative_to(Path(root).resolve()):
+            return str(path.resolve().relative_to(Path(root).resolve()))
+        return str(path)
+
+    hashes = [file_sha256(path) for path in paths]
     return {
-        "config": str(shown),
-        "config_sha256": file_sha256(config_path),
+        "config": " + ".join(shown(path) for path in paths),
+        "config_sha256": hashes[0] if len(hashes) == 1 else hashlib.sha256("\n".join(hashes).encode()).hexdigest(),
         "overrides": list(overrides),
         "date": date or datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": dict(machine) if machine is not None else machine_info(),
@@ -164,7 +169,7 @@ def provenance(
 
 def summary_meta(
     task: str,
-    config_path: str | Path,
+    config_path: str | Path | Sequence[str | Path],
     overrides: Sequence[str],
     *,
     train_rows: int | None,
@@ -252,6 +257,11 @@ class Summaries:
     def tasks(self) -> list[str]:
         return sorted(self.meta, key=lambda task: list(TASK_LABELS).index(task) if task in TASK_LABELS else len(TASK_LABELS))
 
+    @property
+    def ablations(self) -> dict[str, Mapping[str, Any]]:
+        """task -> the configuration's ``ablations`` its summary was made with."""
+        return {task: meta.get("ablations") or {} for task, meta in self.meta.items()}
+
 
 @dataclass
 class Provisional:
@@ -261,6 +271,7 @@ class Provisional:
     frame: pd.DataFrame
     expected: int
     expected_teacher: Mapping[str, Any] | None = None
+    ablations: Mapping[str, Any] = field(default_factory=dict)
 
     def note(self) -> str:
         seeds = sorted({int(seed) for seed in self.frame["seed"]})
@@ -400,6 +411,55 @@ def provenance_table(summaries: Summaries) -> list[str]:
     return lines
 
 
+def is_ablation(frame: pd.DataFrame, ablations: Mapping[str, Mapping[str, Any]]) -> pd.Series:
+    """Per row of ``frame``: whether its (method, setting) is an ablation of its task
+    (``ablations``: task -> the configuration's ``ablations``)."""
+    return pd.Series(
+        [setting in (ablations.get(task) or {}).get(method, {}) for task, method, setting in zip(frame["task"], frame["method"], frame["setting"])],
+        index=frame.index,
+        dtype=bool,
+    )
+
+
+def ablation_table(frame: pd.DataFrame, ablations: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Each ablation beside the setting it ablates: both settings' score and FLOPs reduction
+    (mean ± std over seeds) and the score difference paired by seed (mean ± std over the seeds
+    both ran)."""
+    lines = [
+        "| task | ablation | change | seeds | score | FLOPs reduction | of | its score | its FLOPs reduction | score difference (paired) |",
+        "|---|---|---|---:|---:|---:|---|---:|---:|---:|",
+    ]
+    for task, by_method in ablations.items():
+        for method, settings in by_method.items():
+            for setting, ablation in settings.items():
+                rows = frame[(frame["task"] == task) & (frame["method"] == method) & (frame["setting"] == setting)]
+                base = frame[(frame["task"] == task) & (frame["method"] == method) & (frame["setting"] == ablation["of"])]
+                if rows.empty:
+                    continue
+                paired = rows.set_index("seed")["score"] - base.set_index("seed")["score"]
+                lines.append(
+                    f"| {_task_label(task)} | {method_label(method)} {setting} | {ablation['change']} | {len(rows)} | "
+                    f"{_mean_std(rows['score'])} | {_mean_std(rows['flops_reduction'], 2, 'x')} | {ablation['of']} | "
+                    f"{_mean_std(base['score'])} | {_mean_std(base['flops_reduction'], 2, 'x')} | {_mean_std(paired)} |"
+                )
+    return lines
+
+
+def ablation_lines(frame: pd.DataFrame, ablations: Mapping[str, Mapping[str, Any]], heading: str) -> list[str]:
+    """A section with :func:`ablation_table`, or nothing when ``frame`` has no ablation row."""
+    if not is_ablation(frame, ablations).any():
+        return []
+    return [
+        heading,
+        "",
+        "Settings that change one thing of another setting of the same method (the configuration's `ablations`); they "
+        "are left out of the method's curve, the comparison at equal FLOPs and the figure.",
+        "",
+        *ablation_table(frame, ablations),
+        "",
+    ]
+
+
 def provisional_section(provisional: Mapping[str, Provisional], figure: str | None = None) -> list[str]:
     """The runs recorded so far of tasks not finished: the same comparison and table as a
     finished task's, marked provisional. A seed's curve has only the settings recorded so far,
@@ -414,7 +474,10 @@ def provisional_section(provisional: Mapping[str, Provisional], figure: str | No
         "",
     ]
     for task, part in provisional.items():
-        lines += [f"### {_task_label(task)} ({part.note()})", "", *comparison_table(part.frame), "", *runs_table(part.frame), ""]
+        ablations = {task: part.ablations}
+        main = part.frame[~is_ablation(part.frame, ablations)]
+        lines += [f"### {_task_label(task)} ({part.note()})", "", *comparison_table(main), "", *runs_table(main), ""]
+        lines += ablation_lines(part.frame, ablations, f"#### {_task_label(task)}: ablations")
     if figure:
         lines += [f"![dev score against FLOPs reduction, one panel per task (provisional)]({figure})", ""]
     return lines
@@ -439,7 +502,7 @@ def markdown(summaries: Summaries, figure: str | None, pending: Sequence[str] = 
     if not summaries.tasks:
         lines += ["No task has finished yet: there are no results to show.", ""]
         return "\n".join(lines)
-    frame = summaries.frame
+    frame = summaries.frame[~is_ablation(summaries.frame, summaries.ablations)]
     lines += [
         "## ToP against the baselines at equal FLOPs",
         "",
@@ -469,6 +532,7 @@ def markdown(summaries: Summaries, figure: str | None, pending: Sequence[str] = 
     ]
     if figure:
         lines += [f"![dev score against FLOPs reduction, one panel per task]({figure})", ""]
+    lines += ablation_lines(summaries.frame, summaries.ablations, "## Ablations")
     lines += ["## Where each summary came from", "", *provenance_table(summaries), ""]
     return "\n".join(lines)
 
@@ -494,6 +558,8 @@ def render(
     drawn = [*summaries.tasks, *provisional]
     if drawn:
         frame = pd.concat([summaries.frame, *(part.frame for part in provisional.values())], ignore_index=True)
+        ablations = {**summaries.ablations, **{task: part.ablations for task, part in provisional.items()}}
+        frame = frame[~is_ablation(frame, ablations)]
         expected = {task: meta.get("expected_teacher") for task, meta in summaries.meta.items()}
         expected |= {task: part.expected_teacher for task, part in provisional.items()}
         notes = {task: part.note() for task, part in provisional.items()}
