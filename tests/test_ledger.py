@@ -195,5 +195,11 @@ def test_the_run_hash_changes_with_the_settings_the_run_depends_on():
     other_task = copy.deepcopy(CONFIG)
     other_task["task_settings"]["rte"] = {"teacher": {"epochs": 20}}
     assert all_hashes(other_task) == base
+    qa_changed = copy.deepcopy(CONFIG) | {"qa": {"protect_question": True}}  # a GLUE task has no windows or question
+    assert all_hashes(qa_changed) == base
+    squad = {task: run_sha256(cfg, "squad", "top", "s50", 42, None) for task, cfg in (("plain", CONFIG), ("protected", qa_changed))}
+    assert squad["plain"] != squad["protected"]
+    on_gpu = copy.deepcopy(CONFIG) | {"device": "cuda"}
+    assert all(all_hashes(on_gpu)[m] != base[m] for m in base)
     assert run_sha256(CONFIG, "mrpc", "top", "s50", 43, 3668) != base["top"]
     assert run_sha256(CONFIG, "mrpc", "top", "s50", 42, 2000) != base["top"]

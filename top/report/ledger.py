@@ -39,6 +39,7 @@ from top.report.labels import method_rank
 from top.report.outputs import TEACHER_DIR
 from top.report.reproduction import SUMMARY_COLUMNS, run_finished, run_outputs, summary_frame
 from top.report.tables import collect
+from top.tasks import is_qa_task
 
 log = logging.getLogger(__name__)
 
@@ -56,13 +57,16 @@ def ledger_path(folder: str | Path, task: str) -> Path:
 
 
 def run_sha256(cfg: Mapping[str, Any], task: str, method: str, setting: str, seed: int, train_rows: int | None) -> str:
-    """SHA-256 of the settings one run's result depends on: the model, the task and its training
-    rows, the seed, the teacher's fine-tune, evaluation and latency settings, and (except for the
-    ``dense`` row, which is the teacher) the method's merged settings and its training settings
+    """SHA-256 of the settings one run's result depends on: the model, the device, the task and
+    its training rows, the seed, the teacher's fine-tune, evaluation and latency settings, a QA
+    task's ``qa`` settings (windows, protected question), and (except for the ``dense`` row,
+    which is the teacher) the method's merged settings and its training settings
     (:func:`top.config.resolve_run`). Paths, threads and the other tasks' settings are left out."""
     resolved = resolve_run(cfg, task, method, setting, seed)
     payload: dict[str, Any] = {
         "model": cfg["model"],
+        "device": cfg.get("device"),
+        "qa": cfg.get("qa") if is_qa_task(task) else None,
         "task": task,
         "train_rows": train_rows,
         "seed": int(seed),
