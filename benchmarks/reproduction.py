@@ -53,7 +53,7 @@ from top.report.reproduction import (
     summary_meta,
     write_summary,
 )
-from top.tasks.glue import check_local_file, local_path
+from top.tasks import glue, is_qa_task, squad
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "workflow/schemas/config.schema.yaml"
@@ -103,24 +103,34 @@ def read_configs(paths: list[Path]) -> dict:
     return merge_layers(*(yaml.safe_load(path.read_text()) for path in paths))
 
 
-def load_config(paths: list[Path], glue_dir: Path) -> dict:
-    """The configuration as the workflow sees it: the files merged, the schema's defaults filled
-    in, validated."""
+def load_config(paths: list[Path], glue_dir: Path, squad_dir: Path | None = None) -> dict:
+    """The configuration as the workflow sees it: the files merged, the data folders set, the
+    schema's defaults filled in, validated."""
     cfg = read_configs(paths)
     cfg["glue_dir"] = str(glue_dir)
+    if squad_dir is not None:
+        cfg["squad_dir"] = str(squad_dir)
     validate(cfg, str(SCHEMA))
     validate_config(cfg)
     return cfg
 
 
-def train_rows(task: str, glue_dir: Path) -> int:
-    """Rows of ``task``'s training split, read and checked as the loader reads it."""
-    return check_local_file(task, "train", local_path(task, "train", glue_dir))
+def train_rows(task: str, args: argparse.Namespace) -> int:
+    """Rows of ``task``'s training split (SQuAD: questions), read and checked as the loader reads it."""
+    if is_qa_task(task):
+        return squad.check_local_file(task, "train", squad.local_path(task, "train", args.squad_dir))
+    return glue.check_local_file(task, "train", glue.local_path(task, "train", args.glue_dir))
+
+
+def data_dir_override(task: str, args: argparse.Namespace, relative: bool = False) -> str:
+    """``squad_dir=...`` for a QA task, else ``glue_dir=...`` (relative to the repository for the
+    record, absolute for the workflow)."""
+    key, folder = ("squad_dir", args.squad_dir) if is_qa_task(task) else ("glue_dir", args.glue_dir)
+    return f"{key}={os.path.relpath(folder, ROOT) if relative else folder}"
 
 
 def overrides(task: str, args: argparse.Namespace) -> list[str]:
-    glue = os.path.relpath(args.glue_dir, ROOT)
-    return [f"glue_dir={glue}", f"tasks=[{task}]", f"results_dir={results_dir(task, args)}"]
+    return [data_dir_override(task, args, relative=True), f"tasks=[{task}]", f"results_dir={results_dir(task, args)}"]
 
 
 def results_dir(task: str, args: argparse.Namespace) -> str:
@@ -135,7 +145,7 @@ def run_workflow(task: str, args: argparse.Namespace, dry_run: bool, runs: list[
     threads = [f"teacher={args.teacher_threads}"] + [f"{rule}={args.threads}" for rule in ("train", "evaluate")]
     command = [sys.executable, "-m", "snakemake", "--cores", str(args.cores), "--set-threads", *threads]
     command += ["--configfile", *map(str, args.config), "--config"]
-    command += [f"glue_dir={args.glue_dir}", f"tasks=[{task}]", f"results_dir={results_dir(task, args)}"]
+    command += [data_dir_override(task, args), f"tasks=[{task}]", f"results_dir={results_dir(task, args)}"]
     if args.seeds:
         command.append(f"seeds=[{','.join(str(seed) for seed in args.seeds)}]")
     command.append("--rerun-incomplete")
@@ -187,11 +197,15 @@ class TaskRuns:
 
 
 def task_runs(task: str, cfg: dict, args: argparse.Namespace) -> TaskRuns:
-    rows = train_rows(task, args.glue_dir)
+    """The task's runs, their steps and hashes, and their state in the ledger. A QA task trains
+    on context windows, which only tokenising counts, so its steps are left unknown."""
+    rows = train_rows(task, args)
     model_config = offline_model_config(cfg["model"])
-    steps = {(b.method, b.setting): b.total_steps for b in task_budgets(cfg, task, rows, model_config)}
-    for setting in cfg["methods"]["dense"]["settings"]:
-        steps[("dense", setting)] = teacher_budget(cfg, task, rows).total_steps
+    steps = {}
+    if not is_qa_task(task):
+        steps = {(b.method, b.setting): b.total_steps for b in task_budgets(cfg, task, rows, model_config)}
+        for setting in cfg["methods"]["dense"]["settings"]:
+            steps[("dense", setting)] = teacher_budget(cfg, task, rows).total_steps
     expected = expected_runs(cfg, task)
     hashes = {run: run_sha256(cfg, task, *run, train_rows=rows) for run in expected}
     return TaskRuns(rows, steps, hashes, run_states(read_ledger(args.out, task), expected, hashes))
@@ -270,7 +284,10 @@ def estimate(cfg: dict, args: argparse.Namespace) -> str:
     lines.append("|---|---:|---:|---:|---:|---|---:|---:|")
     total = 0.0
     for task in cfg["tasks"]:
-        rows = train_rows(task, args.glue_dir)
+        if task not in throughput or is_qa_task(task):
+            lines.append(f"| {task} | | | | | no training throughput measured | | |")
+            continue
+        rows = train_rows(task, args)
         task_budget = task_budgets(cfg, task, rows, model_config)
         budgets += [teacher_budget(cfg, task, rows), *task_budget]
         rate = throughput[task]
@@ -313,6 +330,7 @@ def main() -> None:
         help="configuration file(s), merged in order (e.g. config/reproduction.yaml config/reproduction_ablation.yaml)",
     )
     parser.add_argument("--glue-dir", type=Path, default=ROOT.parent / "shared/data/glue")
+    parser.add_argument("--squad-dir", type=Path, default=ROOT.parent / "shared/data/squad", help="the SQuAD files (a configuration with squad)")
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1, help="threads per job (default 1: --cores jobs run side by side, each on one thread)")
     parser.add_argument(
@@ -330,22 +348,27 @@ def main() -> None:
         "(before stopping for the day, so that what trained gets recorded)",
     )
     parser.add_argument("--seeds", type=int, nargs="+", help="run only these seeds (a first pass); the task is summarised once all have run")
-    parser.add_argument("--results-root", default="results/reproduction", help="each task's results_dir is <this>/<task>")
-    parser.add_argument(
-        "--out", type=Path, default=ROOT / "benchmarks/reproduction", help="where the task summaries and run ledgers (runs/<task>.csv) go"
-    )
-    parser.add_argument("--report", type=Path, default=ROOT / "docs/reproduction.md")
-    parser.add_argument("--figure", type=Path, default=ROOT / "docs/figures/reproduction.png")
+    # Defaults named after the first configuration file (<name>: reproduction, reproduction_squad), so that
+    # each family of runs keeps its own ledgers, summaries and report, and an overlay shares its base's.
+    parser.add_argument("--results-root", help="each task's results_dir is <this>/<task> (default results/<name>)")
+    parser.add_argument("--out", type=Path, help="where the task summaries and run ledgers (runs/<task>.csv) go (default benchmarks/<name>)")
+    parser.add_argument("--report", type=Path, help="the report (default docs/<name>.md)")
+    parser.add_argument("--figure", type=Path, help="the report's figure (default docs/figures/<name>.png)")
     parser.add_argument("--force", action="store_true", help="summarise tasks again that already have a summary")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    args.glue_dir = args.glue_dir.resolve()
+    args.glue_dir, args.squad_dir = args.glue_dir.resolve(), args.squad_dir.resolve()
     args.config = [path.resolve() for path in args.config]
+    name = args.config[0].stem
+    args.results_root = args.results_root or f"results/{name}"
+    args.out = args.out or ROOT / "benchmarks" / name
+    args.report = args.report or ROOT / "docs" / f"{name}.md"
+    args.figure = args.figure or ROOT / "docs/figures" / f"{name}.png"
     tasks = read_configs(args.config)["tasks"]
     if args.render and not any(ledger_path(args.out, task).is_file() for task in tasks):
         render(args.out, args.report, args.figure, tasks=tasks)  # from the summaries alone: neither data nor model needed
         return
-    cfg = load_config(args.config, args.glue_dir)
+    cfg = load_config(args.config, args.glue_dir, args.squad_dir)
     if args.render:  # the ledgers' runs are checked against the configuration, which reads the data
         render_report(cfg, args)
         return

@@ -159,6 +159,18 @@ def test_shipped_configs_are_valid():
         validate_config(cfg, check_paths=False)
 
 
+def test_the_squad_reproduction_configs_are_valid_alone_and_protected():
+    from top.config import merge_layers
+
+    root = Path(__file__).resolve().parents[1]
+    base = yaml.safe_load((root / "config/reproduction_squad.yaml").read_text())
+    protect = yaml.safe_load((root / "config/reproduction_squad_protect.yaml").read_text())
+    for cfg in (base, merge_layers(base, protect)):
+        validate(cfg, SCHEMA)
+        validate_config(cfg, check_paths=False)
+    assert merge_layers(base, protect)["qa"] == {**base["qa"], "protect_question": True}
+
+
 def test_the_ablation_overlay_adds_only_ablations_of_existing_settings():
     from top.config import merge_layers
 
