@@ -2,8 +2,9 @@
 finished, in a small committed file, so that a reproduction longer than one working session
 accumulates across sessions and machines whose ``results/`` do not survive.
 
-``benchmarks/reproduction/runs/<task>.csv`` holds one row per (method, setting, seed): the
-columns of a task summary (:data:`top.report.reproduction.SUMMARY_COLUMNS`) and
+``<out>/runs/<task>.csv`` (``benchmarks/reproduction/runs/`` for the GLUE tasks) holds one row
+per (method, setting, seed): the columns of a task summary
+(:data:`top.report.reproduction.SUMMARY_COLUMNS`) and
 
 - ``run_sha256``: the SHA-256 of everything the configuration gives the run (:func:`run_sha256`:
   the teacher's settings, the method's merged settings, the training, evaluation and latency
@@ -12,8 +13,9 @@ columns of a task summary (:data:`top.report.reproduction.SUMMARY_COLUMNS`) and
 - ``teacher_sha256``: the SHA-256 of the teacher's weights (:func:`weights_sha256`) the run
   started from. Every method of a task and seed must start from the same teacher; a teacher
   fine-tuned again (a new session has no ``results/``) must come out bit-identical for earlier rows
-  to stay valid. Rows of a seed whose teacher differs from the seed's newest recorded teacher are
-  stale too.
+  to stay valid; it does at a fixed thread count (tests/test_reliability.py), not across thread
+  counts. Rows of a seed whose teacher differs from the seed's newest recorded teacher are stale
+  too.
 - ``date``, ``cpu_model``, ``torch_version``, ``transformers_version``: when and where it ran.
 
 The task's summary (``<task>.csv`` and ``<task>.json``, :mod:`top.report.reproduction`) is
