@@ -174,11 +174,13 @@ def test_the_teacher_comes_out_bit_identical_in_another_process(setup):
     from top.report.ledger import weights_sha256
 
     root, cfg = setup
-    again = root / "teacher_again"
+    torch.set_num_threads(1)  # the module's teacher may predate the one_thread fixture: train one at a known count
+    here, again = root / "teacher_here", root / "teacher_again"
+    finetune_teacher(cfg, "sst2", 7, here)
     code = (
         "import json, sys, torch; torch.set_num_threads(1); from top.pipeline import finetune_teacher; "
         "finetune_teacher(json.loads(sys.argv[1]), 'sst2', 7, sys.argv[2])"
     )
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     subprocess.run([sys.executable, "-c", code, json.dumps(cfg), str(again)], check=True, env=env, capture_output=True)
-    assert weights_sha256(again) == weights_sha256(root / "teacher")
+    assert weights_sha256(again) == weights_sha256(here)
