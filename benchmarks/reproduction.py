@@ -284,7 +284,7 @@ def estimate(cfg: dict, args: argparse.Namespace) -> str:
     lines.append("|---|---:|---:|---:|---:|---|---:|---:|")
     total = 0.0
     for task in cfg["tasks"]:
-        if task not in throughput or is_qa_task(task):
+        if task not in throughput:
             lines.append(f"| {task} | | | | | no training throughput measured | | |")
             continue
         rows = train_rows(task, args)

@@ -122,10 +122,16 @@ def task_budgets(cfg: Mapping[str, Any], task: str, train_rows: int, model_confi
     ]
 
 
+def scaled_steps(budget: RunBudget, scales: Mapping[tuple[str, str], float] | None = None) -> float:
+    """``budget``'s total steps divided by its ``scales`` entry ((method, setting) -> the factor
+    its steps are meant to have over the others', default 1)."""
+    return budget.total_steps / (scales or {}).get((budget.method, budget.setting), 1.0)
+
+
 def budget_spread(budgets: Sequence[RunBudget], scales: Mapping[tuple[str, str], float] | None = None) -> float:
-    """(largest - smallest) / largest total steps, each divided by its ``scales`` entry
-    ((method, setting) -> factor, default 1); 0 for fewer than two budgets."""
-    totals = [b.total_steps / (scales or {}).get((b.method, b.setting), 1.0) for b in budgets]
+    """(largest - smallest) / largest total steps, each scaled (:func:`scaled_steps`); 0 for
+    fewer than two budgets."""
+    totals = [scaled_steps(b, scales) for b in budgets]
     if len(totals) < 2 or max(totals) == 0:
         return 0.0
     return (max(totals) - min(totals)) / max(totals)
@@ -139,9 +145,6 @@ def check_budgets(budgets: Iterable[RunBudget], tolerance: float, scales: Mappin
     below ``(1 - tolerance)`` times it, with their stages."""
     scales = scales or {}
 
-    def steps(budget: RunBudget) -> float:
-        return budget.total_steps / scales.get((budget.method, budget.setting), 1.0)
-
     def named(budget: RunBudget) -> str:
         scale = scales.get((budget.method, budget.setting), 1.0)
         return f"{budget.method}/{budget.setting}: {budget.describe()}" + (f" (budget_scale {scale:g})" if scale != 1.0 else "")
@@ -154,10 +157,9 @@ def check_budgets(budgets: Iterable[RunBudget], tolerance: float, scales: Mappin
         spread = budget_spread(group, scales)
         if spread <= tolerance:
             continue
-        largest = max(group, key=steps)
-        floor = (1 - tolerance) * steps(largest)
-        short = [b for b in group if steps(b) < floor]
-
+        largest = max(group, key=lambda b: scaled_steps(b, scales))
+        floor = (1 - tolerance) * scaled_steps(largest, scales)
+        short = [b for b in group if scaled_steps(b, scales) < floor]
         lines = [f"task {task}: training budgets differ by {100 * spread:.1f}% (budget_tolerance {100 * tolerance:g}%); largest {named(largest)}"]
         lines += [f"  {named(b)}" for b in short]
         lines.append(
