@@ -36,6 +36,9 @@ def test_never_extrapolates_and_says_why():
     below = score_at([(2.3, 88.0), (5.0, 80.0)], 2.0)
     assert below.score is None and below.reason == "does not go down to 2x: min 2.3x"
     assert score_at([], 2.0).reason == "no point with a score"
+    # A bound just off the target prints with the digits that tell them apart.
+    assert score_at([(2.0004, 87.0), (4.0, 82.0)], 2.0).reason == "does not go down to 2x: min 2.0004x"
+    assert score_at([(1.5, 90.0), (3.996, 82.0)], 4.0).reason == "cannot reach 4x: max 3.996x"
 
 
 def test_undefined_scores_are_left_out_and_equal_reductions_averaged():

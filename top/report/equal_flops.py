@@ -58,6 +58,16 @@ def _fmt(x: float) -> str:
     return f"{x:.3g}x"
 
 
+def _fmt_bound(bound: float, target: float) -> str:
+    """``bound`` with as many significant digits as it takes not to print as ``target`` (a
+    curve ending at 2.0004x reads "min 2.0004x", not "min 2x", beside a 2x target)."""
+    for digits in range(3, 10):
+        text = f"{bound:.{digits}g}x"
+        if text != f"{target:.{digits}g}x":
+            return text
+    return f"{bound!r}x"
+
+
 def score_at(points: Iterable[tuple[float, float]], target: float) -> Reading:
     """The score at FLOPs reduction ``target`` on the curve through ``points``
     ((FLOPs reduction, score) pairs, any order).
@@ -82,9 +92,9 @@ def score_at(points: Iterable[tuple[float, float]], target: float) -> Reading:
     below = [(x, y) for x, y in curve if x < target]
     above = [(x, y) for x, y in curve if x > target]
     if not above:
-        return Reading(target, None, f"cannot reach {_fmt(target)}: max {_fmt(curve[-1][0])}")
+        return Reading(target, None, f"cannot reach {_fmt(target)}: max {_fmt_bound(curve[-1][0], target)}")
     if not below:
-        return Reading(target, None, f"does not go down to {_fmt(target)}: min {_fmt(curve[0][0])}")
+        return Reading(target, None, f"does not go down to {_fmt(target)}: min {_fmt_bound(curve[0][0], target)}")
     (x0, y0), (x1, y1) = below[-1], above[0]
     weight = (math.log(target) - math.log(x0)) / (math.log(x1) - math.log(x0))
     return Reading(target, y0 + weight * (y1 - y0), None, (x0, x1))
