@@ -327,7 +327,7 @@ def main() -> None:
         type=Path,
         nargs="+",
         default=[ROOT / "config/reproduction.yaml"],
-        help="configuration file(s), merged in order (e.g. config/reproduction.yaml config/reproduction_ablation.yaml)",
+        help="configuration file(s), merged in order (e.g. config/reproduction_squad.yaml config/reproduction_squad_protect.yaml)",
     )
     parser.add_argument("--glue-dir", type=Path, default=ROOT.parent / "shared/data/glue")
     parser.add_argument("--squad-dir", type=Path, default=ROOT.parent / "shared/data/squad", help="the SQuAD files (a configuration with squad)")

@@ -23,6 +23,7 @@ from top.budget import (
     task_budgets,
     teacher_budget,
 )
+from top.config import ablation_scales
 from top.preflight import PreflightError, run_preflight
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -141,11 +142,13 @@ def test_reproduction_config_gives_every_method_the_same_steps():
     assert cfg["budget_tolerance"] == 0.02
     methods = {m for m in cfg["methods"] if m != "dense"}
     assert methods == {"topk", "ltp", "power_bert", "top"}
+    scales = ablation_scales(cfg)
     for task in cfg["tasks"]:
         budgets = task_budgets(cfg, task, GLUE_TRAIN_ROWS[task], MINILM)
-        assert check_budgets(budgets, cfg["budget_tolerance"]) == []
-        assert len({b.total_steps for b in budgets}) == 1, task
-        assert len(budgets) >= 3 * len(methods)  # at least three settings per method
+        assert check_budgets(budgets, cfg["budget_tolerance"], scales) == []
+        assert len({b.total_steps / scales.get((b.method, b.setting), 1.0) for b in budgets}) == 1, task
+        curve = [b for b in budgets if (b.method, b.setting) not in scales]
+        assert len(curve) >= 3 * len(methods)  # at least three settings per method
         assert all({s.batch_size for s in b.stages} == {32} for b in budgets)
 
 

@@ -81,6 +81,25 @@ def test_ablations_name_their_base_setting_and_budget_scale(config):
     assert ablation_scales(config) == {("topk", "b"): 2.0}
 
 
+def test_an_ablation_runs_only_on_its_tasks(config):
+    """``tasks`` restricts an ablation to the named tasks: the other tasks neither run it nor
+    count its budget; without ``tasks`` it runs everywhere."""
+    from transformers import AutoConfig
+
+    from top.budget import task_budgets
+    from top.config import task_settings_of
+
+    config["ablations"] = {"topk": {"b": {"of": "a", "change": "keeps fewer tokens", "tasks": ["rte"]}}}
+    validate(config, SCHEMA)
+    validate_config(config)
+    assert task_settings_of(config, "rte", "topk") == ["a", "b"] and task_settings_of(config, "sst2", "topk") == ["a"]
+    assert sorted((task, setting) for task, method, setting, _ in runs(config) if method == "topk") == [("rte", "a"), ("rte", "b"), ("sst2", "a")]
+    model_config = AutoConfig.from_pretrained(config["model"])
+    assert [b.setting for b in task_budgets(config, "sst2", 100, model_config)] == ["a"]
+    del config["ablations"]["topk"]["b"]["tasks"]
+    assert task_settings_of(config, "sst2", "topk") == ["a", "b"]
+
+
 @pytest.mark.parametrize(
     "change, message",
     [
@@ -121,6 +140,10 @@ def test_ablations_name_their_base_setting_and_budget_scale(config):
         (
             lambda c: c.update(ablations={"topk": {"a": {"of": "b", "change": "x"}, "b": {"of": "a", "change": "y"}}}),
             "ablations.topk.a.of: 'b' is not a setting of methods.topk that is not itself an ablation",
+        ),
+        (
+            lambda c: c.update(ablations={"topk": {"b": {"of": "a", "change": "x", "tasks": ["rte", "mrcp"]}}}),
+            "ablations.topk.b.tasks: unknown task(s) 'mrcp'; allowed: cola",
         ),
     ],
 )
@@ -171,19 +194,19 @@ def test_the_squad_reproduction_configs_are_valid_alone_and_protected():
     assert merge_layers(base, protect)["qa"] == {**base["qa"], "protect_question": True}
 
 
-def test_the_ablation_overlay_adds_only_ablations_of_existing_settings():
-    from top.config import merge_layers
+def test_the_reproduction_runs_its_ablations_on_mrpc_only():
+    """The reproduction's ablations are ToP settings of MRPC alone, each ablating a setting on
+    ToP's curve; the other tasks run ToP's curve only."""
+    from top.config import task_settings_of
 
-    root = Path(__file__).resolve().parents[1]
-    base = yaml.safe_load((root / "config/reproduction.yaml").read_text())
-    overlay = yaml.safe_load((root / "config/reproduction_ablation.yaml").read_text())
-    cfg = merge_layers(base, overlay)
-    added = set(cfg["methods"]["top"]["settings"]) - set(base["methods"]["top"]["settings"])
-    assert added == set(cfg["ablations"]["top"]) and added
-    assert all(cfg["methods"][m] == base["methods"][m] for m in base["methods"] if m != "top")
-    assert all(cfg["methods"]["top"]["settings"][s] == base["methods"]["top"]["settings"][s] for s in base["methods"]["top"]["settings"])
+    cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "config/reproduction.yaml").read_text())
     validate(cfg, SCHEMA)
     validate_config(cfg, check_paths=False)
+    ablations = cfg["ablations"]["top"]
+    curve = [s for s in cfg["methods"]["top"]["settings"] if s not in ablations]
+    assert ablations and all(a["tasks"] == ["mrpc"] and a["of"] in curve for a in ablations.values())
+    assert task_settings_of(cfg, "mrpc", "top") == list(cfg["methods"]["top"]["settings"])
+    assert all(task_settings_of(cfg, task, "top") == curve for task in cfg["tasks"] if task != "mrpc")
 
 
 def test_paper_config_builds_every_method_for_bert_base():

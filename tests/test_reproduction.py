@@ -368,6 +368,7 @@ def tiny_reproduction(tmp_path: Path, finished: tuple[tuple[str, str], ...]) -> 
     cfg = yaml.safe_load((ROOT / "config/reproduction.yaml").read_text())
     cfg.update(tasks=["sst2"], seeds=[42])
     cfg["methods"] = {"dense": cfg["methods"]["dense"], "topk": {"settings": {"keep50": {"keep_ratios": [1.0, 0.8, 0.6, 0.5, 0.4, 0.3]}}}}
+    cfg.pop("ablations")  # of ToP settings this reproduction does not have
     cfg["task_settings"] = {"sst2": {**cfg["task_settings"]["sst2"], "methods": {"topk": {"finetune_epochs": 4}}}}
     config = tmp_path / "reproduction.yaml"
     config.write_text(yaml.safe_dump(cfg))

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from top.config import TEACHER_METHOD, resolve_run, task_seeds, teacher_settings
+from top.config import TEACHER_METHOD, resolve_run, task_seeds, task_settings_of, teacher_settings
 
 
 def stage_steps(epochs: float, steps_per_epoch: int) -> int:
@@ -112,13 +112,13 @@ def teacher_budget(cfg: Mapping[str, Any], task: str, train_rows: int) -> RunBud
 
 
 def task_budgets(cfg: Mapping[str, Any], task: str, train_rows: int, model_config) -> list[RunBudget]:
-    """Every configured method setting's budget on ``task`` (``dense`` left out: it is the
-    teacher and trains nothing after it)."""
+    """The budget of every method setting ``task`` runs (:func:`top.config.task_settings_of`;
+    ``dense`` left out: it is the teacher and trains nothing after it)."""
     return [
         run_budget(cfg, task, method, setting, train_rows, model_config)
-        for method, block in cfg["methods"].items()
+        for method in cfg["methods"]
         if method != TEACHER_METHOD
-        for setting in block["settings"]
+        for setting in task_settings_of(cfg, task, method)
     ]
 
 

@@ -12,7 +12,9 @@ configured method refuses ``qa.protect_question``. Both run before any job start
 
 A method's block may hold a ``train`` sub-block (e.g. a method's own batch size or learning
 rate); it overrides the run's shared ``train`` settings at the method's priority. A task runs
-with ``task_settings.<task>.seeds`` if given, else ``seeds`` (:func:`task_seeds`).
+with ``task_settings.<task>.seeds`` if given, else ``seeds`` (:func:`task_seeds`), and every
+setting of a method except the ablations whose ``ablations.<m>.<setting>.tasks`` leaves it out
+(:func:`task_settings_of`).
 
 The resolved dictionary is written as JSON beside every run's outputs.
 
@@ -137,12 +139,23 @@ def task_seeds(cfg: Mapping[str, Any], task: str) -> list[int]:
     return [int(seed) for seed in _task_block(cfg, task).get("seeds") or cfg["seeds"]]
 
 
+def task_settings_of(cfg: Mapping[str, Any], task: str, method: str) -> list[str]:
+    """The settings of ``method`` that ``task`` runs: every configured setting but an ablation
+    whose ``tasks`` (``ablations.<method>.<setting>.tasks``) does not name ``task``."""
+    ablations = (cfg.get("ablations") or {}).get(method) or {}
+    return [
+        setting
+        for setting in cfg["methods"][method]["settings"]
+        if setting not in ablations or ablations[setting].get("tasks") is None or task in ablations[setting]["tasks"]
+    ]
+
+
 def runs(cfg: Mapping[str, Any]) -> Iterator[tuple[str, str, str, int]]:
     """Every (task, method, setting, seed) the configuration asks for (each task with its own
-    seeds, :func:`task_seeds`)."""
+    seeds, :func:`task_seeds`, and its own settings, :func:`task_settings_of`)."""
     for task in cfg["tasks"]:
-        for method, block in cfg["methods"].items():
-            for setting in block["settings"]:
+        for method in cfg["methods"]:
+            for setting in task_settings_of(cfg, task, method):
                 for seed in task_seeds(cfg, task):
                     yield task, method, setting, seed
 
@@ -194,8 +207,10 @@ def validate_config(cfg: Mapping[str, Any], *, check_paths: bool = True) -> None
 
 
 def _check_ablations(cfg: Mapping[str, Any]) -> None:
-    """Every ``ablations.<method>.<setting>`` is a configured setting, and ablates (``of``)
-    another configured setting of the same method that is not itself an ablation."""
+    """Every ``ablations.<method>.<setting>`` is a configured setting, ablates (``of``) another
+    configured setting of the same method that is not itself an ablation, and names known
+    ``tasks`` (any task, not only the configured ones: a command line may narrow ``tasks``)."""
+    known = task_names()
     for method, block in (cfg.get("ablations") or {}).items():
         settings = (cfg["methods"].get(method) or {}).get("settings") or {}
         for setting, ablation in block.items():
@@ -205,6 +220,9 @@ def _check_ablations(cfg: Mapping[str, Any]) -> None:
             base = ablation["of"]
             if base not in settings or base in block:
                 raise ConfigError(f"{where}.of: {base!r} is not a setting of methods.{method} that is not itself an ablation")
+            unknown = [task for task in ablation.get("tasks") or [] if task not in known]
+            if unknown:
+                raise ConfigError(f"{where}.tasks: unknown task(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(known)}")
 
 
 def ablation_scales(cfg: Mapping[str, Any]) -> dict[tuple[str, str], float]:
@@ -311,8 +329,8 @@ def _check_method_settings(cfg: Mapping[str, Any]) -> None:
     from top.pruning.registry import build_method
 
     for task in cfg["tasks"]:
-        for method, block in cfg["methods"].items():
-            for setting in block["settings"]:
+        for method in cfg["methods"]:
+            for setting in task_settings_of(cfg, task, method):
                 resolved = resolve_run(cfg, task, method, setting, cfg["seeds"][0])
                 try:
                     method_class(method).check_setting_names(resolved["method_settings"])
@@ -325,8 +343,8 @@ def _check_method_settings(cfg: Mapping[str, Any]) -> None:
     if model_config is None:
         return
     for task in cfg["tasks"]:
-        for method, block in cfg["methods"].items():
-            for setting in block["settings"]:
+        for method in cfg["methods"]:
+            for setting in task_settings_of(cfg, task, method):
                 resolved = resolve_run(cfg, task, method, setting, cfg["seeds"][0])
                 try:
                     build_method(method, model_config, resolved["method_settings"])
