@@ -18,7 +18,8 @@ teacher's weights; commit it, so that runs accumulate across machines whose ``re
 When the workflow stops, finished or not, its finished runs are recorded. Once every run is
 recorded, ``benchmarks/reproduction/<task>.csv`` and ``<task>.json`` are written from the ledger
 (:mod:`top.report.reproduction`), and the report ``docs/reproduction.md`` with
-``docs/figures/reproduction.png`` is rebuilt from those files alone. With ``--seeds`` only those
+``docs/figures/reproduction.png`` is rebuilt from those files alone
+(:mod:`top.report.reproduction_report`). With ``--seeds`` only those
 seeds run. A task that already has its summary is skipped unless ``--force`` (which summarises
 it again; the workflow itself reruns only what is missing or out of date, and resumes interrupted
 training from its last epoch).
@@ -47,12 +48,12 @@ from top.report.reproduction import (
     is_summarised,
     machine_info,
     progress_frame,
-    render,
     run_outputs,
     summary_frame,
     summary_meta,
     write_summary,
 )
+from top.report.reproduction_report import render
 from top.tasks import glue, is_qa_task, squad
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""The reproduction's persistent summaries and report (top/report/reproduction.py,
+"""The reproduction's persistent summaries and report (top/report/reproduction.py and reproduction_report.py,
 benchmarks/reproduction.py --render), on synthetic results.csv files: no training."""
 
 from __future__ import annotations
@@ -17,13 +17,12 @@ from top.report.reproduction import (
     SUMMARY_COLUMNS,
     is_summarised,
     load_summaries,
-    markdown,
     progress_frame,
-    render,
     summary_frame,
     summary_meta,
     write_summary,
 )
+from top.report.reproduction_report import markdown, render
 
 ROOT = Path(__file__).resolve().parents[1]
 SEEDS = (42, 43, 44)
