@@ -216,6 +216,25 @@ def test_ablations_stand_beside_their_base_setting_and_out_of_the_comparison(tmp
     )
 
 
+def test_an_ablations_score_difference_carries_its_sign():
+    """A paired difference is written +0.5 or -1.0, never a bare 0.5 beside a -1.0."""
+    from top.report.reproduction_report import ablation_table
+
+    frame = pd.DataFrame(
+        {
+            "task": "mrpc",
+            "method": "top",
+            "setting": ["s50", "s50_norank", "s75", "s75_norank"],
+            "seed": 42,
+            "score": [87.0, 86.0, 82.0, 82.54],
+            "flops_reduction": [2.0, 2.0, 4.0, 4.0],
+        }
+    )
+    ablations = {"mrpc": {"top": {name: {"of": name[:3], "change": "no ranking distillation"} for name in ("s50_norank", "s75_norank")}}}
+    rows = ablation_table(frame, ablations)[2:]
+    assert [row.rsplit("|", 2)[1].strip() for row in rows] == ["-1.0", "+0.5"]
+
+
 def test_render_command_builds_the_report_from_the_summaries_only(tmp_path):
     summarise(tmp_path, "mrpc")
     report, figure = tmp_path / "out.md", tmp_path / "fig.png"

@@ -28,19 +28,20 @@ from top.report.reproduction import Provisional, Summaries, load_summaries
 log = logging.getLogger(__name__)
 
 
-def _fmt(value: Any, digits: int = 1, suffix: str = "") -> str:
+def _fmt(value: Any, digits: int = 1, suffix: str = "", sign: str = "-") -> str:
+    """``value`` at ``digits`` decimals; ``sign="+"`` writes the sign of a difference (+0.5)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
-    return f"{value:.{digits}f}{suffix}"
+    return f"{value:{sign}.{digits}f}{suffix}"
 
 
-def _mean_std(values: pd.Series, digits: int = 1, suffix: str = "") -> str:
+def _mean_std(values: pd.Series, digits: int = 1, suffix: str = "", sign: str = "-") -> str:
     values = values.dropna()
     if values.empty:
         return "–"
     if len(values) == 1:
-        return _fmt(float(values.iloc[0]), digits, suffix)
-    return f"{values.mean():.{digits}f}{suffix} ± {values.std(ddof=1):.{digits}f}"
+        return _fmt(float(values.iloc[0]), digits, suffix, sign)
+    return f"{values.mean():{sign}.{digits}f}{suffix} ± {values.std(ddof=1):.{digits}f}"
 
 
 def _task_label(task: str) -> str:
@@ -146,7 +147,7 @@ def ablation_table(frame: pd.DataFrame, ablations: Mapping[str, Mapping[str, Any
                 lines.append(
                     f"| {_task_label(task)} | {method_label(method)} {setting} | {ablation['change']} | {len(rows)} | "
                     f"{_mean_std(rows['score'])} | {_mean_std(rows['flops_reduction'], 2, 'x')} | {ablation['of']} | "
-                    f"{_mean_std(base['score'])} | {_mean_std(base['flops_reduction'], 2, 'x')} | {_mean_std(paired)} |"
+                    f"{_mean_std(base['score'])} | {_mean_std(base['flops_reduction'], 2, 'x')} | {_mean_std(paired, sign='+')} |"
                 )
     return lines
 
