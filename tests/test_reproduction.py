@@ -216,6 +216,29 @@ def test_ablations_stand_beside_their_base_setting_and_out_of_the_comparison(tmp
     )
 
 
+def test_a_seed_part_way_through_its_curve_stays_out_of_the_provisional_comparison():
+    """Seed 43 with only ToP s50 recorded would read "cannot reach 4x" and leave ToP without a
+    value; the comparison reads seed 42's full curve, the runs table lists both seeds."""
+    from top.report.reproduction_report import complete_curves
+
+    frame = pd.DataFrame(
+        {
+            "task": "mrpc",
+            "method": ["top"] * 4 + ["topk"] * 2,
+            "setting": ["s50", "s75", "s80", "s50", "r2", "r5"],
+            "seed": [42, 42, 42, 43, 42, 42],
+        }
+    )
+    kept = complete_curves(frame)
+    assert list(zip(kept["method"], kept["setting"], kept["seed"])) == [
+        ("top", "s50", 42),
+        ("top", "s75", 42),
+        ("top", "s80", 42),
+        ("topk", "r2", 42),
+        ("topk", "r5", 42),
+    ]
+
+
 def test_an_ablations_score_difference_carries_its_sign():
     """A paired difference is written +0.5 or -1.0, never a bare 0.5 beside a -1.0."""
     from top.report.reproduction_report import ablation_table

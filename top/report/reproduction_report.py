@@ -167,6 +167,15 @@ def ablation_lines(frame: pd.DataFrame, ablations: Mapping[str, Mapping[str, Any
     ]
 
 
+def complete_curves(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows of ``frame`` whose (task, method, seed) has as many settings as the most complete
+    seed of that task and method: a seed part-way through its runs would read "cannot reach" off
+    a curve it has not finished."""
+    settings = frame.groupby(["task", "method", "seed"])["setting"].transform("nunique")
+    most = settings.groupby([frame["task"], frame["method"]]).transform("max")
+    return frame[settings == most]
+
+
 def provisional_section(provisional: Mapping[str, Provisional], figure: str | None = None) -> list[str]:
     """The runs recorded so far of tasks not finished: the same comparison and table as a
     finished task's, marked provisional. A seed's curve has only the settings recorded so far,
@@ -176,14 +185,15 @@ def provisional_section(provisional: Mapping[str, Provisional], figure: str | No
     lines = [
         "## Provisional: tasks still running",
         "",
-        "Runs recorded so far in the run ledgers (current settings and teacher only). A seed's curve has only its "
-        "recorded settings, and with one seed there is no spread: these rows show progress, not a verdict.",
+        "Runs recorded so far in the run ledgers (current settings and teacher only). The comparison reads only the "
+        "seeds whose curve has as many settings as the method's most complete seed (the table below lists every "
+        "recorded run), and with one seed there is no spread: these rows show progress, not a verdict.",
         "",
     ]
     for task, part in provisional.items():
         ablations = {task: part.ablations}
         main = part.frame[~is_ablation(part.frame, ablations)]
-        lines += [f"### {_task_label(task)} ({part.note()})", "", *comparison_table(main), "", *runs_table(main), ""]
+        lines += [f"### {_task_label(task)} ({part.note()})", "", *comparison_table(complete_curves(main)), "", *runs_table(main), ""]
         lines += ablation_lines(part.frame, ablations, f"#### {_task_label(task)}: ablations")
     if figure:
         lines += [f"![dev score against FLOPs reduction, one panel per task (provisional)]({figure})", ""]
