@@ -271,7 +271,7 @@ def provisional(cfg: dict, args: argparse.Namespace) -> dict[str, Provisional]:
 
 
 def render_report(cfg: dict, args: argparse.Namespace) -> None:
-    render(args.out, args.report, args.figure, tasks=cfg["tasks"], provisional=provisional(cfg, args))
+    render(args.out, args.report, args.figure, tasks=cfg["tasks"], provisional=provisional(cfg, args), not_reproducible=cfg.get("not_reproducible"))
 
 
 def estimate(cfg: dict, args: argparse.Namespace) -> str:
@@ -365,9 +365,11 @@ def main() -> None:
     args.out = args.out or ROOT / "benchmarks" / name
     args.report = args.report or ROOT / "docs" / f"{name}.md"
     args.figure = args.figure or ROOT / "docs/figures" / f"{name}.png"
-    tasks = read_configs(args.config)["tasks"]
+    raw = read_configs(args.config)
+    tasks = raw["tasks"]
     if args.render and not any(ledger_path(args.out, task).is_file() for task in tasks):
-        render(args.out, args.report, args.figure, tasks=tasks)  # from the summaries alone: neither data nor model needed
+        # from the summaries alone: neither data nor model needed
+        render(args.out, args.report, args.figure, tasks=tasks, not_reproducible=raw.get("not_reproducible"))
         return
     cfg = load_config(args.config, args.glue_dir, args.squad_dir)
     if args.render:  # the ledgers' runs are checked against the configuration, which reads the data

@@ -116,6 +116,8 @@ def test_an_ablation_runs_only_on_its_tasks(config):
         ),
         (lambda c: c["methods"]["topk"]["settings"].update(short={"keep_ratios": [0.5]}), "1 entries, the model has 2 layers"),
         (lambda c: c["task_settings"].update(imdb={}), "task_settings.imdb: unknown task"),
+        (lambda c: c.update(not_reproducible={"imdb": "no data"}), "not_reproducible.imdb: unknown task"),
+        (lambda c: c.update(not_reproducible={"sst2": "a weak teacher"}), "not_reproducible.sst2: the task is also in tasks"),
         (lambda c: c.update(seeds=[1, 1]), "seeds: duplicates"),
         (
             lambda c: c["methods"].update(top={"settings": {"zero": {"target_sparsity": 0, "prune_layers": [0]}}}),
@@ -158,6 +160,7 @@ def test_bad_configs_name_the_key(config, change, message):
     "change",
     [
         lambda c: c.update(tasks=[]),
+        lambda c: c.update(not_reproducible={"cola": ""}),
         lambda c: c.update(seeds=["one"]),
         lambda c: c.update(data_source="s3"),
         lambda c: c["teacher"].update(epochs=0),

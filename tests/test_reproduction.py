@@ -183,6 +183,14 @@ def test_report_without_summaries_says_so_and_draws_no_figure(tmp_path):
     assert not figure.exists()
 
 
+def test_a_task_not_reproducible_here_is_named_with_its_reason(tmp_path):
+    report, figure = tmp_path / "reproduction.md", tmp_path / "figures/reproduction.png"
+    render(tmp_path / "none", report, figure, tasks=["mrpc"], not_reproducible={"cola": "the teacher stays at MCC 30.\n"})
+    text = report.read_text()
+    assert "## Not reproducible here\n\n- **CoLA**: the teacher stays at MCC 30.\n" in text
+    assert text.startswith("# Reproduction: MRPC\n")
+
+
 def test_markdown_of_a_single_seed_has_no_spread(tmp_path):
     csv = results_csv(tmp_path / "results/results.csv")
     frame = pd.read_csv(csv)
@@ -239,6 +247,25 @@ def test_a_seed_part_way_through_its_curve_stays_out_of_the_provisional_comparis
     ]
 
 
+def test_the_figure_leaves_out_a_seed_part_way_through_its_curve(tmp_path, monkeypatch):
+    """The provisional figure draws what the comparison reads: seed 43's lone ToP point would
+    otherwise pull ToP's mean at 2x toward one seed."""
+    import top.report.plots
+    from top.report.reproduction import Provisional
+
+    drawn = {}
+    monkeypatch.setattr(top.report.plots, "reproduction_figure", lambda frame, *args, **kwargs: drawn.setdefault("frame", frame))
+    frame = pd.read_csv(results_csv(tmp_path / "results.csv")).assign(train_steps=1150).reindex(columns=SUMMARY_COLUMNS)
+    keep = [
+        (seed == 42) or (method, setting) in {("dense", "default"), ("top", "s50")}
+        for method, setting, seed in zip(frame["method"], frame["setting"], frame["seed"])
+    ]
+    part = Provisional(frame=frame[keep].reset_index(drop=True), expected=len(frame))
+    render(tmp_path / "none", tmp_path / "r.md", tmp_path / "r.png", tasks=["mrpc"], provisional={"mrpc": part})
+    seeds = drawn["frame"].groupby("method")["seed"].apply(lambda s: sorted(set(s))).to_dict()
+    assert seeds == {"dense": [42, 43, 44], "ltp": [42], "top": [42], "topk": [42]}
+
+
 def test_an_ablations_score_difference_carries_its_sign():
     """A paired difference is written +0.5 or -1.0, never a bare 0.5 beside a -1.0."""
     from top.report.reproduction_report import ablation_table
@@ -266,7 +293,8 @@ def test_render_command_builds_the_report_from_the_summaries_only(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     subprocess.run(command, check=True, cwd=tmp_path, capture_output=True, env=env)
     text = report.read_text()
-    assert "| MRPC | 2x |" in text and "Not finished yet: CoLA, SST-2, STS-B, RTE." in text
+    assert "| MRPC | 2x |" in text and "Not finished yet: SST-2, STS-B, RTE." in text
+    assert "## Not reproducible here\n\n- **CoLA**: The teacher does not learn the task" in text  # the configuration's reason
     assert figure.is_file()
 
 

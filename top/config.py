@@ -170,6 +170,11 @@ def validate_config(cfg: Mapping[str, Any], *, check_paths: bool = True) -> None
         if task not in tasks:
             raise ConfigError(f"task_settings.{task}: unknown task; allowed: {', '.join(tasks)}")
         _check_expected_teacher(task, (block or {}).get("expected_teacher"))
+    for task in cfg.get("not_reproducible") or {}:
+        if task not in tasks:
+            raise ConfigError(f"not_reproducible.{task}: unknown task; allowed: {', '.join(tasks)}")
+        if task in cfg["tasks"]:
+            raise ConfigError(f"not_reproducible.{task}: the task is also in tasks; a task not reproducible here does not run")
     qa_cfg = cfg.get("qa") or {}
     if "max_length" in qa_cfg and qa_cfg.get("doc_stride", 0) >= qa_cfg["max_length"] - qa_cfg.get("max_query_length", 0) - 3:
         raise ConfigError(

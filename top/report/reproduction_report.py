@@ -200,11 +200,18 @@ def provisional_section(provisional: Mapping[str, Provisional], figure: str | No
     return lines
 
 
-def markdown(summaries: Summaries, figure: str | None, pending: Sequence[str] = (), provisional: Mapping[str, Provisional] | None = None) -> str:
+def markdown(
+    summaries: Summaries,
+    figure: str | None,
+    pending: Sequence[str] = (),
+    provisional: Mapping[str, Provisional] | None = None,
+    not_reproducible: Mapping[str, str] | None = None,
+) -> str:
     """The report: comparison at equal FLOPs, teachers, every setting, the figure, provenance.
     ``figure``: the figure's path relative to the report (None: no figure); ``pending``: tasks
     of the reproduction without a summary yet; ``provisional``: those of them with recorded runs,
-    shown apart (:func:`provisional_section`)."""
+    shown apart (:func:`provisional_section`); ``not_reproducible``: task -> why it does not
+    run (the configuration's ``not_reproducible``)."""
     lines = [
         f"# Reproduction: {', '.join(_task_label(task) for task in [*summaries.tasks, *pending])}",
         "",
@@ -215,6 +222,10 @@ def markdown(summaries: Summaries, figure: str | None, pending: Sequence[str] = 
     ]
     if pending:
         lines += [f"Not finished yet: {', '.join(_task_label(t) for t in pending)}. Their rows appear here as each task finishes.", ""]
+    if not_reproducible:
+        lines += ["## Not reproducible here", ""]
+        lines += [f"- **{_task_label(task)}**: {reason.strip()}" for task, reason in not_reproducible.items()]
+        lines += [""]
     lines += provisional_section(provisional or {}, figure if not summaries.tasks else None)
     if not summaries.tasks:
         lines += ["No task has finished yet: there are no results to show.", ""]
@@ -260,11 +271,14 @@ def render(
     out_figure: str | Path,
     tasks: Sequence[str] = (),
     provisional: Mapping[str, Provisional] | None = None,
+    not_reproducible: Mapping[str, str] | None = None,
 ) -> Summaries:
     """Build the report and the figure from the summaries in ``folder``; ``tasks``: every task
     of the reproduction (those without a summary are listed as not finished); ``provisional``:
-    the recorded runs of unfinished tasks, shown apart and drawn with their panel marked. Without
-    any summary or recorded run no figure is drawn (and a stale one is removed)."""
+    the recorded runs of unfinished tasks, shown apart and drawn with their panel marked (a
+    seed part-way through a method's curve is left out of the figure, as of the comparison);
+    ``not_reproducible``: task -> why it does not run, listed with the reason. Without any
+    summary or recorded run no figure is drawn (and a stale one is removed)."""
     from top.report.plots import reproduction_figure
 
     summaries = load_summaries(folder)
@@ -276,7 +290,7 @@ def render(
     if drawn:
         frame = pd.concat([summaries.frame, *(part.frame for part in provisional.values())], ignore_index=True)
         ablations = {**summaries.ablations, **{task: part.ablations for task, part in provisional.items()}}
-        frame = frame[~is_ablation(frame, ablations)]
+        frame = complete_curves(frame[~is_ablation(frame, ablations)])  # as the comparison reads them
         expected = {task: meta.get("expected_teacher") for task, meta in summaries.meta.items()}
         expected |= {task: part.expected_teacher for task, part in provisional.items()}
         notes = {task: part.note() for task, part in provisional.items()}
@@ -284,6 +298,6 @@ def render(
         figure = os.path.relpath(out_figure, out_markdown.parent)
     else:
         out_figure.unlink(missing_ok=True)
-    atomic_write_text(out_markdown, markdown(summaries, figure, pending, provisional))
+    atomic_write_text(out_markdown, markdown(summaries, figure, pending, provisional, not_reproducible))
     log.info("wrote %s", out_markdown)
     return summaries
