@@ -4,9 +4,11 @@ expected teacher level (:mod:`top.report.teacher_probe`).
 
     python benchmarks/teacher_probe.py --task cola --learning-rates 2e-5 5e-5 1e-4
     python benchmarks/teacher_probe.py --task rte --learning-rates 2e-5 5e-5 --epochs 15 30 --jobs 2
+    python benchmarks/teacher_probe.py --task cola --table-only     # the table again, from the probe file
 
 Each probe is the reproduction's teacher (``config/reproduction.yaml``, the task's seed) with
-``task_settings.<task>.teacher.learning_rate`` and ``epochs`` replaced; it trains under
+``task_settings.<task>.teacher.learning_rate`` and ``epochs`` replaced (a task of ``tasks`` or of
+``not_reproducible``, which a probe may re-check); it trains under
 ``results/teacher_probe/<task>/lr<rate>_ep<epochs>/`` and is skipped when it has finished there,
 so an interrupted probe resumes. ``--jobs`` probes train side by side, each on ``--threads``
 threads. The dev score of every epoch goes to ``benchmarks/results/teacher_probe_<task>.json``
@@ -33,25 +35,24 @@ import yaml
 from top.config import merge_layers
 from top.files import atomic_write_text, json_text
 from top.report.reproduction import file_sha256, machine_info
-from top.report.teacher_probe import merge_probes, probe_frame, probe_markdown, probe_name, probe_overlay, probe_record, teacher_folder
+from top.report.teacher_probe import TOLERANCE, merge_probes, probe_config, probe_frame, probe_markdown, probe_name, probe_record, teacher_folder
 from top.tasks import glue
 
 ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("teacher_probe")
 
 
-def run_probe(args: argparse.Namespace, learning_rate: float, epochs: int) -> Path:
+def run_probe(args: argparse.Namespace, cfg: dict, learning_rate: float, epochs: int) -> Path:
     """Train one probe's teacher (unless it has finished) and return its folder."""
     results = Path(args.results_root) / args.task / probe_name(learning_rate, epochs)
     folder = teacher_folder(results, args.task, args.seed)
     if (folder / "pruning.json").is_file():
         log.info("%s: finished before, kept", folder)
         return folder
-    overlay = ROOT / results / "probe.yaml"
-    overlay.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(overlay, yaml.safe_dump(probe_overlay(args.task, learning_rate, epochs)))
+    probe_file = ROOT / results / "probe.yaml"
+    atomic_write_text(probe_file, yaml.safe_dump(probe_config(cfg, args.task, learning_rate, epochs), sort_keys=False))
     command = [sys.executable, "-m", "snakemake", str(folder), "--cores", str(args.threads), "--set-threads", f"teacher={args.threads}"]
-    command += ["--rerun-incomplete", "--configfile", *map(str, args.config), str(overlay)]
+    command += ["--rerun-incomplete", "--configfile", str(probe_file)]
     command += ["--config", f"glue_dir={args.glue_dir}", f"tasks=[{args.task}]", f"results_dir={results}", f"seeds=[{args.seed}]"]
     log.info("running %s", " ".join(command))
     with (ROOT / results / "snakemake.log").open("w") as out:
@@ -64,28 +65,42 @@ def run_probe(args: argparse.Namespace, learning_rate: float, epochs: int) -> Pa
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", required=True, help="a GLUE task of the configuration")
-    parser.add_argument("--learning-rates", type=float, nargs="+", required=True)
+    parser.add_argument("--learning-rates", type=float, nargs="+", help="required unless --table-only")
     parser.add_argument("--epochs", type=int, nargs="+", help="epoch counts to probe (default: the task's configured teacher epochs)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--config", type=Path, nargs="+", default=[ROOT / "config/reproduction.yaml"])
     parser.add_argument("--glue-dir", type=Path, default=ROOT.parent / "shared/data/glue")
     parser.add_argument("--jobs", type=int, default=2, help="probes that train side by side")
     parser.add_argument("--threads", type=int, default=1, help="threads per probe")
+    parser.add_argument(
+        "--tolerance", type=float, default=TOLERANCE, help=f"points below the expected level that still count as reached (default {TOLERANCE:g})"
+    )
     parser.add_argument("--results-root", default="results/teacher_probe")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results")
+    parser.add_argument("--table-only", action="store_true", help="train nothing: rebuild the table from the probe file in --out")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     args.config = [path.resolve() for path in args.config]
     args.glue_dir = args.glue_dir.resolve()
     cfg = merge_layers(*(yaml.safe_load(path.read_text()) for path in args.config))
-    if args.task not in cfg.get("tasks", []):
-        parser.error(f"{args.task}: not a task of {' + '.join(p.name for p in args.config)} ({', '.join(cfg.get('tasks', []))})")
-    glue.check_local_file(args.task, "train", glue.local_path(args.task, "train", args.glue_dir))  # before any training
+    known = [*cfg.get("tasks", []), *(cfg.get("not_reproducible") or {})]
+    if args.task not in known:
+        parser.error(f"{args.task}: not a task of {' + '.join(p.name for p in args.config)} ({', '.join(known)})")
     task_cfg = (cfg.get("task_settings") or {}).get(args.task) or {}
+    stem = args.out / f"teacher_probe_{args.task}"
+    earlier = json.loads(stem.with_suffix(".json").read_text())["probes"] if stem.with_suffix(".json").is_file() else []
+    if args.table_only:
+        if not earlier:
+            parser.error(f"--table-only: no probe file {stem.with_suffix('.json')}")
+        write_probes(stem, args.task, task_cfg, earlier, args.tolerance)
+        return
+    if not args.learning_rates:
+        parser.error("--learning-rates is required (unless --table-only)")
+    glue.check_local_file(args.task, "train", glue.local_path(args.task, "train", args.glue_dir))  # before any training
     epochs = args.epochs or [int((task_cfg.get("teacher") or {}).get("epochs", cfg["teacher"]["epochs"]))]
     probes = list(itertools.product(args.learning_rates, epochs))
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        folders = list(pool.map(lambda probe: run_probe(args, *probe), probes))
+        folders = list(pool.map(lambda probe: run_probe(args, cfg, *probe), probes))
     provenance = {
         "seed": args.seed,
         "config": [os.path.relpath(path, ROOT) for path in args.config],
@@ -94,13 +109,16 @@ def main() -> None:
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": machine_info(),
     }
-    stem = args.out / f"teacher_probe_{args.task}"
-    earlier = json.loads(stem.with_suffix(".json").read_text())["probes"] if stem.with_suffix(".json").is_file() else []
     records = merge_probes(earlier, [{**probe_record(folder), **provenance} for folder in folders])
-    table = probe_markdown(probe_frame(records, task_cfg.get("expected_teacher"), scale=100.0))
-    payload = {"task": args.task, "expected_teacher": task_cfg.get("expected_teacher"), "probes": records}
+    write_probes(stem, args.task, task_cfg, records, args.tolerance)
+
+
+def write_probes(stem: Path, task: str, task_cfg: dict, records: list[dict], tolerance: float) -> None:
+    """``<stem>.json`` (the records, the expected level) and ``<stem>.md`` (the table)."""
+    table = probe_markdown(probe_frame(records, task_cfg.get("expected_teacher"), scale=100.0, tolerance=tolerance), tolerance)
+    payload = {"task": task, "expected_teacher": task_cfg.get("expected_teacher"), "probes": records}
     atomic_write_text(stem.with_suffix(".json"), json_text(payload, indent=2) + "\n")
-    atomic_write_text(stem.with_suffix(".md"), f"Teacher probes of {args.task} (benchmarks/teacher_probe.py)\n\n{table}")
+    atomic_write_text(stem.with_suffix(".md"), f"Teacher probes of {task} (benchmarks/teacher_probe.py)\n\n{table}")
     log.info("wrote %s.{json,md}\n%s", stem, table)
 
 

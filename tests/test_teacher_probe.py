@@ -15,8 +15,8 @@ import yaml
 from snakemake.utils import validate
 
 from tests.conftest import write_tiny_model, write_tiny_sst2
-from top.config import merge_layers, task_settings_of, validate_config
-from top.report.teacher_probe import merge_probes, probe_frame, probe_markdown, probe_name, probe_overlay, probe_record
+from top.config import ConfigError, merge_layers, task_settings_of, validate_config
+from top.report.teacher_probe import merge_probes, probe_config, probe_frame, probe_markdown, probe_name, probe_overlay, probe_record
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,6 +33,19 @@ def test_the_overlay_sets_only_the_tasks_teacher_over_the_reproduction(tmp_path)
     assert cfg["task_settings"]["cola"]["methods"] == base["task_settings"]["cola"]["methods"]
     assert task_settings_of(cfg, "cola", "top") == task_settings_of(base, "cola", "top")
     assert probe_name(1e-4, 12) == "lr0.0001_ep12" and probe_name(5e-5, 10) == "lr5e-05_ep10"
+
+
+def test_a_probe_may_recheck_a_task_that_does_not_run(tmp_path):
+    """CoLA is under not_reproducible; its probe's configuration, with tasks=[cola] as the probe
+    runs it, passes the checks that refuse a task both run and not reproducible."""
+    base = yaml.safe_load((ROOT / "config/reproduction.yaml").read_text())
+    assert "cola" in base["not_reproducible"] and "cola" not in base["tasks"]
+    cfg = {**probe_config(base, "cola", 2e-5, 10), "tasks": ["cola"], "glue_dir": str(tmp_path)}
+    validate_config(cfg)
+    assert "cola" not in cfg["not_reproducible"] and base["not_reproducible"]["cola"]  # the base is left as it was
+    assert cfg["task_settings"]["cola"]["teacher"] == {"epochs": 10, "learning_rate": 2e-5}
+    with pytest.raises(ConfigError, match="not_reproducible.cola: the task is also in tasks"):
+        validate_config({**base, "tasks": ["cola"], "glue_dir": str(tmp_path)})
 
 
 @pytest.mark.parametrize("rate, epochs", [(0.0, 10), (-1e-5, 10), (math.nan, 10), (1e-4, 0), (1e-4, 2.5)])
@@ -76,10 +89,13 @@ def test_the_table_gives_the_gap_to_the_expected_level_in_points(tmp_path):
     assert math.isnan(frame["last_score"].iloc[1])  # an undefined correlation stays undefined
     assert frame["mean_last3"].tolist() == pytest.approx([(10 + 25 + 30) / 3, 35.0])
     table = probe_markdown(frame)
-    assert "| 42 | 0.0001 | 3 | matthews_correlation | 2 | 40.0 | — | 35.0 | 47.5 | -7.5 |" in table
+    assert frame["reached"].tolist() == [False, False]
+    assert probe_frame([fast], expected, scale=100.0, tolerance=8.0)["reached"].tolist() == [True]
+    assert "| 42 | 0.0001 | 3 | matthews_correlation | 2 | 40.0 | — | 35.0 | 47.5 | -7.5 | no |" in table
     # an expected level in another metric is not compared
     other = probe_frame([fast], {"metric": "accuracy", "score": 80.0}, scale=100.0)
-    assert math.isnan(other["gap"].iloc[0]) and math.isnan(other["expected"].iloc[0])
+    assert math.isnan(other["gap"].iloc[0]) and math.isnan(other["expected"].iloc[0]) and other["reached"].iloc[0] is None
+    assert "| — |\n" in probe_markdown(other)
 
 
 def test_a_new_probe_replaces_the_same_one_and_keeps_the_others():
