@@ -293,8 +293,10 @@ def test_render_command_builds_the_report_from_the_summaries_only(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     subprocess.run(command, check=True, cwd=tmp_path, capture_output=True, env=env)
     text = report.read_text()
-    assert "| MRPC | 2x |" in text and "Not finished yet: SST-2, STS-B, RTE." in text
-    assert "## Not reproducible here\n\n- **CoLA**: The teacher does not learn the task" in text  # the configuration's reason
+    assert "| MRPC | 2x |" in text and "Not finished yet: SST-2, STS-B." in text
+    # the configuration's reasons for the tasks that do not run
+    assert "## Not reproducible here\n\n- **CoLA**: The teacher does not learn the task" in text
+    assert "\n- **RTE**: The teacher does not reach the task's level" in text
     assert figure.is_file()
 
 
