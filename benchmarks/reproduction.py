@@ -40,7 +40,7 @@ import yaml
 from snakemake.utils import validate
 
 from top.budget import Throughput, budget_table, estimate_task, task_budgets, teacher_budget
-from top.config import merge_layers, offline_model_config, runs, task_seeds, validate_config
+from top.config import expected_teacher, merge_layers, offline_model_config, runs, task_seeds, validate_config
 from top.report.ledger import ledger_path, ledger_summary_rows, read_ledger, record_runs, run_sha256, run_states
 from top.report.outputs import RUN_DIR, TEACHER_DIR
 from top.report.reproduction import (
@@ -245,7 +245,7 @@ def summarise(task: str, cfg: dict, args: argparse.Namespace, runs: TaskRuns) ->
         args.config,
         overrides(task, args),
         train_rows=runs.train_rows,
-        expected_teacher=(cfg.get("task_settings") or {}).get(task, {}).get("expected_teacher"),
+        expected_teacher=expected_teacher(cfg, task),
         machine=machine_info(),
         runs_csv=os.path.relpath(ledger_path(args.out, task), ROOT),
         root=ROOT,
@@ -264,9 +264,8 @@ def provisional(cfg: dict, args: argparse.Namespace) -> dict[str, Provisional]:
         recorded = {run: state for run, state in runs.states.items() if state == "recorded"}
         if recorded:
             rows = ledger_summary_rows(read_ledger(args.out, task), recorded)
-            expected_teacher = (cfg.get("task_settings") or {}).get(task, {}).get("expected_teacher")
             frame = summary_frame(rows, task, runs.steps, list(recorded))
-            parts[task] = Provisional(frame, len(runs.states), expected_teacher, cfg.get("ablations") or {})
+            parts[task] = Provisional(frame, len(runs.states), expected_teacher(cfg, task), cfg.get("ablations") or {})
     return parts
 
 

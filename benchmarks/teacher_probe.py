@@ -27,12 +27,14 @@ import logging
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import yaml
 
-from top.config import merge_layers
+from top.config import expected_teacher, merge_layers, teacher_settings
 from top.files import atomic_write_text, json_text
 from top.report.reproduction import file_sha256, machine_info
 from top.report.teacher_probe import TOLERANCE, merge_probes, probe_config, probe_frame, probe_markdown, probe_name, probe_record, teacher_folder
@@ -86,18 +88,18 @@ def main() -> None:
     known = [*cfg.get("tasks", []), *(cfg.get("not_reproducible") or {})]
     if args.task not in known:
         parser.error(f"{args.task}: not a task of {' + '.join(p.name for p in args.config)} ({', '.join(known)})")
-    task_cfg = (cfg.get("task_settings") or {}).get(args.task) or {}
+    expected = expected_teacher(cfg, args.task)
     stem = args.out / f"teacher_probe_{args.task}"
     earlier = json.loads(stem.with_suffix(".json").read_text())["probes"] if stem.with_suffix(".json").is_file() else []
     if args.table_only:
         if not earlier:
             parser.error(f"--table-only: no probe file {stem.with_suffix('.json')}")
-        write_probes(stem, args.task, task_cfg, earlier, args.tolerance)
+        write_probes(stem, args.task, expected, earlier, args.tolerance)
         return
     if not args.learning_rates:
         parser.error("--learning-rates is required (unless --table-only)")
     glue.check_local_file(args.task, "train", glue.local_path(args.task, "train", args.glue_dir))  # before any training
-    epochs = args.epochs or [int((task_cfg.get("teacher") or {}).get("epochs", cfg["teacher"]["epochs"]))]
+    epochs = args.epochs or [int(teacher_settings(cfg, args.task)["epochs"])]
     probes = list(itertools.product(args.learning_rates, epochs))
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         folders = list(pool.map(lambda probe: run_probe(args, cfg, *probe), probes))
@@ -110,13 +112,13 @@ def main() -> None:
         "machine": machine_info(),
     }
     records = merge_probes(earlier, [{**probe_record(folder), **provenance} for folder in folders])
-    write_probes(stem, args.task, task_cfg, records, args.tolerance)
+    write_probes(stem, args.task, expected, records, args.tolerance)
 
 
-def write_probes(stem: Path, task: str, task_cfg: dict, records: list[dict], tolerance: float) -> None:
+def write_probes(stem: Path, task: str, expected: Mapping[str, Any] | None, records: list[dict], tolerance: float) -> None:
     """``<stem>.json`` (the records, the expected level) and ``<stem>.md`` (the table)."""
-    table = probe_markdown(probe_frame(records, task_cfg.get("expected_teacher"), scale=100.0, tolerance=tolerance), tolerance)
-    payload = {"task": task, "expected_teacher": task_cfg.get("expected_teacher"), "probes": records}
+    table = probe_markdown(probe_frame(records, expected, scale=100.0, tolerance=tolerance), tolerance)
+    payload = {"task": task, "expected_teacher": expected, "probes": records}
     atomic_write_text(stem.with_suffix(".json"), json_text(payload, indent=2) + "\n")
     atomic_write_text(stem.with_suffix(".md"), f"Teacher probes of {task} (benchmarks/teacher_probe.py)\n\n{table}")
     log.info("wrote %s.{json,md}\n%s", stem, table)

@@ -109,6 +109,12 @@ def teacher_settings(cfg: Mapping[str, Any], task: str) -> dict[str, Any]:
     return merge_layers(cfg["teacher"], _task_block(cfg, task).get("teacher"))
 
 
+def expected_teacher(cfg: Mapping[str, Any], task: str) -> Mapping[str, Any] | None:
+    """The published dev level ``task``'s teacher should reach
+    (``task_settings.<task>.expected_teacher``), or None where none is configured."""
+    return _task_block(cfg, task).get("expected_teacher")
+
+
 def resolve_run(cfg: Mapping[str, Any], task: str, method: str, setting: str, seed: int) -> dict[str, Any]:
     """Everything one method run needs, merged as the module docstring says."""
     methods = cfg["methods"]
