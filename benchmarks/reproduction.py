@@ -36,11 +36,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import yaml
 from snakemake.utils import validate
 
 from top.budget import Throughput, budget_table, estimate_task, task_budgets, teacher_budget
-from top.config import expected_teacher, merge_layers, offline_model_config, runs, task_seeds, validate_config
+from top.config import expected_teacher, offline_model_config, read_config_files, runs, task_seeds, validate_config
 from top.report.ledger import ledger_path, ledger_summary_rows, read_ledger, record_runs, run_sha256, run_states
 from top.report.outputs import RUN_DIR, TEACHER_DIR
 from top.report.reproduction import (
@@ -99,15 +98,10 @@ OVERHEAD_S_PER_RUN = 120.0
 and latency measurement (100 dev examples, 5 repeats, four runners)."""
 
 
-def read_configs(paths: list[Path]) -> dict:
-    """The configuration files merged in order, as Snakemake merges several ``--configfile``."""
-    return merge_layers(*(yaml.safe_load(path.read_text()) for path in paths))
-
-
 def load_config(paths: list[Path], glue_dir: Path, squad_dir: Path | None = None) -> dict:
     """The configuration as the workflow sees it: the files merged, the data folders set, the
     schema's defaults filled in, validated."""
-    cfg = read_configs(paths)
+    cfg = read_config_files(paths)
     cfg["glue_dir"] = str(glue_dir)
     if squad_dir is not None:
         cfg["squad_dir"] = str(squad_dir)
@@ -357,6 +351,9 @@ def main() -> None:
     parser.add_argument("--force", action="store_true", help="summarise tasks again that already have a summary")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.teacher_threads > args.cores:
+        # Snakemake would cap the teacher at --cores threads, and its weights would differ
+        parser.error(f"--teacher-threads {args.teacher_threads} is more than --cores {args.cores}: the teacher would run on {args.cores}")
     args.glue_dir, args.squad_dir = args.glue_dir.resolve(), args.squad_dir.resolve()
     args.config = [path.resolve() for path in args.config]
     name = args.config[0].stem
@@ -364,7 +361,7 @@ def main() -> None:
     args.out = args.out or ROOT / "benchmarks" / name
     args.report = args.report or ROOT / "docs" / f"{name}.md"
     args.figure = args.figure or ROOT / "docs/figures" / f"{name}.png"
-    raw = read_configs(args.config)
+    raw = read_config_files(args.config)
     tasks = raw["tasks"]
     if args.render and not any(ledger_path(args.out, task).is_file() for task in tasks):
         # from the summaries alone: neither data nor model needed

@@ -23,10 +23,10 @@ import logging
 from pathlib import Path
 
 import torch
-import yaml
 from snakemake.utils import validate
 
 from top.analysis.squad_tokens import DEFAULT_STATES, DROPPED_STATES, diagnose_run, write_diagnostics
+from top.config import ConfigError, read_config_files
 from top.report.reproduction import provenance
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,7 +36,13 @@ log = logging.getLogger("squad_diagnostics")
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, default=ROOT / "config/squad_benchmark.yaml", help="the configuration the run was made with")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        nargs="+",
+        default=[ROOT / "config/squad_benchmark.yaml"],
+        help="the configuration file(s) the run was made with, merged in order",
+    )
     parser.add_argument("--squad-dir", type=Path, default=None, help="folder of the official SQuAD JSON files (data_source: local)")
     parser.add_argument("--model", type=Path, required=True, help="the run's model folder (results/.../models/{task}/{method}/{setting}/seed{seed})")
     parser.add_argument("--reference", type=Path, default=None, help="a run scored on the same question groups (the teacher's folder)")
@@ -51,9 +57,10 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
-    if not args.config.is_file():
-        parser.error(f"--config {args.config}: no such file")
-    cfg = yaml.safe_load(args.config.read_text())
+    try:
+        cfg = read_config_files(args.config)
+    except ConfigError as error:
+        parser.error(f"--config: {error}")
     if args.squad_dir is not None:
         cfg.update(squad_dir=str(args.squad_dir), data_source="local")
     validate(cfg, str(SCHEMA))  # fills the schema's defaults (qa, eval)

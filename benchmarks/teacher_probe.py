@@ -34,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from top.config import expected_teacher, merge_layers, teacher_settings
+from top.config import expected_teacher, read_config_files, teacher_settings
 from top.files import atomic_write_text, json_text
 from top.report.reproduction import file_sha256, machine_info
 from top.report.teacher_probe import TOLERANCE, merge_probes, probe_config, probe_frame, probe_markdown, probe_name, probe_record, teacher_folder
@@ -84,7 +84,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     args.config = [path.resolve() for path in args.config]
     args.glue_dir = args.glue_dir.resolve()
-    cfg = merge_layers(*(yaml.safe_load(path.read_text()) for path in args.config))
+    cfg = read_config_files(args.config)
     known = [*cfg.get("tasks", []), *(cfg.get("not_reproducible") or {})]
     if args.task not in known:
         parser.error(f"{args.task}: not a task of {' + '.join(p.name for p in args.config)} ({', '.join(known)})")

@@ -185,6 +185,36 @@ def test_shipped_configs_are_valid():
         validate_config(cfg, check_paths=False)
 
 
+def test_config_files_merge_in_order_and_bad_files_are_named(tmp_path):
+    from top.config import ConfigError, read_config_files
+
+    base, overlay, empty = tmp_path / "base.yaml", tmp_path / "overlay.yaml", tmp_path / "empty.yaml"
+    base.write_text("seeds: [42]\nqa: {max_length: 384, doc_stride: 128}\n")
+    overlay.write_text("qa: {protect_question: true}\nseeds: [43]\n")
+    empty.write_text("")
+    merged = read_config_files([base, empty, overlay])
+    assert merged == {"seeds": [43], "qa": {"max_length": 384, "doc_stride": 128, "protect_question": True}}
+    with pytest.raises(ConfigError, match="missing.yaml: no such configuration file"):
+        read_config_files([base, tmp_path / "missing.yaml"])
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- seeds\n")
+    with pytest.raises(ConfigError, match="list.yaml: a configuration file holds a mapping of keys, not a list"):
+        read_config_files([listing])
+
+
+def test_the_squad_ablation_configs_are_valid_alone_and_protected():
+    from top.config import read_config_files
+
+    root = Path(__file__).resolve().parents[1] / "config"
+    plain = read_config_files([root / "squad_benchmark.yaml", root / "squad_ablation.yaml"])
+    protected = read_config_files([root / "squad_benchmark.yaml", root / "squad_ablation.yaml", root / "reproduction_squad_protect.yaml"])
+    for cfg in (plain, protected):
+        validate(cfg, SCHEMA)
+        validate_config(cfg, check_paths=False)
+    assert set(plain["methods"]["top"]["settings"]) == {"t50", "t50_ep3"} and plain["train"]["precision"] == "bf16"
+    assert protected["qa"]["protect_question"] and not plain["qa"].get("protect_question")
+
+
 def test_the_squad_reproduction_configs_are_valid_alone_and_protected():
     from top.config import merge_layers
 

@@ -459,6 +459,13 @@ def tiny_reproduction(tmp_path: Path, finished: tuple[tuple[str, str], ...]) -> 
     return ["--config", str(config), "--glue-dir", str(glue), "--results-root", str(tmp_path / "results"), "--out", str(tmp_path / "out"), *report]
 
 
+def test_a_teacher_on_more_threads_than_cores_is_refused(tmp_path):
+    """Snakemake would run the teacher on --cores threads, and its weights depend on the count."""
+    refused = run_script("--status", "sst2", "--cores", "1", "--teacher-threads", "2", cwd=tmp_path)
+    assert refused.returncode == 2
+    assert "--teacher-threads 2 is more than --cores 1" in refused.stderr
+
+
 def test_trained_only_plans_the_runs_that_have_trained_and_no_training(tmp_path):
     common = tiny_reproduction(tmp_path, finished=())  # the teacher has trained, top-k has not
     planned = run_script("--dry-run", "sst2", "--trained-only", *common, cwd=tmp_path)

@@ -28,8 +28,11 @@ from __future__ import annotations
 import copy
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from top.pruning.registry import METHODS, method_class
 from top.tasks import is_qa_task, task_names
@@ -98,6 +101,24 @@ def merge_layers(*layers: Mapping[str, Any] | None) -> dict[str, Any]:
             else:
                 out[key] = copy.deepcopy(value)
     return out
+
+
+def read_config_files(paths: Iterable[str | Path]) -> dict[str, Any]:
+    """The configuration files merged in order, as Snakemake merges several ``--configfile``
+    (:func:`merge_layers`; an empty file adds nothing).
+
+    Raises:
+        ConfigError: naming a file that does not exist or does not hold a mapping.
+    """
+    layers = []
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise ConfigError(f"{path}: no such configuration file")
+        layer = yaml.safe_load(path.read_text())
+        if layer is not None and not isinstance(layer, Mapping):
+            raise ConfigError(f"{path}: a configuration file holds a mapping of keys, not a {type(layer).__name__}")
+        layers.append(layer)
+    return merge_layers(*layers)
 
 
 def _task_block(cfg: Mapping[str, Any], task: str) -> Mapping[str, Any]:
