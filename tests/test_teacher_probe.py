@@ -74,8 +74,15 @@ def test_a_probe_reads_every_epochs_dev_score_in_order_and_the_kept_one(tmp_path
     record = probe_record(teacher_record(tmp_path / "t", [0.0, 0.21, 0.30, 0.26], kept=3))
     assert record["dev_scores"] == [0.0, 0.21, 0.30, 0.26]
     assert (record["selected_epoch"], record["selected_score"], record["epochs"], record["learning_rate"]) == (3, 0.30, 4, 5e-5)
+    assert record["train_examples"] == 8551
     with pytest.raises(FileNotFoundError, match="did the probe finish"):
         probe_record(tmp_path / "missing")
+    # a record without the training rows says so rather than claiming none
+    unsized = teacher_record(tmp_path / "u", [0.2, 0.3], kept=2)
+    payload = json.loads((unsized / "pruning.json").read_text())
+    del payload["config"]["train_examples"]
+    (unsized / "pruning.json").write_text(json.dumps(payload))
+    assert probe_record(unsized)["train_examples"] is None
 
 
 def test_the_table_gives_the_gap_to_the_expected_level_in_points(tmp_path):

@@ -60,8 +60,9 @@ def teacher_folder(results_dir: str | Path, task: str, seed: int) -> Path:
 
 
 def probe_record(teacher_dir: str | Path) -> dict[str, Any]:
-    """One finished probe: its learning rate, epochs and batch size, the dev score after every
-    epoch (the teacher's selection history), the epoch kept and its score.
+    """One finished probe: its learning rate, epochs and batch size, the training rows (None where
+    the record lacks them), the dev score after every epoch (the teacher's selection history), the
+    epoch kept and its score.
 
     Raises:
         FileNotFoundError: if the teacher's ``pruning.json`` is absent (the probe did not finish).
@@ -80,7 +81,7 @@ def probe_record(teacher_dir: str | Path) -> dict[str, Any]:
         "learning_rate": float(teacher["learning_rate"]),
         "epochs": int(teacher["epochs"]),
         "batch_size": int(teacher["batch_size"]),
-        "train_examples": int(payload["config"].get("train_examples") or 0),
+        "train_examples": None if payload["config"].get("train_examples") is None else int(payload["config"]["train_examples"]),
         "metric": selection["metric"],
         "dev_scores": [entry["score"] for entry in sorted(history, key=lambda entry: entry["epoch"])],
         "selected_epoch": int(selection["selected_epoch"]),
