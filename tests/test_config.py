@@ -211,7 +211,7 @@ def test_the_squad_ablation_configs_are_valid_alone_and_protected():
     for cfg in (plain, protected):
         validate(cfg, SCHEMA)
         validate_config(cfg, check_paths=False)
-    assert set(plain["methods"]["top"]["settings"]) == {"t50", "t50_ep3"} and plain["train"]["precision"] == "bf16"
+    assert set(plain["methods"]["top"]["settings"]) == {"t50", "t50_ep3", "t50_norank"} and plain["train"]["precision"] == "bf16"
     assert protected["qa"]["protect_question"] and not plain["qa"].get("protect_question")
 
 
