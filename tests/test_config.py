@@ -207,12 +207,14 @@ def test_the_squad_ablation_configs_are_valid_alone_and_protected():
 
     root = Path(__file__).resolve().parents[1] / "config"
     plain = read_config_files([root / "squad_benchmark.yaml", root / "squad_ablation.yaml"])
-    protected = read_config_files([root / "squad_benchmark.yaml", root / "squad_ablation.yaml", root / "reproduction_squad_protect.yaml"])
+    protected = read_config_files([root / "squad_benchmark.yaml", root / "squad_ablation_protect.yaml"])
     for cfg in (plain, protected):
         validate(cfg, SCHEMA)
         validate_config(cfg, check_paths=False)
-    assert set(plain["methods"]["top"]["settings"]) == {"t50", "t50_ep3", "t50_norank"} and plain["train"]["precision"] == "bf16"
+    assert set(plain["methods"]["top"]["settings"]) == {"t50", "t50_ep3", "t50_norank"} and set(protected["methods"]["top"]["settings"]) == {"t50"}
     assert protected["qa"]["protect_question"] and not plain["qa"].get("protect_question")
+    # the protected runs start from the same teacher and train as the unprotected ones
+    assert protected["teacher"] == plain["teacher"] and protected["train"] == plain["train"]
 
 
 def test_the_squad_reproduction_configs_are_valid_alone_and_protected():
