@@ -5,6 +5,7 @@ has autocast for bf16 and fp16 and a GradScaler."""
 from __future__ import annotations
 
 import copy
+import logging
 import math
 
 import pytest
@@ -61,6 +62,25 @@ def test_resolve_precision(monkeypatch):
         resolve_precision("bf16", cuda)
     with pytest.raises(ValueError, match="precision must be one of"):
         resolve_precision("fp8", cpu)
+
+
+def test_bf16_on_a_cpu_without_native_bfloat16_is_warned_about(monkeypatch, caplog):
+    import top.optim
+
+    cpu = torch.device("cpu")
+    for native, warned in ((False, True), (True, False)):
+        monkeypatch.setattr(top.optim, "cpu_has_native_bf16", lambda native=native: native)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="top.optim"):
+            top.optim.warn_if_slow_precision(torch.bfloat16, cpu)
+            top.optim.warn_if_slow_precision(None, cpu)  # fp32: never
+            top.optim.warn_if_slow_precision(torch.float16, cpu)
+        assert ("without native bfloat16" in caplog.text) is warned and len(caplog.records) == int(warned)
+    monkeypatch.setattr(top.optim, "cpu_has_native_bf16", lambda: False)
+    with caplog.at_level(logging.WARNING, logger="top.optim"):
+        caplog.clear()
+        top.optim.warn_if_slow_precision(torch.bfloat16, torch.device("cuda"))  # a GPU decides for itself
+    assert not caplog.records
 
 
 def test_schema_defaults():

@@ -23,12 +23,14 @@ from tests.conftest import TINY_QA, tiny_config, tiny_squad_config, write_tiny_m
 from top.analysis.squad_tokens import (
     GROUPS,
     answer_groups,
+    answer_ranking,
     gold_spans,
     layer_shares,
     squad_token_diagnostics,
     surviving_windows,
     token_roles,
     trace_survival,
+    trace_token_scores,
 )
 from top.encoder import PrunableModel
 from top.evaluate import predict
@@ -138,6 +140,7 @@ def test_golden_shares_groups_and_head_inputs_when_one_word_is_dropped(tmp_path)
     assert result["predicted_spans"]["exclude"]["start_or_end_dropped"] == 0.0
     assert sum(result["scores"]["zero"][group]["questions"] for group in GROUPS) == 12
     assert set(result["dropped_states"]) == {"carry", "zero", "exclude"}
+    assert result["reference_ranking"] is None  # no reference, no ranking
     # the dropping layer's own states: a pass each, the same groups
     more = squad_token_diagnostics(model, task, tokenizer, batch_size=5, states=("carry", "carry_attention", "carry_layer"))
     assert set(more["scores"]) == {"carry", "carry_attention", "carry_layer"} and more["groups"] == result["groups"]
@@ -189,3 +192,54 @@ def test_a_protected_top_run_is_diagnosed_from_its_model_folder(tmp_path, monkey
     assert result["scores"]["reference"]["all"]["questions"] == 12
     assert sum(result["groups"].values()) == 12
     np.testing.assert_allclose(result["mean_tokens_kept"], np.load(tmp_path / "lengths.npz")["lengths_kept"].mean(axis=0))
+    # the teacher's dense token scores ranked against the answers, one entry per layer
+    ranking = result["reference_ranking"]
+    assert [entry["layer"] for entry in ranking] == [0, 1, 2, 3] and all(entry["features"] > 0 for entry in ranking)
+    assert all(0.0 <= entry["answer_auc"] <= 1.0 and set(entry["answer_kept"]) == {"0.25", "0.5"} for entry in ranking)
+    assert result["summary"]["reference_last_layer_answer_auc"] == ranking[-1]["answer_auc"]
+
+
+def test_answer_ranking_counts_answer_tokens_among_the_best_scored_candidates():
+    # feature a: context at 1..4, answer 2..3; feature b: context at 1..3, answer at 2;
+    # feature c holds no answer and feature d's answer is its whole context: neither counts
+    candidates = [np.array([0, 1, 1, 1, 1, 0], bool), np.array([0, 1, 1, 1, 0], bool), np.array([0, 1, 1, 0], bool), np.array([0, 1, 1, 0], bool)]
+    spans = [[(2, 3)], [(2, 2)], [], [(1, 2)]]
+    a = np.array([[0, 1, 5, 4, 2, 9], [0, 5, 1, 2, 4, 9], [0, 3, 3, 3, 3, 9]], np.float32)  # layers: best, worst, ties
+    b = np.array([[0, 1, 7, 2, 9], [0, 2, 0, 1, 9], [0, 1, 1, 1, 9]], np.float32)
+    other = np.zeros((3, 4), np.float32)
+    ranking = answer_ranking([a, b, other, other], spans, candidates, keep_ratios=(0.25, 0.5))
+    assert [entry["features"] for entry in ranking] == [2, 2, 2]
+    # best: every answer token above every other context token; kept: a 1 of 2 at 1 slot, 2 at
+    # 2; b (ceil(0.75) = 1, ceil(1.5) = 2 slots) 1 of 1 either way
+    assert ranking[0]["answer_auc"] == 1.0
+    assert ranking[0]["answer_kept"] == {"0.25": pytest.approx(2 / 3), "0.5": 1.0}
+    assert ranking[1]["answer_auc"] == 0.0 and ranking[1]["answer_kept"] == {"0.25": 0.0, "0.5": 0.0}
+    # ties count half in the AUC and keep the earlier token: a keeps 1 then 1, 2; b keeps 1 then 1, 2
+    assert ranking[2]["answer_auc"] == 0.5
+    assert ranking[2]["answer_kept"] == {"0.25": 0.0, "0.5": pytest.approx(2 / 3)}
+    assert answer_ranking([other], [[]], [candidates[2]])[0] == {
+        "layer": 0,
+        "answer_auc": None,
+        "answer_kept": {"0.25": None, "0.5": None},
+        "features": 0,
+    }
+
+
+def test_token_scores_are_each_layers_attention_received_whatever_the_batch(tmp_path):
+    folder = write_tiny_model(tmp_path / "model", layers=3)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    torch.manual_seed(0)
+    hf = BertForQuestionAnswering(tiny_config(vocab_size=tokenizer.vocab_size, num_hidden_layers=3)).eval()
+    task = qa_task(write_tiny_squad(tmp_path / "squad"))
+    dataset = task.dev_features("validation", tokenizer, None)
+    scores = trace_token_scores(PrunableModel(hf), dataset, task.collate(tokenizer), batch_size=4)
+    assert len(scores) == len(dataset)
+    for index in (0, len(dataset) - 1):
+        feature = dataset[index]
+        ids = torch.tensor([feature["input_ids"]])
+        with torch.no_grad():
+            attentions = hf(input_ids=ids, token_type_ids=torch.tensor([feature["token_type_ids"]]), output_attentions=True).attentions
+        # attention each key receives, averaged over heads and queries
+        expected = np.stack([layer[0].mean(dim=0).mean(dim=0).numpy() for layer in attentions])
+        assert scores[index].shape == (3, len(feature["input_ids"]))
+        np.testing.assert_allclose(scores[index], expected, rtol=1e-4, atol=1e-6)

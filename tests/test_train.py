@@ -256,24 +256,32 @@ def same_weights(model, weights) -> bool:
     return all(torch.equal(v, weights[k]) for k, v in model.hf.state_dict().items())
 
 
-@pytest.mark.parametrize("rule, kept", [("best_dev", 1), ("last", 2)])
-def test_selection_restores_the_chosen_epoch_and_leaves_training_alone(rule, kept):
+@pytest.mark.parametrize(
+    "rule, scripted, evaluated, selected",
+    [
+        ("best_dev", [(0.6, 0.0), (0.9, 0.0), (0.7, 0.0)], [1, 2, 3], 2),
+        ("last", [(0.7, 0.0)], [3], 3),  # the last candidate, the only one evaluated
+    ],
+)
+def test_selection_restores_the_chosen_epoch_and_leaves_training_alone(rule, scripted, evaluated, selected):
     from top.selection import CheckpointSelection
 
     data, settings = toy_data(32), TrainSettings(batch_size=8, learning_rate=1e-3, seed=1)
     plain = make_model()
     plain_history = run_stages(plain, Finetune(plain.config, 3), data, settings, collate=collate0)
 
-    model, dev = make_model(), ScriptedDev([(0.6, 0.0), (0.9, 0.0), (0.7, 0.0)])
+    model, dev = make_model(), ScriptedDev(scripted)
     selection = CheckpointSelection(dev, rule)
     history = run_stages(model, Finetune(model.config, 3), data, settings, collate=collate0, selection=selection)
     assert history == plain_history  # the evaluations (which draw random numbers) changed nothing
-    assert same_weights(plain, dev.weights[2])  # the last epoch, as without selection
-    assert same_weights(model, dev.weights[kept])
-    assert not same_weights(plain, dev.weights[1])  # epochs 2 and 3 differ: the check is not vacuous
+    assert len(dev.weights) == len(evaluated)
+    assert same_weights(plain, dev.weights[-1])  # the last epoch, as without selection
+    assert same_weights(model, dev.weights[evaluated.index(selected)])
+    if rule == "best_dev":
+        assert not same_weights(plain, dev.weights[1])  # epochs 2 and 3 differ: the check is not vacuous
     summary = selection.summary()
-    assert summary["selected_epoch"] == kept + 1 and summary["epochs"] == 3 and summary["rule"] == rule
-    assert [r["epoch"] for r in summary["history"]] == [1, 2, 3] and [r["score"] for r in summary["history"]] == [0.6, 0.9, 0.7]
+    assert summary["selected_epoch"] == selected and summary["epochs"] == 3 and summary["rule"] == rule
+    assert [r["epoch"] for r in summary["history"]] == evaluated and [r["score"] for r in summary["history"]] == [s for s, _ in scripted]
 
 
 @pytest.mark.parametrize(

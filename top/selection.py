@@ -24,8 +24,9 @@ training and keeps the best score among the evaluations whose sparsity has reach
   sparsity is at least the target minus :data:`SPARSITY_TOLERANCE`.
 * **Rule** ``best_dev``: the qualifying candidate with the highest primary dev metric (every
   GLUE and SQuAD primary metric is higher-is-better; on a tie the later epoch; NaN ranks
-  last); if none qualifies, the last candidate. ``last``: the last candidate. Either way every
-  candidate is evaluated and recorded.
+  last); if none qualifies, the last candidate; every candidate is evaluated and recorded.
+  ``last``: the last candidate, the only one evaluated (the others cannot be chosen, and on
+  SQuAD's dev set each evaluation is a pass over 10,784 features).
 
 The evaluation does not disturb training: the caller restores the random number generators
 around it and the method's state is put back after ``on_stage_end`` ran on it, so a run's
@@ -150,15 +151,18 @@ class CheckpointSelection:
             return True  # none qualifies so far: the latest
         return _rank(record) >= _rank(best)
 
-    def consider(self, model, method, stage: str, epoch: int, epochs: int) -> dict[str, Any]:
+    def consider(self, model, method, stage: str, epoch: int, epochs: int) -> dict[str, Any] | None:
         """Evaluate the candidate at the end of epoch ``epoch`` (from 1) of ``epochs`` of the
-        run's last stage ``stage`` and keep it if the rule prefers it.
+        run's last stage ``stage`` and keep it if the rule prefers it; return its record (None:
+        under ``last``, an epoch before the last, not evaluated).
 
         ``method.on_stage_end(stage)`` is applied for the evaluation (and kept with the
         candidate) and then undone, so training continues unchanged. At the last epoch of a
         stage for which ``method.compare_stage_end(stage)``, the decisions before the hook are
         scored too.
         """
+        if self.rule == "last" and epoch < epochs:
+            return None  # not the last candidate: nothing to choose, nothing to evaluate
         snapshot = clone_state(method.module)
         try:
             if epoch == epochs and method.compare_stage_end(stage):

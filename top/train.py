@@ -60,7 +60,7 @@ from top.batching import IndexedDataset, LengthGroupedSampler, example_lengths, 
 from top.budget import stage_steps
 from top.encoder import PrunableModel
 from top.files import atomic_path
-from top.optim import Precision, adamw, clip_grad_norm, linear_schedule, method_schedule, resolve_precision
+from top.optim import Precision, adamw, clip_grad_norm, linear_schedule, method_schedule, resolve_precision, warn_if_slow_precision
 from top.pruning.base import PruningMethod, Stage, StepContext, TeacherSignals
 from top.selection import CheckpointSelection
 from top.teacher import TeacherCache, TeacherRunner
@@ -376,7 +376,7 @@ def run_stages(
         One log record per ``log_every`` steps (stage, epoch, step, losses, method scalars).
     """
     device = resolve_device(settings.device)
-    resolve_precision(settings.precision, device)  # refuse a bad setting before any work
+    warn_if_slow_precision(resolve_precision(settings.precision, device), device)  # refuse a bad setting before any work
     set_seed(settings.seed)
     model.to(device)
     method.module.to(device)

@@ -24,11 +24,19 @@ group for several span-head inputs at the dropped positions (:data:`DROPPED_STAT
 as evaluated, ``zero`` and ``exclude`` from the same pass; ``carry_attention`` and
 ``carry_layer``, the reference's, one more pass each) and for a reference run (the dense
 teacher) on the same groups, which says whether a group is simply harder.
+
+With a reference, one more pass asks whether the *reference's* token scores single out the
+answer at all (:func:`answer_ranking`): per layer, how often an answer token receives more
+attention than a context token outside the answers (0.5: no better than chance), and the share
+of answer tokens among the best-scoring context tokens at a few keep ratios. The reference's
+last layer is what ToP distils into its selectors (§3.2); each layer's own scores are what
+static top-k keeps by.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -37,6 +45,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from sklearn.metrics import roc_auc_score
 from torch.utils.data import DataLoader
 
 from top.batching import example_lengths
@@ -44,6 +53,7 @@ from top.encoder import PrunableModel
 from top.evaluate import predict
 from top.files import atomic_write_text, json_text
 from top.models import load_run
+from top.pruning.base import attention_token_scores
 from top.tasks.base import QATask, get_task
 from top.tasks.settings import TaskConfig
 from top.tasks.squad_features import NO_OFFSET, answer_token_span
@@ -70,6 +80,8 @@ DEFAULT_STATES = ("carry", "zero", "exclude")
 _CARRY_PASSES = {"carry_attention": "attention", "carry_layer": "layer"}
 #: The question groups, by what happened to their gold answer (module docstring).
 GROUPS = ("answer_kept", "answer_dropped", "answer_outside", "unanswerable")
+#: Keep ratios at which :func:`answer_ranking` gives the share of answer tokens kept.
+RANKING_KEEP_RATIOS = (0.25, 0.5)
 
 
 @dataclass
@@ -138,6 +150,92 @@ def trace_survival(
         lengths_in[rows] = out.lengths_in.cpu().numpy()
         lengths_kept[rows] = out.lengths_kept.cpu().numpy()
     return Survival(alive=alive, logits=logits, lengths_in=lengths_in, lengths_kept=lengths_kept)
+
+
+@torch.inference_mode()
+def trace_token_scores(model: PrunableModel, dataset, collate, *, batch_size: int = 32, device: torch.device | str = "cpu") -> list[np.ndarray]:
+    """The attention each position receives in every layer of ``model`` run dense.
+
+    One mask-mode pass with every token kept (the model's selectors are not used), as ToP's
+    teacher runs for its distillation target (:mod:`top.teacher`): per layer,
+    :func:`top.pruning.base.attention_token_scores` over the feature's real tokens.
+
+    Returns:
+        Per feature, in dataset order, ``[num_layers, L_i]`` float32 over its ``L_i`` positions.
+    """
+    dense = PrunableModel(model.hf).to(device).eval()
+    lengths = example_lengths(dataset)
+    order = np.argsort(-np.asarray(lengths), kind="stable")
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, sampler=order.tolist(), collate_fn=collate)
+    out_scores: list[np.ndarray | None] = [None] * len(lengths)
+    start = 0
+    for batch in loader:
+        rows = order[start : start + batch["input_ids"].shape[0]]
+        start += len(rows)
+        inputs = model_inputs(batch, torch.device(device))
+        out = dense(**inputs, mode="mask", output_attentions=True)
+        alive = inputs["attention_mask"].bool()
+        scores = torch.stack([attention_token_scores(probs.float(), alive) for probs in out.attentions], dim=1).cpu().numpy()
+        for i, row in enumerate(rows):
+            out_scores[row] = scores[i, :, : lengths[row]].astype(np.float32)
+    return out_scores
+
+
+def answer_ranking(
+    scores: Sequence[np.ndarray],
+    spans: Sequence[Sequence[tuple[int, int]]],
+    candidates: Sequence[np.ndarray],
+    keep_ratios: Sequence[float] = RANKING_KEEP_RATIOS,
+) -> list[dict[str, Any]]:
+    """How well each layer's token scores single out the gold answer among the candidates.
+
+    Counted over the features that hold a gold answer and at least one candidate outside it;
+    a feature's answer tokens are the candidates inside any of its gold spans.
+
+    Args:
+        scores: per feature ``[num_layers, L_i]``, higher is more important
+            (:func:`trace_token_scores`).
+        spans: per feature its gold spans (:func:`gold_spans`).
+        candidates: per feature ``[L_i]`` bool, the tokens ranked (the context tokens,
+            :func:`token_roles`).
+        keep_ratios: shares of a feature's candidates kept by score.
+
+    Returns:
+        One dict per layer: ``answer_auc``, the mean over features of the probability that an
+        answer token outscores a candidate outside the answers (ties count half; 0.5 is
+        chance); ``answer_kept`` (keyed by ratio as a string), the pooled share of answer tokens
+        among the ``ceil(r * n)`` best-scoring of a feature's ``n`` candidates (chance: ``r``);
+        ``features``, the features counted.
+    """
+    layers = scores[0].shape[0] if scores else 0
+    out = []
+    for layer in range(layers):
+        aucs = []
+        kept = dict.fromkeys(keep_ratios, 0)
+        answer_tokens = 0
+        for feature_scores, feature_spans, is_candidate in zip(scores, spans, candidates):
+            answer = np.zeros_like(is_candidate)
+            for first, last in feature_spans:
+                answer[first : last + 1] = True
+            answer &= is_candidate
+            if not answer.any() or answer.sum() == is_candidate.sum():
+                continue
+            ranked = feature_scores[layer][is_candidate]
+            is_answer = answer[is_candidate]
+            aucs.append(roc_auc_score(is_answer, ranked))
+            order = np.argsort(-ranked, kind="stable")  # equal scores: the earlier token first
+            for ratio in keep_ratios:
+                kept[ratio] += int(is_answer[order[: math.ceil(ratio * len(ranked))]].sum())
+            answer_tokens += int(is_answer.sum())
+        out.append(
+            {
+                "layer": layer,
+                "answer_auc": float(np.mean(aucs)) if aucs else None,
+                "answer_kept": {str(ratio): _share(count, answer_tokens) for ratio, count in kept.items()},
+                "features": len(aucs),
+            }
+        )
+    return out
 
 
 def token_roles(dataset, special_ids: Sequence[int]) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -326,7 +424,8 @@ def squad_token_diagnostics(
     split of ``task`` (default: the first; ``limit``: the evaluation's sample of questions).
 
     Args:
-        reference: a model scored on the same question groups (the dense teacher), or None.
+        reference: a model scored on the same question groups (the dense teacher), whose token
+            scores are also ranked against the answers (:func:`answer_ranking`); or None.
         states: the span-head inputs to score (:data:`DROPPED_STATES`); ``carry_attention`` and
             ``carry_layer`` cost a pass over the split each.
 
@@ -334,7 +433,9 @@ def squad_token_diagnostics(
         A JSON-ready dict: ``layers`` (one entry per layer, the tokens entering it),
         ``after_last_layer``, ``summary``, ``groups`` (questions per group), ``scores`` (per
         span-head input of :data:`DROPPED_STATES`, and ``reference``: per group metrics),
-        ``predicted_spans`` (:func:`predicted_span_survival` per input) and what was run.
+        ``predicted_spans`` (:func:`predicted_span_survival` per input), ``reference_ranking``
+        (with a reference: :func:`answer_ranking` of its dense token scores over the context
+        tokens, one more pass; else None) and what was run.
     """
     if not isinstance(task, QATask):
         raise ValueError(f"token diagnostics are for SQuAD tasks, not {task.name!r}")
@@ -362,9 +463,11 @@ def squad_token_diagnostics(
             results[state] = task.answers(split, windows, survival.logits[state], limit)
     version_2 = task.spec.version_2
     scores = {policy: group_scores(result.predictions, rows, groups, version_2) for policy, result in results.items()}
+    ranking = None
     if reference is not None:
         preds = predict(reference, dataset, collate, batch_size=batch_size, mode="gather", device=device)
         scores["reference"] = group_scores(task.answers(split, windows, preds.logits, limit).predictions, rows, groups, version_2)
+        ranking = answer_ranking(trace_token_scores(reference, dataset, collate, batch_size=batch_size, device=device), spans, contexts)
     layers = [{"layer": index, **entry} for index, entry in enumerate(shares[:-1])]
     final = shares[-1]
     counts = {group: sum(1 for value in groups.values() if value == group) for group in GROUPS}
@@ -378,6 +481,8 @@ def squad_token_diagnostics(
     for state in results:
         for group in ("answer_kept", "answer_dropped"):
             summary[f"f1_{group}_{state}"] = scores[state][group].get("f1")
+    if ranking:
+        summary["reference_last_layer_answer_auc"] = ranking[-1]["answer_auc"]
     log.info("%s %s: %s", task.name, split, summary)
     return {
         "task": task.name,
@@ -395,6 +500,7 @@ def squad_token_diagnostics(
         "scores": scores,
         "predicted_spans": {policy: predicted_span_survival(result, survival.alive) for policy, result in results.items()},
         "dropped_states": {state: DROPPED_STATES[state] for state in results},
+        "reference_ranking": ranking,
     }
 
 
