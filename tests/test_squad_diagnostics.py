@@ -140,7 +140,11 @@ def test_golden_shares_groups_and_head_inputs_when_one_word_is_dropped(tmp_path)
     assert result["predicted_spans"]["exclude"]["start_or_end_dropped"] == 0.0
     assert sum(result["scores"]["zero"][group]["questions"] for group in GROUPS) == 12
     assert set(result["dropped_states"]) == {"carry", "zero", "exclude"}
-    assert result["reference_ranking"] is None  # no reference, no ranking
+    assert result["reference_ranking"] is None  # no reference, no ranking of one
+    # the model's own scores with every token kept, ranked against the answers per layer
+    dense_scores = trace_token_scores(model, dataset, task.collate(tokenizer), batch_size=5)
+    assert result["ranking"] == answer_ranking(dense_scores, spans, context_masks)
+    assert result["summary"]["answer_auc_by_layer"] == [entry["answer_auc"] for entry in result["ranking"]]
     # the dropping layer's own states: a pass each, the same groups
     more = squad_token_diagnostics(model, task, tokenizer, batch_size=5, states=("carry", "carry_attention", "carry_layer"))
     assert set(more["scores"]) == {"carry", "carry_attention", "carry_layer"} and more["groups"] == result["groups"]
@@ -196,7 +200,8 @@ def test_a_protected_top_run_is_diagnosed_from_its_model_folder(tmp_path, monkey
     ranking = result["reference_ranking"]
     assert [entry["layer"] for entry in ranking] == [0, 1, 2, 3] and all(entry["features"] > 0 for entry in ranking)
     assert all(0.0 <= entry["answer_auc"] <= 1.0 and set(entry["answer_kept"]) == {"0.25", "0.5"} for entry in ranking)
-    assert result["summary"]["reference_last_layer_answer_auc"] == ranking[-1]["answer_auc"]
+    assert result["summary"]["reference_answer_auc_by_layer"] == [entry["answer_auc"] for entry in ranking]
+    assert len(result["ranking"]) == 4 and result["ranking"] != ranking  # the student's own, not the teacher's
 
 
 def test_answer_ranking_counts_answer_tokens_among_the_best_scored_candidates():

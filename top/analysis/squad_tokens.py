@@ -25,12 +25,15 @@ as evaluated, ``zero`` and ``exclude`` from the same pass; ``carry_attention`` a
 ``carry_layer``, the reference's, one more pass each) and for a reference run (the dense
 teacher) on the same groups, which says whether a group is simply harder.
 
-With a reference, one more pass asks whether the *reference's* token scores single out the
-answer at all (:func:`answer_ranking`): per layer, how often an answer token receives more
-attention than a context token outside the answers (0.5: no better than chance), and the share
-of answer tokens among the best-scoring context tokens at a few keep ratios. The reference's
-last layer is what ToP distils into its selectors (§3.2); each layer's own scores are what
-static top-k keeps by.
+One more pass, with every token kept, asks whether the model's own token scores single out the
+answer (:func:`answer_ranking`): per layer, how often an answer token receives more attention
+than a context token outside the answers (0.5: no better than chance), and the share of answer
+tokens among the best-scoring context tokens at a few keep ratios; with a reference, the same
+for the reference's scores. The reference's last layer is what ToP distils into its students'
+early layers (§3.2), so the model's early layers show whether that ranking was learnt; each
+layer's own scores are what static top-k keeps by. (The ranking loss itself says little: the
+scores are attention probabilities of order ``1/n``, where the pairwise logistic loss is nearly
+linear in them and its value barely moves even when the order changes.)
 """
 
 from __future__ import annotations
@@ -433,9 +436,10 @@ def squad_token_diagnostics(
         A JSON-ready dict: ``layers`` (one entry per layer, the tokens entering it),
         ``after_last_layer``, ``summary``, ``groups`` (questions per group), ``scores`` (per
         span-head input of :data:`DROPPED_STATES`, and ``reference``: per group metrics),
-        ``predicted_spans`` (:func:`predicted_span_survival` per input), ``reference_ranking``
-        (with a reference: :func:`answer_ranking` of its dense token scores over the context
-        tokens, one more pass; else None) and what was run.
+        ``predicted_spans`` (:func:`predicted_span_survival` per input), ``ranking``
+        (:func:`answer_ranking` of the model's token scores with every token kept, over the
+        context tokens; one more pass), ``reference_ranking`` (the same for the reference, or
+        None) and what was run.
     """
     if not isinstance(task, QATask):
         raise ValueError(f"token diagnostics are for SQuAD tasks, not {task.name!r}")
@@ -463,11 +467,12 @@ def squad_token_diagnostics(
             results[state] = task.answers(split, windows, survival.logits[state], limit)
     version_2 = task.spec.version_2
     scores = {policy: group_scores(result.predictions, rows, groups, version_2) for policy, result in results.items()}
-    ranking = None
+    ranking = answer_ranking(trace_token_scores(model, dataset, collate, batch_size=batch_size, device=device), spans, contexts)
+    reference_ranking = None
     if reference is not None:
         preds = predict(reference, dataset, collate, batch_size=batch_size, mode="gather", device=device)
         scores["reference"] = group_scores(task.answers(split, windows, preds.logits, limit).predictions, rows, groups, version_2)
-        ranking = answer_ranking(trace_token_scores(reference, dataset, collate, batch_size=batch_size, device=device), spans, contexts)
+        reference_ranking = answer_ranking(trace_token_scores(reference, dataset, collate, batch_size=batch_size, device=device), spans, contexts)
     layers = [{"layer": index, **entry} for index, entry in enumerate(shares[:-1])]
     final = shares[-1]
     counts = {group: sum(1 for value in groups.values() if value == group) for group in GROUPS}
@@ -481,8 +486,9 @@ def squad_token_diagnostics(
     for state in results:
         for group in ("answer_kept", "answer_dropped"):
             summary[f"f1_{group}_{state}"] = scores[state][group].get("f1")
-    if ranking:
-        summary["reference_last_layer_answer_auc"] = ranking[-1]["answer_auc"]
+    summary["answer_auc_by_layer"] = [entry["answer_auc"] for entry in ranking]
+    if reference_ranking:
+        summary["reference_answer_auc_by_layer"] = [entry["answer_auc"] for entry in reference_ranking]
     log.info("%s %s: %s", task.name, split, summary)
     return {
         "task": task.name,
@@ -500,7 +506,8 @@ def squad_token_diagnostics(
         "scores": scores,
         "predicted_spans": {policy: predicted_span_survival(result, survival.alive) for policy, result in results.items()},
         "dropped_states": {state: DROPPED_STATES[state] for state in results},
-        "reference_ranking": ranking,
+        "ranking": ranking,
+        "reference_ranking": reference_ranking,
     }
 
 
