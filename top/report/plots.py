@@ -426,6 +426,13 @@ def reproduction_figure(
     extra: dict[str, str] = {}
     for ax, task in zip(axes, tasks):
         sub = summary[summary["task"] == task]
+        note = (notes or {}).get(task)
+        ax.set_title(TASK_LABELS.get(task, task) + (f"\n({note})" if note else ""))
+        if sub.empty:  # e.g. only ablation runs recorded so far, which the figure leaves out
+            ax.text(0.5, 0.5, "no runs on the curves yet", ha="center", va="center", transform=ax.transAxes, color="gray")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            continue
         metric = numeric.loc[numeric["task"] == task, "metric"].iloc[0]
         for method in _ordered(sub["method"]):
             pts = sub[sub["method"] == method].sort_values("flops_reduction")
@@ -445,8 +452,6 @@ def reproduction_figure(
         _ratio_axis(ax.xaxis)
         ax.set_xlabel("FLOPs reduction (dense / pruned, log scale)")
         ax.set_ylabel(f"{METRIC_LABELS.get(metric, metric)} (dev, x100)")
-        note = (notes or {}).get(task)
-        ax.set_title(TASK_LABELS.get(task, task) + (f"\n({note})" if note else ""))
         ax.grid(True, which="both", alpha=0.3)
     _figure_legend(fig, axes)
     _save(fig, out_paths)
