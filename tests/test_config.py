@@ -211,7 +211,9 @@ def test_the_squad_ablation_configs_are_valid_alone_and_protected():
     for cfg in (plain, protected):
         validate(cfg, SCHEMA)
         validate_config(cfg, check_paths=False)
-    assert set(plain["methods"]["top"]["settings"]) == {"t50", "t50_ep3", "t50_norank"} and set(protected["methods"]["top"]["settings"]) == {"t50"}
+    assert set(plain["methods"]["top"]["settings"]) == {"t50", "t50_ep3", "t50_norank", "t50_rank1"}
+    assert set(protected["methods"]["top"]["settings"]) == {"t50"}
+    assert set(plain["ablations"]["top"]) == {"t50_ep3", "t50_norank", "t50_rank1"}
     assert protected["qa"]["protect_question"] and not plain["qa"].get("protect_question")
     # the protected runs start from the same teacher and train as the unprotected ones
     assert protected["teacher"] == plain["teacher"] and protected["train"] == plain["train"]
