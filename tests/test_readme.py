@@ -22,8 +22,8 @@ matches fails the test, so a new command has to be classified here. The classes:
 
 Hub-backed commands (the paper configuration's model and data) run against an offline stand-in
 of the Hugging Face cache, as on a machine that downloaded them once. Commands that read the
-local GLUE copy (``../shared/data/glue``) are skipped where it is absent. The commands run in
-parallel, two at a time, once per session.
+local GLUE or SQuAD copy (``../shared/data/glue``, ``../shared/data/squad``) are skipped where
+it is absent. The commands run in parallel, two at a time, once per session.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from tests.test_workflow import offline_cache
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 GLUE = ROOT.parent / "shared/data/glue"
+SQUAD = ROOT.parent / "shared/data/squad"
 SNAKEMAKE = ".venv/bin/snakemake"
 SETUP_MARK = ".venv/bin/.installed"  # what `make setup` leaves (Makefile)
 
@@ -119,8 +120,9 @@ def _check(command: Command, env: dict[str, str], scratch: Path) -> tuple[str, s
     """Run ``command`` as its class says; return (outcome, detail): outcome ``ok``, ``skip``
     or ``fail``."""
     text = command.text
-    if command.kind not in ("make", "setup", "script", "system") and "shared/data/glue" in text and not GLUE.is_dir():
-        return "skip", f"needs the local GLUE copy at {GLUE}"
+    for name, folder in (("GLUE", GLUE), ("SQuAD", SQUAD)):
+        if command.kind not in ("make", "setup", "script", "system") and f"shared/data/{folder.name}" in text and not folder.is_dir():
+            return "skip", f"needs the local {name} copy at {folder}"
     if command.kind == "system":
         program = text.removeprefix("sudo ").split()[0]
         if "/" not in program:
