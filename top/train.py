@@ -376,7 +376,8 @@ def run_stages(
         One log record per ``log_every`` steps (stage, epoch, step, losses, method scalars).
     """
     device = resolve_device(settings.device)
-    warn_if_slow_precision(resolve_precision(settings.precision, device), device)  # refuse a bad setting before any work
+    # refuse a bad setting, and warn of a slow one, before any work
+    warn_if_slow_precision(resolve_precision(settings.precision, device), device)
     set_seed(settings.seed)
     model.to(device)
     method.module.to(device)

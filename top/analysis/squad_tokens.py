@@ -108,6 +108,26 @@ class Survival:
     lengths_kept: np.ndarray
 
 
+def _sorted_batches(dataset, lengths: Sequence[int], collate, batch_size: int):
+    """Yield ``(rows, batch)``: the features sorted by length, longest first (as
+    :func:`top.evaluate.predict` forms its batches), ``rows`` their indices in ``dataset``."""
+    order = np.argsort(-np.asarray(lengths), kind="stable")
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, sampler=order.tolist(), collate_fn=collate)
+    start = 0
+    for batch in loader:
+        rows = order[start : start + batch["input_ids"].shape[0]]
+        start += len(rows)
+        yield rows, batch
+
+
+def _answer_mask(spans: Sequence[tuple[int, int]], length: int) -> np.ndarray:
+    """``[length]`` bool, the positions inside any of the ``(first, last)`` token spans."""
+    answer = np.zeros(length, dtype=bool)
+    for first, last in spans:
+        answer[first : last + 1] = True
+    return answer
+
+
 @torch.inference_mode()
 def trace_survival(
     model: PrunableModel, dataset, collate, *, batch_size: int = 32, device: torch.device | str = "cpu", carry: str = "entering"
@@ -126,8 +146,6 @@ def trace_survival(
         raise ValueError(f"token diagnostics need a span-extraction (question answering) model, got a {model.head_kind!r} head")
     model.to(device).eval()
     lengths = example_lengths(dataset)
-    order = np.argsort(-np.asarray(lengths), kind="stable")
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, sampler=order.tolist(), collate_fn=collate)
     n = len(lengths)
     width = max(lengths) if n else 0
     logits = {policy: np.full((n, width, 2), -np.inf, dtype=np.float32) for policy in ("carry", "zero")}
@@ -135,10 +153,7 @@ def trace_survival(
     layers = model.config.num_hidden_layers
     lengths_in = np.zeros((n, layers), dtype=np.int64)
     lengths_kept = np.zeros((n, layers), dtype=np.int64)
-    start = 0
-    for batch in loader:
-        rows = order[start : start + batch["input_ids"].shape[0]]
-        start += len(rows)
+    for rows, batch in _sorted_batches(dataset, lengths, collate, batch_size):
         out = model(**model_inputs(batch, torch.device(device)), mode="gather", record=True, carry=carry)
         real = batch["attention_mask"].bool().to(out.hidden.device)
         survived = out.kept[-1]  # [B, L] over original positions
@@ -168,13 +183,8 @@ def trace_token_scores(model: PrunableModel, dataset, collate, *, batch_size: in
     """
     dense = PrunableModel(model.hf).to(device).eval()
     lengths = example_lengths(dataset)
-    order = np.argsort(-np.asarray(lengths), kind="stable")
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, sampler=order.tolist(), collate_fn=collate)
     out_scores: list[np.ndarray | None] = [None] * len(lengths)
-    start = 0
-    for batch in loader:
-        rows = order[start : start + batch["input_ids"].shape[0]]
-        start += len(rows)
+    for rows, batch in _sorted_batches(dataset, lengths, collate, batch_size):
         inputs = model_inputs(batch, torch.device(device))
         out = dense(**inputs, mode="mask", output_attentions=True)
         alive = inputs["attention_mask"].bool()
@@ -217,10 +227,7 @@ def answer_ranking(
         kept = dict.fromkeys(keep_ratios, 0)
         answer_tokens = 0
         for feature_scores, feature_spans, is_candidate in zip(scores, spans, candidates):
-            answer = np.zeros_like(is_candidate)
-            for first, last in feature_spans:
-                answer[first : last + 1] = True
-            answer &= is_candidate
+            answer = _answer_mask(feature_spans, len(is_candidate)) & is_candidate
             if not answer.any() or answer.sum() == is_candidate.sum():
                 continue
             ranked = feature_scores[layer][is_candidate]
@@ -316,9 +323,7 @@ def layer_shares(
             context += int(is_context.sum())
             context_dropped += int((is_context & ~here).sum())
             if feature_spans:
-                answer = np.zeros_like(here)
-                for first, last in feature_spans:
-                    answer[first : last + 1] = True
+                answer = _answer_mask(feature_spans, len(here))
                 gold += int(answer.sum())
                 gold_dropped += int((answer & ~here).sum())
                 answer_features += 1
