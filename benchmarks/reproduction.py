@@ -57,6 +57,9 @@ from top.tasks import glue, is_qa_task, squad
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "workflow/schemas/config.schema.yaml"
+DEFAULT_CONFIG = ROOT / "config/reproduction.yaml"
+DEFAULT_GLUE_DIR = ROOT.parent / "shared/data/glue"
+DEFAULT_SQUAD_DIR = ROOT.parent / "shared/data/squad"
 log = logging.getLogger("reproduction")
 
 THROUGHPUT_FILES = {
@@ -264,7 +267,40 @@ def provisional(cfg: dict, args: argparse.Namespace) -> dict[str, Provisional]:
 
 
 def render_report(cfg: dict, args: argparse.Namespace) -> None:
-    render(args.out, args.report, args.figure, tasks=cfg["tasks"], provisional=provisional(cfg, args), not_reproducible=cfg.get("not_reproducible"))
+    render(
+        args.out,
+        args.report,
+        args.figure,
+        tasks=cfg["tasks"],
+        provisional=provisional(cfg, args),
+        not_reproducible=cfg.get("not_reproducible"),
+        command=render_command(args),
+    )
+
+
+def render_command(args: argparse.Namespace) -> str:
+    """The ``--render`` command that builds this report again: the configuration files, data
+    folders and output paths where they are not the defaults (paths relative to the repository)."""
+
+    def shown(path: Path) -> str:
+        path = Path(path).resolve()
+        return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else os.path.relpath(path, ROOT)
+
+    parts = ["python benchmarks/reproduction.py --render"]
+    if args.config != [DEFAULT_CONFIG.resolve()]:
+        parts.append("--config " + " ".join(shown(path) for path in args.config))
+    for option, value, default in (
+        ("--glue-dir", args.glue_dir, DEFAULT_GLUE_DIR),
+        ("--squad-dir", args.squad_dir, DEFAULT_SQUAD_DIR),
+        ("--out", args.out, ROOT / "benchmarks" / args.name),
+        ("--report", args.report, ROOT / "docs" / f"{args.name}.md"),
+        ("--figure", args.figure, ROOT / "docs/figures" / f"{args.name}.png"),
+    ):
+        if Path(value).resolve() != Path(default).resolve():
+            parts.append(f"{option} {shown(value)}")
+    if args.results_root != f"results/{args.name}":
+        parts.append(f"--results-root {args.results_root}")
+    return " ".join(parts)
 
 
 def estimate(cfg: dict, args: argparse.Namespace) -> str:
@@ -320,11 +356,11 @@ def main() -> None:
         "--config",
         type=Path,
         nargs="+",
-        default=[ROOT / "config/reproduction.yaml"],
+        default=[DEFAULT_CONFIG],
         help="configuration file(s), merged in order (e.g. config/reproduction_squad.yaml config/reproduction_squad_protect.yaml)",
     )
-    parser.add_argument("--glue-dir", type=Path, default=ROOT.parent / "shared/data/glue")
-    parser.add_argument("--squad-dir", type=Path, default=ROOT.parent / "shared/data/squad", help="the SQuAD files (a configuration with squad)")
+    parser.add_argument("--glue-dir", type=Path, default=DEFAULT_GLUE_DIR)
+    parser.add_argument("--squad-dir", type=Path, default=DEFAULT_SQUAD_DIR, help="the SQuAD files (a configuration with squad)")
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1, help="threads per job (default 1: --cores jobs run side by side, each on one thread)")
     parser.add_argument(
@@ -356,7 +392,7 @@ def main() -> None:
         parser.error(f"--teacher-threads {args.teacher_threads} is more than --cores {args.cores}: the teacher would run on {args.cores}")
     args.glue_dir, args.squad_dir = args.glue_dir.resolve(), args.squad_dir.resolve()
     args.config = [path.resolve() for path in args.config]
-    name = args.config[0].stem
+    args.name = name = args.config[0].stem
     args.results_root = args.results_root or f"results/{name}"
     args.out = args.out or ROOT / "benchmarks" / name
     args.report = args.report or ROOT / "docs" / f"{name}.md"
@@ -365,7 +401,7 @@ def main() -> None:
     tasks = raw["tasks"]
     if args.render and not any(ledger_path(args.out, task).is_file() for task in tasks):
         # from the summaries alone: neither data nor model needed
-        render(args.out, args.report, args.figure, tasks=tasks, not_reproducible=raw.get("not_reproducible"))
+        render(args.out, args.report, args.figure, tasks=tasks, not_reproducible=raw.get("not_reproducible"), command=render_command(args))
         return
     cfg = load_config(args.config, args.glue_dir, args.squad_dir)
     if args.render:  # the ledgers' runs are checked against the configuration, which reads the data

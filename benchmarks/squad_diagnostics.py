@@ -13,7 +13,9 @@ diagnostics").
 ``--limit N`` scores a sample of N dev questions, the evaluation's (default: the
 configuration's ``eval.limit``, i.e. the whole split in the benchmark). ``--states`` chooses the
 span-head inputs at dropped positions (default carry,zero,exclude: one pass over the split;
-carry_attention and carry_layer, the reference's, one more pass each). Writes one JSON file.
+carry_attention and carry_layer, the reference's, one more pass each). ``--ranking-only`` runs
+only the token-score pass (each layer's answer ranking and, with ``--reference``, its agreement
+with the reference's last layer). Writes one JSON file.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="dev questions (default: eval.limit)")
     parser.add_argument("--batch-size", type=int, default=None, help="default: eval.batch_size")
     parser.add_argument("--states", default=",".join(DEFAULT_STATES), help=f"comma-separated, of {', '.join(DROPPED_STATES)}")
+    parser.add_argument("--ranking-only", action="store_true", help="only the token scores' ranking and agreement (one pass per model)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--out", type=Path, required=True, help="the JSON file to write")
@@ -73,6 +76,7 @@ def main() -> None:
         batch_size=args.batch_size,
         device=args.device,
         states=[state.strip() for state in args.states.split(",") if state.strip()],
+        ranking_only=args.ranking_only,
     )
     result["provenance"] = provenance(args.config, root=ROOT)
     write_diagnostics(args.out, result)

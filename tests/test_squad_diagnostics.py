@@ -24,6 +24,7 @@ from top.analysis.squad_tokens import (
     GROUPS,
     answer_groups,
     answer_ranking,
+    final_layer_agreement,
     gold_spans,
     layer_shares,
     squad_token_diagnostics,
@@ -202,6 +203,26 @@ def test_a_protected_top_run_is_diagnosed_from_its_model_folder(tmp_path, monkey
     assert all(0.0 <= entry["answer_auc"] <= 1.0 and set(entry["answer_kept"]) == {"0.25", "0.5"} for entry in ranking)
     assert result["summary"]["reference_answer_auc_by_layer"] == [entry["answer_auc"] for entry in ranking]
     assert len(result["ranking"]) == 4 and result["ranking"] != ranking  # the student's own, not the teacher's
+    agreement = result["agreement"]
+    assert [entry["layer"] for entry in agreement] == [0, 1, 2, 3] and all(-1.0 <= entry["spearman"] <= 1.0 for entry in agreement)
+    assert result["summary"]["final_layer_spearman_by_layer"] == [entry["spearman"] for entry in agreement]
+
+    # --ranking-only: the same token-score pass alone
+    monkeypatch.setattr(sys, "argv", [*argv[:-1], str(tmp_path / "ranking.json"), "--ranking-only"])
+    runpy.run_path(str(ROOT / "benchmarks/squad_diagnostics.py"), run_name="__main__")
+    alone = json.loads((tmp_path / "ranking.json").read_text())
+    assert "scores" not in alone and alone["questions"] == 12
+    assert {key: alone[key] for key in ("ranking", "reference_ranking", "agreement")} == {
+        key: result[key] for key in ("ranking", "reference_ranking", "agreement")
+    }
+    # the teacher against itself: its last layer orders every token as the reference's
+    argv = ["squad_diagnostics.py", "--config", str(config_file), "--model", str(teacher), "--reference", str(teacher), "--ranking-only"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--out", str(tmp_path / "self.json")])
+    runpy.run_path(str(ROOT / "benchmarks/squad_diagnostics.py"), run_name="__main__")
+    itself = json.loads((tmp_path / "self.json").read_text())
+    assert itself["ranking"] == itself["reference_ranking"]
+    assert itself["agreement"][-1]["spearman"] == pytest.approx(1.0) and itself["agreement"][-1]["top_spearman"] == pytest.approx(1.0)
+    assert itself["agreement"][0]["spearman"] < 1.0
 
 
 def test_answer_ranking_counts_answer_tokens_among_the_best_scored_candidates():
@@ -228,6 +249,32 @@ def test_answer_ranking_counts_answer_tokens_among_the_best_scored_candidates():
         "answer_kept": {"0.25": None, "0.5": None},
         "features": 0,
     }
+
+
+def test_final_layer_agreement_ranks_each_layer_against_the_reference_last_layer():
+    # feature a: 5 candidates at 1..5, the reference orders them 1 > 2 > ... > 5; layers: the
+    # same order, the reverse, constant. feature b has 2 candidates (too few to count);
+    # feature c's reference scores are constant (no rank correlation), its own fall 0 > 1 > 2 > 3.
+    candidates = [np.array([0, 1, 1, 1, 1, 1, 0], bool), np.array([0, 1, 1, 0], bool), np.array([1, 1, 1, 1], bool)]
+    reference = [np.array([9, 5, 4, 3, 2, 1, 9], np.float32), np.array([0, 2, 1, 0], np.float32), np.ones(4, np.float32)]
+    a = np.array([[0, 9, 8, 7, 6, 5, 0], [0, 1, 2, 3, 4, 5, 0], [0, 3, 3, 3, 3, 3, 0]], np.float32)
+    b = np.zeros((3, 4), np.float32)
+    c = np.tile(np.array([4, 3, 2, 1], np.float32), (3, 1))
+    agreement = final_layer_agreement([a, b, c], reference, candidates, top=3, keep_ratios=(0.25, 0.5))
+    assert [entry["features"] for entry in agreement] == [2, 2, 2]
+    assert [entry["spearman_features"] for entry in agreement] == [1, 1, 0]
+    assert agreement[0]["spearman"] == pytest.approx(1.0) and agreement[0]["top_spearman"] == pytest.approx(1.0)
+    assert agreement[1]["spearman"] == pytest.approx(-1.0) and agreement[1]["top_spearman"] == pytest.approx(-1.0)
+    assert agreement[2]["spearman"] is None and agreement[2]["top_spearman"] is None
+    # the reference's top 3: a's tokens 1, 2, 3; c's first three (equal scores: the earlier first).
+    # Kept among the layer's best ceil(0.25 n) and ceil(0.5 n): a 2 and 3 of 3 (same order), 0 and
+    # 1 (reversed), 2 and 3 (constant: the earlier first); c 1 and 2 of 3 in every layer
+    assert agreement[0]["top_kept"] == {"0.25": pytest.approx(3 / 6), "0.5": pytest.approx(5 / 6)}
+    assert agreement[1]["top_kept"] == {"0.25": pytest.approx(1 / 6), "0.5": pytest.approx(3 / 6)}
+    assert agreement[2]["top_kept"] == agreement[0]["top_kept"]
+    # a list shorter than `top` is ranked whole
+    whole = final_layer_agreement([a], reference[:1], candidates[:1], top=20)[0]
+    assert whole["top_spearman"] == pytest.approx(whole["spearman"]) == pytest.approx(1.0)
 
 
 def test_token_scores_are_each_layers_attention_received_whatever_the_batch(tmp_path):

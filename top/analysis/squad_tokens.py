@@ -48,6 +48,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 from torch.utils.data import DataLoader
 
@@ -57,6 +58,7 @@ from top.evaluate import predict
 from top.files import atomic_write_text, json_text
 from top.models import load_run
 from top.pruning.base import attention_token_scores
+from top.pruning.top.settings import ToPSettings
 from top.tasks.base import QATask, get_task
 from top.tasks.settings import TaskConfig
 from top.tasks.squad_features import NO_OFFSET, answer_token_span
@@ -85,6 +87,8 @@ _CARRY_PASSES = {"carry_attention": "attention", "carry_layer": "layer"}
 GROUPS = ("answer_kept", "answer_dropped", "answer_outside", "unanswerable")
 #: Keep ratios at which :func:`answer_ranking` gives the share of answer tokens kept.
 RANKING_KEEP_RATIOS = (0.25, 0.5)
+#: The reference's top tokens :func:`final_layer_agreement` follows: ToP's ranking-loss list.
+AGREEMENT_TOP = ToPSettings.rank_topk
 
 
 @dataclass
@@ -246,6 +250,107 @@ def answer_ranking(
             }
         )
     return out
+
+
+def final_layer_agreement(
+    scores: Sequence[np.ndarray],
+    reference_final: Sequence[np.ndarray],
+    candidates: Sequence[np.ndarray],
+    *,
+    top: int = AGREEMENT_TOP,
+    keep_ratios: Sequence[float] = RANKING_KEEP_RATIOS,
+) -> list[dict[str, Any]]:
+    """How closely each layer's token scores order a feature's tokens as the reference's last
+    layer does: the ranking ToP distils into its students' early layers (§3.2).
+
+    Args:
+        scores: per feature ``[num_layers, L_i]``, the model's scores (:func:`trace_token_scores`).
+        reference_final: per feature ``[L_i]``, the reference's last-layer scores.
+        candidates: per feature ``[L_i]`` bool, the tokens ranked (question and context tokens).
+        top: the reference's best tokens of a feature that its ranking loss orders
+            (``rank_topk``); a feature with fewer candidates uses them all.
+        keep_ratios: shares of a feature's candidates kept by the layer's scores.
+
+    Returns:
+        One dict per layer: ``spearman``, the mean over features of the rank correlation
+        (Spearman's rho; ties take their mean rank) between the layer's and the reference's
+        scores over every candidate; ``top_spearman``, the same over the reference's ``top``
+        tokens only (what the ranking loss orders); ``top_kept`` (keyed by ratio as a string),
+        the pooled share of the reference's ``top`` tokens among the layer's ``ceil(r * n)``
+        best of ``n`` candidates (chance: ``r``); ``features``, the features with at least
+        three candidates. A feature whose scores are constant over the tokens compared has no
+        rank correlation and is left out of that mean (``spearman_features``,
+        ``top_spearman_features``: the features in each mean).
+    """
+    layers = scores[0].shape[0] if scores else 0
+    out = []
+    for layer in range(layers):
+        rhos, top_rhos, features, top_tokens = [], [], 0, 0
+        kept = dict.fromkeys(keep_ratios, 0)
+        for feature_scores, target, is_candidate in zip(scores, reference_final, candidates):
+            own, ref = feature_scores[layer][is_candidate], np.asarray(target)[is_candidate]
+            if len(own) < 3:
+                continue
+            features += 1
+            best = np.argsort(-ref, kind="stable")[: min(top, len(ref))]
+            for values, into in (((own, ref), rhos), ((own[best], ref[best]), top_rhos)):
+                if np.ptp(values[0]) > 0 and np.ptp(values[1]) > 0:
+                    into.append(float(spearmanr(*values).statistic))
+            is_top = np.zeros(len(ref), dtype=bool)
+            is_top[best] = True
+            order = np.argsort(-own, kind="stable")  # equal scores: the earlier token first
+            for ratio in keep_ratios:
+                kept[ratio] += int(is_top[order[: math.ceil(ratio * len(own))]].sum())
+            top_tokens += len(best)
+        out.append(
+            {
+                "layer": layer,
+                "spearman": float(np.mean(rhos)) if rhos else None,
+                "top_spearman": float(np.mean(top_rhos)) if top_rhos else None,
+                "top_kept": {str(ratio): _share(count, top_tokens) for ratio, count in kept.items()},
+                "features": features,
+                "spearman_features": len(rhos),
+                "top_spearman_features": len(top_rhos),
+            }
+        )
+    return out
+
+
+def ranking_diagnostics(
+    model: PrunableModel,
+    dataset,
+    collate,
+    spans: Sequence[Sequence[tuple[int, int]]],
+    questions: Sequence[np.ndarray],
+    contexts: Sequence[np.ndarray],
+    *,
+    reference: PrunableModel | None = None,
+    batch_size: int = 32,
+    device: torch.device | str = "cpu",
+) -> dict[str, Any]:
+    """The token-score part of the diagnostics, with every token kept: ``ranking``
+    (:func:`answer_ranking` of the model's scores over the context tokens), and with a
+    reference ``reference_ranking`` (the same for the reference) and ``agreement``
+    (:func:`final_layer_agreement` of the model's layers with the reference's last layer over
+    the question and context tokens); both None without one. One pass per model."""
+    scores = trace_token_scores(model, dataset, collate, batch_size=batch_size, device=device)
+    out: dict[str, Any] = {"ranking": answer_ranking(scores, spans, contexts), "reference_ranking": None, "agreement": None}
+    if reference is not None:
+        reference_scores = trace_token_scores(reference, dataset, collate, batch_size=batch_size, device=device)
+        out["reference_ranking"] = answer_ranking(reference_scores, spans, contexts)
+        tokens = [question | context for question, context in zip(questions, contexts)]
+        out["agreement"] = final_layer_agreement(scores, [feature[-1] for feature in reference_scores], tokens)
+    return out
+
+
+def _ranking_summary(ranking: Mapping[str, Any]) -> dict[str, Any]:
+    """The per-layer headline numbers of :func:`ranking_diagnostics`."""
+    summary = {"answer_auc_by_layer": [entry["answer_auc"] for entry in ranking["ranking"]]}
+    if ranking["reference_ranking"]:
+        summary["reference_answer_auc_by_layer"] = [entry["answer_auc"] for entry in ranking["reference_ranking"]]
+        summary["final_layer_spearman_by_layer"] = [entry["spearman"] for entry in ranking["agreement"]]
+        summary["final_layer_top_spearman_by_layer"] = [entry["top_spearman"] for entry in ranking["agreement"]]
+    return summary
 
 
 def token_roles(dataset, special_ids: Sequence[int]) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -451,13 +556,8 @@ def squad_token_diagnostics(
     unknown = [state for state in states if state not in DROPPED_STATES]
     if unknown or not states:
         raise ValueError(f"states must be a non-empty selection of {list(DROPPED_STATES)}, got {list(states)}")
-    split = split or task.dev_splits[0]
-    dataset = task.dev_features(split, tokenizer, limit)
-    rows = task.dev_rows(split, limit).to_list()  # read many times below: plain dicts
-    collate = task.collate(tokenizer)
+    split, dataset, rows, collate, spans, (questions, contexts) = _dev_split(task, tokenizer, split, limit)
     survival = trace_survival(model, dataset, collate, batch_size=batch_size, device=device)
-    spans = gold_spans(rows, dataset)
-    questions, contexts = token_roles(dataset, tokenizer.all_special_ids)
     shares = layer_shares(survival.alive, spans, questions, contexts)
     groups = answer_groups(rows, dataset, spans, survival.alive)
     windows = dataset.select_columns(["example_id", "offset_mapping"]).to_list()
@@ -472,12 +572,10 @@ def squad_token_diagnostics(
             results[state] = task.answers(split, windows, survival.logits[state], limit)
     version_2 = task.spec.version_2
     scores = {policy: group_scores(result.predictions, rows, groups, version_2) for policy, result in results.items()}
-    ranking = answer_ranking(trace_token_scores(model, dataset, collate, batch_size=batch_size, device=device), spans, contexts)
-    reference_ranking = None
     if reference is not None:
         preds = predict(reference, dataset, collate, batch_size=batch_size, mode="gather", device=device)
         scores["reference"] = group_scores(task.answers(split, windows, preds.logits, limit).predictions, rows, groups, version_2)
-        reference_ranking = answer_ranking(trace_token_scores(reference, dataset, collate, batch_size=batch_size, device=device), spans, contexts)
+    ranking = ranking_diagnostics(model, dataset, collate, spans, questions, contexts, reference=reference, batch_size=batch_size, device=device)
     layers = [{"layer": index, **entry} for index, entry in enumerate(shares[:-1])]
     final = shares[-1]
     counts = {group: sum(1 for value in groups.values() if value == group) for group in GROUPS}
@@ -491,9 +589,7 @@ def squad_token_diagnostics(
     for state in results:
         for group in ("answer_kept", "answer_dropped"):
             summary[f"f1_{group}_{state}"] = scores[state][group].get("f1")
-    summary["answer_auc_by_layer"] = [entry["answer_auc"] for entry in ranking]
-    if reference_ranking:
-        summary["reference_answer_auc_by_layer"] = [entry["answer_auc"] for entry in reference_ranking]
+    summary |= _ranking_summary(ranking)
     log.info("%s %s: %s", task.name, split, summary)
     return {
         "task": task.name,
@@ -511,9 +607,45 @@ def squad_token_diagnostics(
         "scores": scores,
         "predicted_spans": {policy: predicted_span_survival(result, survival.alive) for policy, result in results.items()},
         "dropped_states": {state: DROPPED_STATES[state] for state in results},
-        "ranking": ranking,
-        "reference_ranking": reference_ranking,
+        **ranking,
     }
+
+
+def squad_ranking_diagnostics(
+    model: PrunableModel,
+    task: QATask,
+    tokenizer,
+    *,
+    split: str | None = None,
+    limit: int | None = None,
+    batch_size: int = 32,
+    device: torch.device | str = "cpu",
+    reference: PrunableModel | None = None,
+) -> dict[str, Any]:
+    """Only the token-score part of :func:`squad_token_diagnostics` (:func:`ranking_diagnostics`),
+    without the gather-mode pass and the answers: one pass per model.
+
+    Returns:
+        A JSON-ready dict: ``summary`` (the per-layer headline numbers), ``ranking``,
+        ``reference_ranking``, ``agreement`` and what was run.
+    """
+    if not isinstance(task, QATask):
+        raise ValueError(f"token diagnostics are for SQuAD tasks, not {task.name!r}")
+    split, dataset, rows, collate, spans, (questions, contexts) = _dev_split(task, tokenizer, split, limit)
+    ranking = ranking_diagnostics(model, dataset, collate, spans, questions, contexts, reference=reference, batch_size=batch_size, device=device)
+    summary = _ranking_summary(ranking)
+    log.info("%s %s: %s", task.name, split, summary)
+    return {"task": task.name, "split": split, "limit": limit, "questions": len(rows), "features": len(dataset), "summary": summary, **ranking}
+
+
+def _dev_split(task: QATask, tokenizer, split: str | None, limit: int | None):
+    """``(split, features, questions as dicts, collate, gold spans, (question tokens, context
+    tokens))`` of a dev split (default: the task's first)."""
+    split = split or task.dev_splits[0]
+    dataset = task.dev_features(split, tokenizer, limit)
+    rows = task.dev_rows(split, limit).to_list()  # read many times: plain dicts
+    spans = gold_spans(rows, dataset)
+    return split, dataset, rows, task.collate(tokenizer), spans, token_roles(dataset, tokenizer.all_special_ids)
 
 
 def diagnose_run(
@@ -527,8 +659,9 @@ def diagnose_run(
     batch_size: int | None = None,
     device: torch.device | str = "cpu",
     states: Sequence[str] = DEFAULT_STATES,
+    ranking_only: bool = False,
 ) -> dict[str, Any]:
-    """:func:`squad_token_diagnostics` of a saved run (``results/models/{task}/{method}/{setting}/seed{seed}``,
+    """:func:`squad_token_diagnostics` (:func:`squad_ranking_diagnostics` with ``ranking_only``) of a saved run (``results/models/{task}/{method}/{setting}/seed{seed}``,
     :func:`top.models.load_run`), with its method's evaluation selectors, as ``evaluate_run``
     scores it.
 
@@ -552,17 +685,17 @@ def diagnose_run(
         raise ValueError(f"task {name!r} of {model_dir} is not a SQuAD task: token diagnostics need gold answer spans")
     reference = load_run(reference_dir)[0] if reference_dir is not None else None
     eval_cfg = cfg.get("eval") or {}
-    result = squad_token_diagnostics(
-        model,
-        spec,
-        tokenizer,
-        split=split,
-        limit=eval_cfg.get("limit") if limit is None else limit,
-        batch_size=int(batch_size or eval_cfg.get("batch_size", 32)),
-        device=device,
-        reference=reference,
-        states=states,
-    )
+    common = {
+        "split": split,
+        "limit": eval_cfg.get("limit") if limit is None else limit,
+        "batch_size": int(batch_size or eval_cfg.get("batch_size", 32)),
+        "device": device,
+        "reference": reference,
+    }
+    if ranking_only:
+        result = squad_ranking_diagnostics(model, spec, tokenizer, **common)
+    else:
+        result = squad_token_diagnostics(model, spec, tokenizer, states=states, **common)
     return {"model_dir": str(model_dir), "method": record["method"], "reference_dir": None if reference_dir is None else str(reference_dir), **result}
 
 
