@@ -1,0 +1,55 @@
+"""The ranking-distillation probe (top/analysis/rank_probe.py) on a tiny random BERT and tiny
+SQuAD-format files: the ranking loss alone teaches the layer the teacher's order; the probe
+leaves the teacher untouched and measures before training and after every epoch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoTokenizer, BertForQuestionAnswering
+
+from tests.conftest import TINY_QA, tiny_config, write_tiny_model, write_tiny_squad
+from top.analysis.rank_probe import ProbeSettings, probe_ranking_distillation
+from top.encoder import PrunableModel
+from top.tasks.base import QATask
+from top.tasks.settings import QASettings, TaskConfig
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("probe")
+    folder = write_tiny_model(tmp_path / "model", layers=3)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    torch.manual_seed(0)
+    teacher = PrunableModel(BertForQuestionAnswering(tiny_config(vocab_size=tokenizer.vocab_size, num_hidden_layers=3)).eval())
+    settings = QASettings(n_best_size=20, max_answer_length=30, null_threshold=0.0, protect_question=False, **TINY_QA)
+    task = QATask(TaskConfig(data_source="local", glue_dir=None, squad_dir=str(write_tiny_squad(tmp_path / "squad")), qa=settings), "squad")
+    return teacher, task.train_features(tokenizer, None, 0), task.collate(tokenizer)
+
+
+def test_the_ranking_loss_alone_teaches_the_layer_the_teachers_last_layer_order(setup):
+    teacher, train, collate = setup
+    before = {name: p.detach().clone() for name, p in teacher.hf.named_parameters()}
+    # measured on the training features themselves: what the loss was shown
+    settings = ProbeSettings(layer=1, epochs=4, batch_size=8, learning_rate=1e-2, task_loss=False)
+    curve = probe_ranking_distillation(teacher, train, train, collate, settings)
+    assert [entry["epoch"] for entry in curve] == [0, 1, 2, 3, 4]
+    per_epoch = -(-len(train) // 8)
+    assert [entry["steps"] for entry in curve] == [0, per_epoch, 2 * per_epoch, 3 * per_epoch, 4 * per_epoch]
+    assert curve[0]["loss"] is None and all(entry["loss"] == entry["rank_loss"] for entry in curve[1:])
+    assert curve[-1]["spearman"] > curve[0]["spearman"] + 0.3
+    assert curve[-1]["top_spearman"] > curve[0]["top_spearman"]
+    assert curve[-1]["rank_loss"] < curve[1]["rank_loss"]
+    # the teacher is the same model afterwards
+    assert all(torch.equal(p, before[name]) for name, p in teacher.hf.named_parameters())
+
+
+def test_with_the_task_loss_the_whole_model_trains_and_a_zero_weight_is_the_task_alone(setup):
+    teacher, train, collate = setup
+    settings = ProbeSettings(layer=1, epochs=1, batch_size=8, learning_rate=1e-3, task_loss=True, rank_weight=0.0)
+    curve = probe_ranking_distillation(teacher, train, train, collate, settings)
+    assert len(curve) == 2 and curve[1]["rank_loss"] > 0 and curve[1]["loss"] != curve[1]["rank_loss"]
+    with pytest.raises(ValueError, match="below the teacher's last"):
+        probe_ranking_distillation(teacher, train, train, collate, ProbeSettings(layer=2))
