@@ -189,6 +189,7 @@ def test_a_protected_top_run_is_diagnosed_from_its_model_folder(tmp_path, monkey
     runpy.run_path(str(ROOT / "benchmarks/squad_diagnostics.py"), run_name="__main__")
     result = json.loads(out.read_text())  # strict JSON
     assert result["method"] == "top" and result["task"] == "squad" and result["protected_tokens"] is True
+    assert result["decisions"] == record["decisions"]  # the kept rank bins, as exported
     assert result["num_layers"] == 4 and len(result["layers"]) == 4
     for entry in (*result["layers"], result["after_last_layer"]):
         assert entry["question_tokens_dropped"] == 0.0  # protected

@@ -673,6 +673,11 @@ def diagnose_run(
         task: the SQuAD task; None: the one recorded in the run's ``pruning.json``.
         limit, batch_size: default ``eval.limit`` and ``eval.batch_size``.
 
+    Returns:
+        The diagnostics, with the run's folder, method and ``decisions`` (its exported pruning
+        decisions from ``pruning.json``: for ToP each layer's kept rank bins; None for a run
+        without any).
+
     Raises:
         ValueError: when the task is neither given nor recorded, or is not a SQuAD task.
     """
@@ -696,7 +701,13 @@ def diagnose_run(
         result = squad_ranking_diagnostics(model, spec, tokenizer, **common)
     else:
         result = squad_token_diagnostics(model, spec, tokenizer, states=states, **common)
-    return {"model_dir": str(model_dir), "method": record["method"], "reference_dir": None if reference_dir is None else str(reference_dir), **result}
+    return {
+        "model_dir": str(model_dir),
+        "method": record["method"],
+        "reference_dir": None if reference_dir is None else str(reference_dir),
+        "decisions": record.get("decisions"),
+        **result,
+    }
 
 
 def write_diagnostics(path: str | Path, result: Mapping[str, Any]) -> None:
