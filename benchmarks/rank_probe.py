@@ -8,13 +8,16 @@ token order, alone and beside the task loss? (top/analysis/rank_probe.py)
 Runs each ``--conditions`` entry from the same teacher on the same samples: ``rank`` (the
 ranking loss alone), ``task+rank`` (the task loss plus the ranking loss at ``--rank-weight``)
 and ``task`` (the task loss alone). Writes one JSON file with every condition's agreement
-curve, the settings and where it ran.
+curve, the settings and where it ran, rewritten after each condition; a condition already in
+the file with the same settings, task, teacher and samples is not run again (an interrupted
+probe resumes).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 from pathlib import Path
 
@@ -71,7 +74,8 @@ def main() -> None:
     train = task.train_features(tokenizer, args.train_limit, 42)
     dev = task.dev_features(task.dev_splits[0], tokenizer, args.dev_limit)
     collate = task.collate(tokenizer)
-    runs = {}
+    header = {"task": task.name, "teacher": str(args.teacher), "train_features": len(train), "dev_features": len(dev)}
+    runs = earlier_runs(args.out, header)
     for condition in args.conditions:
         with_task, weight = CONDITIONS[condition]
         settings = ProbeSettings(
@@ -82,18 +86,24 @@ def main() -> None:
             rank_weight=args.rank_weight if weight is None else weight,
             task_loss=with_task,
         )
+        if runs.get(condition, {}).get("settings") == dataclasses.asdict(settings):
+            log.info("%s: already in %s", condition, args.out)
+            continue
         torch.manual_seed(0)  # dropout
         runs[condition] = {"settings": dataclasses.asdict(settings), "curve": probe_ranking_distillation(teacher, train, dev, collate, settings)}
-    result = {
-        "task": task.name,
-        "teacher": str(args.teacher),
-        "train_features": len(train),
-        "dev_features": len(dev),
-        "runs": runs,
-        "provenance": provenance(args.config, root=ROOT),
-    }
-    atomic_write_text(args.out, json_text(result, indent=2))
-    log.info("wrote %s", args.out)
+        atomic_write_text(args.out, json_text({**header, "runs": runs, "provenance": provenance(args.config, root=ROOT)}, indent=2))
+        log.info("%s: wrote %s", condition, args.out)
+
+
+def earlier_runs(path: Path, header: dict) -> dict:
+    """The conditions an earlier probe wrote to ``path`` with the same task, teacher and samples."""
+    if not path.is_file():
+        return {}
+    earlier = json.loads(path.read_text())
+    if any(earlier.get(key) != value for key, value in header.items()):
+        log.info("%s: from another teacher or samples; its conditions are run again", path)
+        return {}
+    return dict(earlier.get("runs", {}))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ leaves the teacher untouched and measures before training and after every epoch.
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 from transformers import AutoTokenizer, BertForQuestionAnswering
@@ -53,3 +55,40 @@ def test_with_the_task_loss_the_whole_model_trains_and_a_zero_weight_is_the_task
     assert len(curve) == 2 and curve[1]["rank_loss"] > 0 and curve[1]["loss"] != curve[1]["rank_loss"]
     with pytest.raises(ValueError, match="below the teacher's last"):
         probe_ranking_distillation(teacher, train, train, collate, ProbeSettings(layer=2))
+
+
+def test_the_script_writes_each_condition_and_resumes_without_running_it_again(tmp_path, monkeypatch, caplog):
+    import json
+    import runpy
+    import sys
+    from pathlib import Path
+
+    import yaml
+    from snakemake.utils import validate
+
+    from tests.conftest import tiny_squad_config
+    from top.pipeline import finetune_teacher
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = tiny_squad_config(tmp_path, {"dense": {"settings": {"default": {}}}}, eval={"batch_size": 16})
+    validate(cfg, str(root / "workflow/schemas/config.schema.yaml"))  # fills the schema's defaults
+    teacher = tmp_path / "teacher"
+    finetune_teacher(cfg, "squad", 3, teacher)
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "probe.json"
+    argv = ["rank_probe.py", "--config", str(config_file), "--teacher", str(teacher), "--train-limit", "20", "--dev-limit", "6"]
+    argv += ["--epochs", "1", "--batch-size", "8", "--out", str(out)]
+
+    def run(*conditions: str) -> dict:
+        monkeypatch.setattr(sys, "argv", [*argv, "--conditions", *conditions])
+        runpy.run_path(str(root / "benchmarks/rank_probe.py"), run_name="__main__")
+        return json.loads(out.read_text())
+
+    first = run("rank")
+    assert list(first["runs"]) == ["rank"] and first["task"] == "squad" and first["train_features"] > 0
+    assert [entry["epoch"] for entry in first["runs"]["rank"]["curve"]] == [0, 1]
+    with caplog.at_level(logging.INFO, logger="rank_probe"):
+        second = run("rank", "task")
+    assert "rank: already in" in caplog.text
+    assert second["runs"]["rank"] == first["runs"]["rank"] and second["runs"]["task"]["settings"]["rank_weight"] == 0.0
