@@ -31,8 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from top.analysis.squad_tokens import _sorted_batches, final_layer_agreement, trace_token_scores
-from top.batching import example_lengths
+from top.analysis.squad_tokens import final_layer_agreement, trace_token_scores
 from top.encoder import PrunableModel
 from top.pruning.base import attention_token_scores
 from top.pruning.ranking import ranking_distillation_loss
@@ -83,21 +82,6 @@ def _ranked_tokens(dataset) -> list[np.ndarray]:
     return out
 
 
-@torch.no_grad()
-def layer_scores(model: PrunableModel, dataset, collate, layer: int, batch_size: int) -> list[np.ndarray]:
-    """Per feature ``[1, L_i]``: ``layer``'s token scores with every token kept."""
-    model.eval()
-    lengths = example_lengths(dataset)
-    out: list[np.ndarray | None] = [None] * len(lengths)
-    for rows, batch in _sorted_batches(dataset, lengths, collate, batch_size):
-        inputs = model_inputs(batch, torch.device("cpu"))
-        attentions = model(**inputs, mode="mask", output_attentions=True).attentions
-        scores = attention_token_scores(attentions[layer].float(), inputs["attention_mask"].bool()).numpy()
-        for i, row in enumerate(rows):
-            out[row] = scores[i, : lengths[row]][None, :]
-    return out
-
-
 def probe_ranking_distillation(
     teacher: PrunableModel, train, dev, collate, settings: ProbeSettings, *, eval_batch_size: int = 32
 ) -> list[dict[str, Any]]:
@@ -134,7 +118,7 @@ def probe_ranking_distillation(
     optimizer = torch.optim.AdamW(trained, lr=settings.learning_rate, weight_decay=0.0)
 
     def measure(epoch: int, steps: int, losses: Sequence[float], rank_losses: Sequence[float]) -> dict[str, Any]:
-        scores = layer_scores(student, dev, collate, settings.layer, eval_batch_size)
+        scores = [layers[settings.layer : settings.layer + 1] for layers in trace_token_scores(student, dev, collate, batch_size=eval_batch_size)]
         agreement = final_layer_agreement(scores, reference_dev, ranked_dev, top=settings.rank_topk)[0]
         entry = {
             "epoch": epoch,

@@ -551,8 +551,6 @@ def squad_token_diagnostics(
         context tokens; one more pass), ``reference_ranking`` (the same for the reference, or
         None) and what was run.
     """
-    if not isinstance(task, QATask):
-        raise ValueError(f"token diagnostics are for SQuAD tasks, not {task.name!r}")
     unknown = [state for state in states if state not in DROPPED_STATES]
     if unknown or not states:
         raise ValueError(f"states must be a non-empty selection of {list(DROPPED_STATES)}, got {list(states)}")
@@ -629,8 +627,6 @@ def squad_ranking_diagnostics(
         A JSON-ready dict: ``summary`` (the per-layer headline numbers), ``ranking``,
         ``reference_ranking``, ``agreement`` and what was run.
     """
-    if not isinstance(task, QATask):
-        raise ValueError(f"token diagnostics are for SQuAD tasks, not {task.name!r}")
     split, dataset, rows, collate, spans, (questions, contexts) = _dev_split(task, tokenizer, split, limit)
     ranking = ranking_diagnostics(model, dataset, collate, spans, questions, contexts, reference=reference, batch_size=batch_size, device=device)
     summary = _ranking_summary(ranking)
@@ -640,7 +636,13 @@ def squad_ranking_diagnostics(
 
 def _dev_split(task: QATask, tokenizer, split: str | None, limit: int | None):
     """``(split, features, questions as dicts, collate, gold spans, (question tokens, context
-    tokens))`` of a dev split (default: the task's first)."""
+    tokens))`` of a dev split (default: the task's first).
+
+    Raises:
+        ValueError: for a task that is not a SQuAD task (no gold answer spans).
+    """
+    if not isinstance(task, QATask):
+        raise ValueError(f"token diagnostics are for SQuAD tasks, not {task.name!r}")
     split = split or task.dev_splits[0]
     dataset = task.dev_features(split, tokenizer, limit)
     rows = task.dev_rows(split, limit).to_list()  # read many times: plain dicts
