@@ -22,10 +22,9 @@ import logging
 from pathlib import Path
 
 import torch
-from snakemake.utils import validate
 
 from top.analysis.rank_probe import ProbeSettings, probe_ranking_distillation
-from top.config import ConfigError, read_config_files
+from top.config import ConfigError, read_local_config
 from top.files import atomic_write_text, json_text
 from top.models import load_run
 from top.report.reproduction import provenance
@@ -33,7 +32,6 @@ from top.tasks.base import get_task
 from top.tasks.settings import TaskConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-SCHEMA = ROOT / "workflow/schemas/config.schema.yaml"
 CONDITIONS = {"rank": (False, None), "task+rank": (True, None), "task": (True, 0.0)}
 """condition -> (train the task loss, ranking weight; None: --rank-weight)."""
 log = logging.getLogger("rank_probe")
@@ -62,13 +60,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        cfg = read_config_files(args.config)
+        cfg = read_local_config(args.config, glue_dir=args.glue_dir, squad_dir=args.squad_dir)
     except ConfigError as error:
         parser.error(f"--config: {error}")
-    for key, folder in (("squad_dir", args.squad_dir), ("glue_dir", args.glue_dir)):
-        if folder is not None:
-            cfg.update({key: str(folder), "data_source": "local"})
-    validate(cfg, str(SCHEMA))
     teacher, tokenizer, _ = load_run(args.teacher)
     task = get_task(TaskConfig.from_config(cfg), args.task or cfg["tasks"][0])
     train = task.train_features(tokenizer, args.train_limit, 42)

@@ -36,10 +36,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from snakemake.utils import validate
-
 from top.budget import Throughput, budget_table, estimate_task, task_budgets, teacher_budget
-from top.config import expected_teacher, offline_model_config, read_config_files, runs, task_seeds, validate_config
+from top.config import expected_teacher, offline_model_config, read_config_files, read_local_config, runs, task_seeds, validate_config
 from top.report.ledger import ledger_path, ledger_summary_rows, read_ledger, record_runs, run_sha256, run_states
 from top.report.outputs import RUN_DIR, TEACHER_DIR
 from top.report.reproduction import (
@@ -56,7 +54,6 @@ from top.report.reproduction_report import render
 from top.tasks import glue, is_qa_task, squad
 
 ROOT = Path(__file__).resolve().parents[1]
-SCHEMA = ROOT / "workflow/schemas/config.schema.yaml"
 DEFAULT_CONFIG = ROOT / "config/reproduction.yaml"
 DEFAULT_GLUE_DIR = ROOT.parent / "shared/data/glue"
 DEFAULT_SQUAD_DIR = ROOT.parent / "shared/data/squad"
@@ -104,11 +101,7 @@ and latency measurement (100 dev examples, 5 repeats, four runners)."""
 def load_config(paths: list[Path], glue_dir: Path, squad_dir: Path | None = None) -> dict:
     """The configuration as the workflow sees it: the files merged, the data folders set, the
     schema's defaults filled in, validated."""
-    cfg = read_config_files(paths)
-    cfg["glue_dir"] = str(glue_dir)
-    if squad_dir is not None:
-        cfg["squad_dir"] = str(squad_dir)
-    validate(cfg, str(SCHEMA))
+    cfg = read_local_config(paths, glue_dir=glue_dir, squad_dir=squad_dir)
     validate_config(cfg)
     return cfg
 
@@ -275,6 +268,7 @@ def render_report(cfg: dict, args: argparse.Namespace) -> None:
         provisional=provisional(cfg, args),
         not_reproducible=cfg.get("not_reproducible"),
         command=render_command(args),
+        precision=report_precision(cfg),
     )
 
 
@@ -334,6 +328,12 @@ def estimate(cfg: dict, args: argparse.Namespace) -> str:
         f"--threads 1, {args.cores} jobs train side by side (latency jobs run alone): about {total / args.cores:.0f} h."
     )
     return budget_table(budgets) + "\n" + "\n".join(lines) + "\n"
+
+
+def report_precision(cfg: dict) -> dict[str, str]:
+    """What trains at which precision on the CPU, for the report's header (``auto`` is fp32 there)."""
+    teacher = (cfg.get("teacher") or {}).get("precision", "auto")
+    return {"teachers": "fp32" if teacher == "auto" else teacher, "students": training_precision(cfg)}
 
 
 def training_precision(cfg: dict) -> str:
@@ -401,7 +401,15 @@ def main() -> None:
     tasks = raw["tasks"]
     if args.render and not any(ledger_path(args.out, task).is_file() for task in tasks):
         # from the summaries alone: neither data nor model needed
-        render(args.out, args.report, args.figure, tasks=tasks, not_reproducible=raw.get("not_reproducible"), command=render_command(args))
+        render(
+            args.out,
+            args.report,
+            args.figure,
+            tasks=tasks,
+            not_reproducible=raw.get("not_reproducible"),
+            command=render_command(args),
+            precision=report_precision(raw),
+        )
         return
     cfg = load_config(args.config, args.glue_dir, args.squad_dir)
     if args.render:  # the ledgers' runs are checked against the configuration, which reads the data

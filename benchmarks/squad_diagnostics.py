@@ -25,14 +25,12 @@ import logging
 from pathlib import Path
 
 import torch
-from snakemake.utils import validate
 
 from top.analysis.squad_tokens import DEFAULT_STATES, DROPPED_STATES, diagnose_run, write_diagnostics
-from top.config import ConfigError, read_config_files
+from top.config import ConfigError, read_local_config
 from top.report.reproduction import provenance
 
 ROOT = Path(__file__).resolve().parents[1]
-SCHEMA = ROOT / "workflow/schemas/config.schema.yaml"
 log = logging.getLogger("squad_diagnostics")
 
 
@@ -61,12 +59,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        cfg = read_config_files(args.config)
+        cfg = read_local_config(args.config, squad_dir=args.squad_dir)  # with the schema's defaults (qa, eval)
     except ConfigError as error:
         parser.error(f"--config: {error}")
-    if args.squad_dir is not None:
-        cfg.update(squad_dir=str(args.squad_dir), data_source="local")
-    validate(cfg, str(SCHEMA))  # fills the schema's defaults (qa, eval)
     result = diagnose_run(
         cfg,
         args.model,

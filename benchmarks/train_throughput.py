@@ -61,10 +61,8 @@ from unittest import mock
 
 import numpy as np
 import torch
-import yaml
-from snakemake.utils import validate
 
-from top.config import resolve_run, teacher_settings
+from top.config import read_local_config, resolve_run, teacher_settings
 from top.files import atomic_write_text
 from top.models import load_pretrained
 from top.optim import resolve_precision
@@ -77,7 +75,6 @@ from top.teacher import TeacherRunner
 from top.train import MODEL_INPUTS, StageStep, TeacherSource, TrainData, TrainSettings, resolve_device
 
 ROOT = Path(__file__).resolve().parents[1]
-SCHEMA = ROOT / "workflow/schemas/config.schema.yaml"
 log = logging.getLogger("train_throughput")
 
 #: phase -> (method, stage); None: the teacher fine-tune.
@@ -411,10 +408,8 @@ def markdown(records: list[dict[str, Any]]) -> str:
 
 
 def load(cfg_path: Path, glue_dir: Path, task: str, device: torch.device, seed: int):
-    cfg = yaml.safe_load(cfg_path.read_text())
-    cfg.update(glue_dir=str(glue_dir), data_source="local")
+    cfg = read_local_config([cfg_path], glue_dir=glue_dir)
     cfg["tasks"] = sorted(set(cfg["tasks"]) | {task})
-    validate(cfg, str(SCHEMA))
     spec = get_task(TaskConfig.from_config(cfg), task)
     base, tokenizer = load_pretrained(cfg["model"], num_labels=spec.num_labels, head=spec.head)
     base.to(device)

@@ -322,3 +322,25 @@ def test_expected_teacher_must_name_a_metric_of_its_task(config):
     config["task_settings"]["rte"]["expected_teacher"] = {"metric": "accuracy", "score": 68.8}
     with pytest.raises(Exception, match="ValidationError|validation|source"):
         validate(config, SCHEMA)
+
+
+def test_scripts_read_the_configuration_as_a_job_sees_it(tmp_path):
+    from snakemake.exceptions import WorkflowError
+
+    from top.config import read_local_config
+
+    base, overlay = tmp_path / "base.yaml", tmp_path / "overlay.yaml"
+    base.write_text("model: some/model\ndata_source: hub\ntasks: [mrpc]\nteacher: {epochs: 5}\nmethods: {dense: {settings: {default: {}}}}\n")
+    overlay.write_text("teacher: {precision: bf16}\n")
+    cfg = read_local_config([base, overlay], glue_dir=tmp_path / "glue")
+    # merged as Snakemake merges --configfile, the local folder set, the schema's defaults filled
+    assert cfg["teacher"]["epochs"] == 5 and cfg["teacher"]["precision"] == "bf16"
+    assert (cfg["data_source"], cfg["glue_dir"], cfg["squad_dir"]) == ("local", str(tmp_path / "glue"), None)
+    assert cfg["eval"] == {"batch_size": 64, "limit": None}
+    # without a folder the configuration's data source stays
+    assert read_local_config([base])["data_source"] == "hub"
+    with pytest.raises(ConfigError, match="missing.yaml: no such configuration file"):
+        read_local_config([base, tmp_path / "missing.yaml"])
+    overlay.write_text("eval: {batch_size: 0}\n")
+    with pytest.raises(WorkflowError):
+        read_local_config([base, overlay])

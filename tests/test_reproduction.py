@@ -294,6 +294,7 @@ def test_render_command_builds_the_report_from_the_summaries_only(tmp_path):
     subprocess.run(command, check=True, cwd=tmp_path, capture_output=True, env=env)
     text = report.read_text()
     assert "| MRPC | 2x |" in text and "Not finished yet: SST-2, STS-B." in text
+    assert "\nTraining precision: teachers fp32, students fp32; evaluation, FLOPs and latency in fp32.\n" in text
     # the configuration's reasons for the tasks that do not run
     assert "## Not reproducible here\n\n- **CoLA**: The teacher does not learn the task" in text
     assert "\n- **RTE**: The teacher does not reach the task's level" in text
@@ -454,6 +455,21 @@ def test_the_estimate_reads_the_throughput_of_the_configured_precision(tmp_path)
     assert (bf16.dense, bf16.top_prune) == (32.0, 44.0)
     assert reproduction.training_precision({"train": {"precision": "auto"}}) == "fp32"
     assert reproduction.training_precision({"train": {"precision": "bf16"}}) == "bf16"
+
+
+def test_the_bf16_overlay_keeps_the_earlier_pass_apart_from_the_fp32_reproduction():
+    from top.config import read_config_files
+
+    reproduction = load_script("reproduction")
+    base = read_config_files([ROOT / "config/reproduction.yaml"])
+    bf16 = read_config_files([ROOT / "config/reproduction.yaml", ROOT / "config/reproduction_bf16.yaml"])
+    assert reproduction.report_precision(base) == {"teachers": "fp32", "students": "fp32"}
+    assert reproduction.report_precision(bf16) == {"teachers": "bf16", "students": "bf16"}
+    # the overlay changes the precisions only
+    assert bf16["teacher"] == base["teacher"] | {"precision": "bf16"}
+    assert bf16["train"] == base["train"] | {"precision": "bf16"}
+    assert {**bf16, "teacher": base["teacher"], "train": base["train"]} == base
+    assert reproduction.report_precision({"train": {}}) == {"teachers": "fp32", "students": "fp32"}
 
 
 def test_throughput_variants_can_be_narrowed_to_a_precision_pair():

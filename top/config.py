@@ -121,6 +121,30 @@ def read_config_files(paths: Iterable[str | Path]) -> dict[str, Any]:
     return merge_layers(*layers)
 
 
+SCHEMA = Path(__file__).resolve().parents[1] / "workflow/schemas/config.schema.yaml"
+"""The workflow's configuration schema: every key, its type and its default."""
+
+
+def read_local_config(paths: Iterable[str | Path], glue_dir: str | Path | None = None, squad_dir: str | Path | None = None) -> dict[str, Any]:
+    """The configuration as a workflow job sees it, for scripts that run outside Snakemake: the
+    files merged (:func:`read_config_files`), the data read from the local folders given
+    (``glue_dir``, ``squad_dir``; ``data_source: local``), the schema's defaults filled in and
+    its types checked (Snakemake's own validator).
+
+    Raises:
+        ConfigError: naming a missing or malformed file.
+        snakemake.exceptions.WorkflowError: a value the schema rejects.
+    """
+    from snakemake.utils import validate
+
+    cfg = read_config_files(paths)
+    for key, folder in (("glue_dir", glue_dir), ("squad_dir", squad_dir)):
+        if folder is not None:
+            cfg.update({key: str(folder), "data_source": "local"})
+    validate(cfg, str(SCHEMA))
+    return cfg
+
+
 def _task_block(cfg: Mapping[str, Any], task: str) -> Mapping[str, Any]:
     return (cfg.get("task_settings") or {}).get(task) or {}
 

@@ -211,13 +211,15 @@ def markdown(
     provisional: Mapping[str, Provisional] | None = None,
     not_reproducible: Mapping[str, str] | None = None,
     command: str = DEFAULT_COMMAND,
+    precision: Mapping[str, str] | None = None,
 ) -> str:
     """The report: comparison at equal FLOPs, teachers, every setting, the figure, provenance.
     ``figure``: the figure's path relative to the report (None: no figure); ``pending``: tasks
     of the reproduction without a summary yet; ``provisional``: those of them with recorded runs,
     shown apart (:func:`provisional_section`); ``not_reproducible``: task -> why it does not
     run (the configuration's ``not_reproducible``); ``command``: the command that builds the
-    report again."""
+    report again; ``precision``: what trained at which precision (e.g. ``{"teachers": "fp32",
+    "students": "bf16"}``), named in the header."""
     lines = [
         f"# Reproduction: {', '.join(_task_label(task) for task in [*summaries.tasks, *pending])}",
         "",
@@ -226,6 +228,9 @@ def markdown(
         "The README says how the runs are made.",
         "",
     ]
+    if precision:
+        trained = ", ".join(f"{who} {dtype}" for who, dtype in precision.items())
+        lines += [f"Training precision: {trained}; evaluation, FLOPs and latency in fp32.", ""]
     if pending:
         lines += [f"Not finished yet: {', '.join(_task_label(t) for t in pending)}. Their rows appear here as each task finishes.", ""]
     if not_reproducible:
@@ -279,13 +284,15 @@ def render(
     provisional: Mapping[str, Provisional] | None = None,
     not_reproducible: Mapping[str, str] | None = None,
     command: str = DEFAULT_COMMAND,
+    precision: Mapping[str, str] | None = None,
 ) -> Summaries:
     """Build the report and the figure from the summaries in ``folder``; ``tasks``: every task
     of the reproduction (those without a summary are listed as not finished); ``provisional``:
     the recorded runs of unfinished tasks, shown apart and drawn with their panel marked (a
     seed part-way through a method's curve is left out of the figure, as of the comparison);
     ``not_reproducible``: task -> why it does not run, listed with the reason; ``command``: the
-    command that builds the report again (named in its header). Without any
+    command that builds the report again and ``precision`` what trained at which precision (both
+    named in its header). Without any
     summary or recorded run no figure is drawn (and a stale one is removed)."""
     from top.report.plots import reproduction_figure
 
@@ -306,6 +313,6 @@ def render(
         figure = os.path.relpath(out_figure, out_markdown.parent)
     else:
         out_figure.unlink(missing_ok=True)
-    atomic_write_text(out_markdown, markdown(summaries, figure, pending, provisional, not_reproducible, command))
+    atomic_write_text(out_markdown, markdown(summaries, figure, pending, provisional, not_reproducible, command, precision))
     log.info("wrote %s", out_markdown)
     return summaries
