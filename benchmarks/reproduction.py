@@ -128,11 +128,15 @@ def results_dir(task: str, args: argparse.Namespace) -> str:
     return str(Path(args.results_root) / task)
 
 
-def run_workflow(task: str, args: argparse.Namespace, dry_run: bool, runs: list[tuple[str, str, int]]) -> None:
+def run_workflow(
+    task: str, args: argparse.Namespace, dry_run: bool, runs: list[tuple[str, str, int]], first: list[tuple[str, str, int]] = ()
+) -> None:
     """Snakemake on ``runs`` of ``task`` (their metrics, FLOPs and latency files) with
     ``--cores``, every job at ``--threads`` threads (the profile's set-threads give each job every
     core, so that jobs would run one at a time) except the teacher's fine-tune, which nothing runs
-    beside, at ``--teacher-threads``; only ``--seeds`` if given."""
+    beside, at ``--teacher-threads``; only ``--seeds`` if given. The runs in ``first`` (the
+    methods' curves, :func:`curve_runs`) are scheduled before the others (``--prioritize``), so
+    that a day's work ends with whole curves rather than half of them and the ablations."""
     threads = [f"teacher={args.teacher_threads}"] + [f"{rule}={args.threads}" for rule in ("train", "evaluate")]
     command = [sys.executable, "-m", "snakemake", "--cores", str(args.cores), "--set-threads", *threads]
     command += ["--configfile", *map(str, args.config), "--config"]
@@ -141,12 +145,20 @@ def run_workflow(task: str, args: argparse.Namespace, dry_run: bool, runs: list[
         command.append(f"seeds=[{','.join(str(seed) for seed in args.seeds)}]")
     command.append("--rerun-incomplete")
     command += [str(path) for run in runs for path in run_outputs(results_dir(task, args), task, *run)]
+    if first and len(first) < len(runs):  # after the targets: the option takes every name up to the next option
+        command += ["--prioritize", *(str(path) for run in first for path in run_outputs(results_dir(task, args), task, *run))]
     if dry_run:
         command.append("-n")
     log.info("running %s", " ".join(command))
     code = subprocess.run(command, cwd=ROOT).returncode
     if code:
         raise SystemExit(f"the workflow for {task} failed (exit status {code}); job logs: {results_dir(task, args)}/logs/")
+
+
+def curve_runs(cfg: dict, runs: list[tuple[str, str, int]]) -> list[tuple[str, str, int]]:
+    """The runs of ``runs`` on the methods' curves: every one but the ablations (``ablations``)."""
+    ablations = cfg.get("ablations") or {}
+    return [run for run in runs if run[1] not in (ablations.get(run[0]) or {})]
 
 
 def trained(task: str, args: argparse.Namespace, method: str, setting: str, seed: int) -> bool:
@@ -446,7 +458,7 @@ def main() -> None:
         for task in chosen(args.dry_run):
             todo = to_run(task, task_runs(task, cfg, args))
             if todo:
-                run_workflow(task, args, dry_run=True, runs=todo)
+                run_workflow(task, args, dry_run=True, runs=todo, first=curve_runs(cfg, todo))
             else:
                 log.info("%s: nothing to run (every run is recorded%s)", task, ", or none has trained" if args.trained_only else "")
         return
@@ -457,7 +469,8 @@ def main() -> None:
         runs = task_runs(task, cfg, args)
         if args.task and to_run(task, runs):
             try:
-                run_workflow(task, args, dry_run=False, runs=to_run(task, runs))
+                todo = to_run(task, runs)
+                run_workflow(task, args, dry_run=False, runs=todo, first=curve_runs(cfg, todo))
             finally:  # what finished is kept, whether the workflow did or not
                 runs = record(task, cfg, args)
         if args.task and runs.pending:

@@ -554,3 +554,30 @@ def test_recorded_runs_are_summarised_without_running_the_workflow(tmp_path):
     assert summary.meta["sst2"]["runs_csv"].endswith("runs/sst2.csv") and summary.meta["sst2"]["run_machines"]
     text = (tmp_path / "reproduction.md").read_text()
     assert (tmp_path / "reproduction.png").is_file() and "| SST-2 | 2x |" in text and "provisional" not in text
+
+
+def test_the_workflow_runs_the_methods_curves_before_the_ablations(monkeypatch, tmp_path):
+    import argparse
+
+    from snakemake.cli import get_argument_parser
+
+    reproduction = load_script("reproduction")
+    cfg = {"ablations": {"top": {"s50_norank": {"of": "s50", "change": "no ranking distillation"}}}}
+    runs = [("dense", "default", 42), ("top", "s50_norank", 42), ("top", "s50", 42)]
+    assert reproduction.curve_runs(cfg, runs) == [("dense", "default", 42), ("top", "s50", 42)]
+    commands = []
+    monkeypatch.setattr(reproduction.subprocess, "run", lambda command, cwd: commands.append(command) or argparse.Namespace(returncode=0))
+    args = argparse.Namespace(
+        teacher_threads=2, threads=1, cores=2, config=[ROOT / "config/reproduction.yaml"], glue_dir=tmp_path, squad_dir=tmp_path,
+        results_root="results/x", seeds=[42],
+    )  # fmt: skip
+    reproduction.run_workflow("mrpc", args, dry_run=True, runs=runs, first=reproduction.curve_runs(cfg, runs))
+    # parsed as Snakemake parses it: every run a target, the curves' outputs prioritised
+    parsed = get_argument_parser().parse_args(commands[0][3:])
+    outputs = {run: {str(path) for path in reproduction.run_outputs("results/x/mrpc", "mrpc", *run)} for run in runs}
+    assert set(parsed.targets) == set().union(*outputs.values()) and parsed.dryrun
+    assert parsed.prioritize == outputs[runs[0]] | outputs[runs[2]]
+    assert parsed.config == [f"glue_dir={tmp_path}", "tasks=[mrpc]", "results_dir=results/x/mrpc", "seeds=[42]"]
+    # nothing to put first when every run is on a curve, or none is
+    reproduction.run_workflow("mrpc", args, dry_run=True, runs=runs[:1], first=runs[:1])
+    assert "--prioritize" not in commands[1]
