@@ -342,16 +342,20 @@ def estimate(cfg: dict, args: argparse.Namespace) -> str:
     return budget_table(budgets) + "\n" + "\n".join(lines) + "\n"
 
 
+def cpu_precision(block: dict | None) -> str:
+    """The precision a ``teacher`` or ``train`` block trains at on the CPU (``auto`` is fp32 there)."""
+    precision = (block or {}).get("precision", "auto")
+    return "fp32" if precision == "auto" else precision
+
+
 def report_precision(cfg: dict) -> dict[str, str]:
-    """What trains at which precision on the CPU, for the report's header (``auto`` is fp32 there)."""
-    teacher = (cfg.get("teacher") or {}).get("precision", "auto")
-    return {"teachers": "fp32" if teacher == "auto" else teacher, "students": training_precision(cfg)}
+    """What trains at which precision on the CPU, for the report's header."""
+    return {"teachers": cpu_precision(cfg.get("teacher")), "students": cpu_precision(cfg.get("train"))}
 
 
 def training_precision(cfg: dict) -> str:
-    """The precision the configuration trains the methods at on the CPU (``auto`` is fp32 there)."""
-    precision = cfg["train"].get("precision", "auto")
-    return "fp32" if precision == "auto" else precision
+    """The precision the configuration trains the methods at on the CPU."""
+    return cpu_precision(cfg["train"])
 
 
 def main() -> None:
