@@ -57,8 +57,10 @@ def hashes(tag: str = "v1") -> dict:
     return {run: f"{tag}-{run[0]}-{run[1]}" for run in EXPECTED}
 
 
-def record(results: Path, ledger: Path, run_hashes: dict | None = None, date: str = "2026-12-01T00:00:00+00:00") -> pd.DataFrame:
-    return record_runs(results, TASK, ledger, EXPECTED, run_hashes or hashes(), STEPS, MACHINE, date=date)
+def record(
+    results: Path, ledger: Path, run_hashes: dict | None = None, date: str = "2026-12-01T00:00:00+00:00", machine: dict = MACHINE
+) -> pd.DataFrame:
+    return record_runs(results, TASK, ledger, EXPECTED, run_hashes or hashes(), STEPS, machine, date=date)
 
 
 def test_finished_runs_are_recorded_and_the_rest_stay_missing(tmp_path, example_runs):
@@ -92,12 +94,29 @@ def test_a_later_session_adds_rows_and_replaces_a_rerun(tmp_path, example_runs):
     for run in EXPECTED[1:]:
         finish(results, example_runs, *run)
     finish(results, example_runs, "dense", "default", 42)
-    record(results, ledger, date="2026-12-02T00:00:00+00:00")
+    record(results, ledger, date="2026-12-02T00:00:00+00:00", machine=MACHINE | {"cpu_model": "Another CPU"})
     frame = read_ledger(ledger, TASK)
     assert len(frame) == len(EXPECTED)
     assert set(run_states(frame, EXPECTED, hashes()).values()) == {"recorded"}
     assert list(frame["date"][frame["method"] == "dense"]) == ["2026-12-02T00:00:00+00:00"]
     assert len(ledger_summary_rows(frame, run_states(frame, EXPECTED, hashes()))) == len(EXPECTED)
+
+
+def test_recording_an_unchanged_run_again_keeps_its_row(tmp_path, example_runs):
+    results, ledger = tmp_path / "results", tmp_path / "ledger"
+    teacher(results, 42)
+    finish(results, example_runs, "dense", "default", 42)
+    finish(results, example_runs, "topk", "keep50", 42)
+    record(results, ledger, date="2026-12-01T00:00:00+00:00")
+    first = ledger_path(ledger, TASK).read_text()
+    # a stopped day records every finished run again: the rows and their dates stay as they were
+    finish(results, example_runs, "top", "t50", 42)
+    record(results, ledger, date="2026-12-02T00:00:00+00:00")
+    frame = read_ledger(ledger, TASK).set_index("method")
+    assert frame.loc["dense", "date"] == frame.loc["topk", "date"] == "2026-12-01T00:00:00+00:00"
+    assert frame.loc["top", "date"] == "2026-12-02T00:00:00+00:00"
+    again = ledger_path(ledger, TASK).read_text()
+    assert [line for line in again.splitlines() if ",top," not in line] == first.splitlines()
 
 
 def test_runs_from_another_teacher_or_other_settings_are_stale(tmp_path, example_runs):

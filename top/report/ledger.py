@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import io
 import json
 import logging
+import numbers
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -48,6 +50,8 @@ log = logging.getLogger(__name__)
 PROVENANCE_COLUMNS = ("run_sha256", "teacher_sha256", "date", "cpu_model", "torch_version", "transformers_version")
 """The ledger's columns beside a summary's."""
 RUN_KEY = ("method", "setting", "seed")
+FLOAT_FORMAT = "%.6g"
+"""How the ledger writes its floats."""
 
 Run = tuple[str, str, int]
 """(method, setting, seed) of one run of a task."""
@@ -165,7 +169,8 @@ def record_runs(
 ) -> pd.DataFrame:
     """Record every run of ``expected`` that has finished under ``results_dir`` (its metrics,
     FLOPs and latency files exist) into ``task``'s ledger under ``folder``, replacing an earlier
-    row of the same run; the ledger is rewritten atomically. Returns the rows recorded now.
+    row of the same run unless nothing but the date would change (then the row stays as it was);
+    the ledger is rewritten atomically. Returns the rows recorded now.
 
     Args:
         hashes: each run's :func:`run_sha256` under the current configuration.
@@ -197,14 +202,41 @@ def record_runs(
                 seed,
                 names,
             )
+    rows = _keep_unchanged_rows(rows, ledger)
     now = {(str(m), str(s), int(seed)) for m, s, seed in rows[list(RUN_KEY)].itertuples(index=False)}
     kept = ledger[[(str(m), str(s), int(seed)) not in now for m, s, seed in ledger[list(RUN_KEY)].itertuples(index=False)]]
     merged = pd.concat([frame for frame in (kept, rows) if len(frame)], ignore_index=True)
     merged = merged[list(SUMMARY_COLUMNS) + list(PROVENANCE_COLUMNS)]
     merged = merged.assign(_order=merged["method"].map(method_rank)).sort_values(["_order", "setting", "seed"], kind="stable").drop(columns="_order")
-    atomic_write_text(ledger_path(folder, task), merged.to_csv(index=False, float_format="%.6g"))
+    atomic_write_text(ledger_path(folder, task), merged.to_csv(index=False, float_format=FLOAT_FORMAT))
     log.info("%s: recorded %d run(s) in %s (%d in all)", task, len(rows), ledger_path(folder, task), len(merged))
     return rows
+
+
+def _keep_unchanged_rows(rows: pd.DataFrame, ledger: pd.DataFrame) -> pd.DataFrame:
+    """``rows`` with each row that the ledger already holds unchanged (every column as the ledger
+    writes it, the date aside) replaced by the ledger's row, so that recording the same finished
+    run again keeps the date it was first recorded on."""
+    if ledger.empty:
+        return rows
+    columns = [column for column in list(SUMMARY_COLUMNS) + list(PROVENANCE_COLUMNS) if column != "date"]
+    written = pd.read_csv(io.StringIO(rows[list(SUMMARY_COLUMNS) + list(PROVENANCE_COLUMNS)].to_csv(index=False, float_format=FLOAT_FORMAT)))
+    earlier = {(str(row["method"]), str(row["setting"]), int(row["seed"])): row for _, row in ledger.iterrows()}
+    dates = []
+    for (_, new), date in zip(written.iterrows(), rows["date"]):
+        old = earlier.get((str(new["method"]), str(new["setting"]), int(new["seed"])))
+        same = old is not None and all(_same_cell(new[column], old[column]) for column in columns)
+        dates.append(old["date"] if same else date)
+    return rows.assign(date=dates)
+
+
+def _same_cell(a: Any, b: Any) -> bool:
+    """Two ledger cells as read back from CSV are equal (both missing counts as equal)."""
+    if pd.isna(a) or pd.isna(b):
+        return bool(pd.isna(a) and pd.isna(b))
+    if isinstance(a, numbers.Number) and isinstance(b, numbers.Number):
+        return float(a) == float(b)  # an integer column read as float where another row is empty
+    return str(a) == str(b)
 
 
 def ledger_summary_rows(ledger: pd.DataFrame, states: Mapping[Run, str]) -> pd.DataFrame:
