@@ -37,7 +37,7 @@ import sys
 from pathlib import Path
 
 from top.budget import Throughput, budget_table, estimate_task, task_budgets, teacher_budget
-from top.config import expected_teacher, offline_model_config, read_config_files, read_local_config, runs, task_seeds, validate_config
+from top.config import expected_teacher, is_ablation, offline_model_config, read_config_files, read_local_config, runs, task_seeds, validate_config
 from top.report.ledger import ledger_path, ledger_summary_rows, read_ledger, record_runs, run_sha256, run_states
 from top.report.outputs import RUN_DIR, TEACHER_DIR
 from top.report.reproduction import (
@@ -157,8 +157,7 @@ def run_workflow(
 
 def curve_runs(cfg: dict, runs: list[tuple[str, str, int]]) -> list[tuple[str, str, int]]:
     """The runs of ``runs`` on the methods' curves: every one but the ablations (``ablations``)."""
-    ablations = cfg.get("ablations") or {}
-    return [run for run in runs if run[1] not in (ablations.get(run[0]) or {})]
+    return [run for run in runs if not is_ablation(cfg.get("ablations"), run[0], run[1])]
 
 
 def trained(task: str, args: argparse.Namespace, method: str, setting: str, seed: int) -> bool:

@@ -281,6 +281,12 @@ def _check_ablations(cfg: Mapping[str, Any]) -> None:
                 raise ConfigError(f"{where}.tasks: unknown task(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(known)}")
 
 
+def is_ablation(ablations: Mapping[str, Any] | None, method: str, setting: str) -> bool:
+    """Whether ``method``'s ``setting`` is an ablation in a configuration's ``ablations``
+    (method -> ablation setting -> what it ablates): ablations stay off the methods' curves."""
+    return setting in ((ablations or {}).get(method) or {})
+
+
 def ablation_scales(cfg: Mapping[str, Any]) -> dict[tuple[str, str], float]:
     """(method, setting) -> ``budget_scale`` of every ablation (:data:`ablations` in the schema)."""
     return {

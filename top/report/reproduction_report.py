@@ -20,6 +20,7 @@ from typing import Any
 
 import pandas as pd
 
+from top.config import is_ablation as is_ablation_setting
 from top.files import atomic_write_text
 from top.report.equal_flops import TARGETS, readouts, verdicts
 from top.report.labels import METRIC_LABELS, TASK_LABELS, method_label
@@ -126,7 +127,10 @@ def is_ablation(frame: pd.DataFrame, ablations: Mapping[str, Mapping[str, Any]])
     """Per row of ``frame``: whether its (method, setting) is an ablation of its task
     (``ablations``: task -> the configuration's ``ablations``)."""
     return pd.Series(
-        [setting in (ablations.get(task) or {}).get(method, {}) for task, method, setting in zip(frame["task"], frame["method"], frame["setting"])],
+        [
+            is_ablation_setting(ablations.get(task), method, setting)
+            for task, method, setting in zip(frame["task"], frame["method"], frame["setting"])
+        ],
         index=frame.index,
         dtype=bool,
     )
