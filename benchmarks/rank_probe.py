@@ -6,11 +6,15 @@ token order, alone and beside the task loss? (top/analysis/rank_probe.py)
         --train-limit 600 --dev-limit 200 --out benchmarks/squad_ablation/rank_probe.json
 
 Runs each ``--conditions`` entry from the same teacher on the same samples: ``rank`` (the
-ranking loss alone), ``task+rank`` (the task loss plus the ranking loss at ``--rank-weight``)
-and ``task`` (the task loss alone). Writes one JSON file with every condition's agreement
-curve, the settings and where it ran, rewritten after each condition; a condition already in
-the file with the same settings, task, teacher and samples is not run again (an interrupted
-probe resumes).
+ranking loss alone), ``task+rank`` (the task loss plus the ranking loss at ``--rank-weight``),
+``task`` (the task loss alone), and ToP's training objective taken apart: ``distill`` (ToP's
+logit distillation, which its pruning stage trains on instead of the task loss), then the same
+while tokens are pruned on the schedule of the configuration's top-k setting ``--keep-setting``
+(2x), keeping each layer's best-scored tokens (``distill+topk``) or as many at random
+(``distill+random``: what ToP's rank bins, dropped anywhere in the ranking, amount to). Writes
+one JSON file with every condition's agreement curve, the settings and where it ran, rewritten
+after each condition; a condition already in the file with the same settings, task, teacher and
+samples is not run again (an interrupted probe resumes).
 """
 
 from __future__ import annotations
@@ -32,8 +36,16 @@ from top.tasks.base import get_task
 from top.tasks.settings import TaskConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-CONDITIONS = {"rank": (False, None), "task+rank": (True, None), "task": (True, 0.0)}
-"""condition -> (train the task loss, ranking weight; None: --rank-weight)."""
+RANK_WEIGHT, SCHEDULE = "--rank-weight", "--keep-setting"
+CONDITIONS: dict[str, dict] = {
+    "rank": {"task_loss": False, "rank_weight": RANK_WEIGHT},
+    "task+rank": {"task_loss": True, "rank_weight": RANK_WEIGHT},
+    "task": {"task_loss": True, "rank_weight": 0.0},
+    "distill": {"distill_weight": 1.0, "rank_weight": 0.0},
+    "distill+topk": {"distill_weight": 1.0, "rank_weight": 0.0, "keep_ratios": SCHEDULE, "drop": "scores"},
+    "distill+random": {"distill_weight": 1.0, "rank_weight": 0.0, "keep_ratios": SCHEDULE, "drop": "random"},
+}
+"""condition -> its :class:`ProbeSettings` fields (RANK_WEIGHT, SCHEDULE: those options' values)."""
 log = logging.getLogger("rank_probe")
 
 
@@ -48,6 +60,7 @@ def main() -> None:
     parser.add_argument("--dev-limit", type=int, default=200, help="dev examples measured")
     parser.add_argument("--conditions", nargs="+", default=list(CONDITIONS), choices=list(CONDITIONS))
     parser.add_argument("--rank-weight", type=float, default=1.0, help="the ranking loss's weight beside the task loss")
+    parser.add_argument("--keep-setting", default="keep2x", help="the configuration's top-k setting whose keep_ratios the pruned conditions train on")
     defaults = ProbeSettings()
     parser.add_argument("--layer", type=int, default=defaults.layer)
     parser.add_argument("--epochs", type=int, default=defaults.epochs)
@@ -70,23 +83,40 @@ def main() -> None:
     collate = task.collate(tokenizer)
     header = {"task": task.name, "teacher": str(args.teacher), "train_features": len(train), "dev_features": len(dev)}
     runs = earlier_runs(args.out, header)
+    options = {RANK_WEIGHT: args.rank_weight}
+    if any(CONDITIONS[condition].get("keep_ratios") == SCHEDULE for condition in args.conditions):
+        options[SCHEDULE] = keep_ratios(cfg, args.keep_setting, parser)
     for condition in args.conditions:
-        with_task, weight = CONDITIONS[condition]
-        settings = ProbeSettings(
-            layer=args.layer,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            learning_rate=args.learning_rate,
-            rank_weight=args.rank_weight if weight is None else weight,
-            task_loss=with_task,
-        )
-        if runs.get(condition, {}).get("settings") == dataclasses.asdict(settings):
+        fields = {
+            key: options.get(value, value) if isinstance(value, str) and value.startswith("--") else value
+            for key, value in CONDITIONS[condition].items()
+        }
+        settings = ProbeSettings(layer=args.layer, epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate, **fields)
+        if same_settings(runs.get(condition, {}).get("settings"), settings):
             log.info("%s: already in %s", condition, args.out)
             continue
         torch.manual_seed(0)  # dropout
         runs[condition] = {"settings": dataclasses.asdict(settings), "curve": probe_ranking_distillation(teacher, train, dev, collate, settings)}
         atomic_write_text(args.out, json_text({**header, "runs": runs, "provenance": provenance(args.config, root=ROOT)}, indent=2))
         log.info("%s: wrote %s", condition, args.out)
+
+
+def keep_ratios(cfg: dict, setting: str, parser: argparse.ArgumentParser) -> list[float]:
+    """The keep ratios of the configuration's top-k ``setting`` (a parser error if it has none)."""
+    settings = ((cfg.get("methods") or {}).get("topk") or {}).get("settings") or {}
+    if "keep_ratios" not in (settings.get(setting) or {}):
+        parser.error(f"--keep-setting {setting}: not a top-k setting of the configuration (top-k settings: {', '.join(settings) or 'none'})")
+    return [float(ratio) for ratio in settings[setting]["keep_ratios"]]
+
+
+def same_settings(recorded: dict | None, settings: ProbeSettings) -> bool:
+    """Whether a condition recorded with ``recorded`` ran with ``settings`` (a field the record
+    predates counts at its default)."""
+    if recorded is None:
+        return False
+    current = json.loads(json.dumps(dataclasses.asdict(settings)))
+    defaults = json.loads(json.dumps(dataclasses.asdict(ProbeSettings())))
+    return all(recorded.get(key, defaults[key]) == value for key, value in current.items())
 
 
 def earlier_runs(path: Path, header: dict) -> dict:

@@ -11,8 +11,10 @@ import torch
 from transformers import AutoTokenizer, BertForQuestionAnswering
 
 from tests.conftest import TINY_QA, tiny_config, write_tiny_model, write_tiny_squad
-from top.analysis.rank_probe import ProbeSettings, probe_ranking_distillation
+from top.analysis.rank_probe import DROPS, ProbeSettings, RandomKeep, probe_ranking_distillation
 from top.encoder import PrunableModel
+from top.pruning.base import LayerContext
+from top.pruning.topk import TopKSelector
 from top.tasks.base import QATask
 from top.tasks.settings import QASettings, TaskConfig
 
@@ -57,6 +59,52 @@ def test_with_the_task_loss_the_whole_model_trains_and_a_zero_weight_is_the_task
         probe_ranking_distillation(teacher, train, train, collate, ProbeSettings(layer=2))
 
 
+def test_distillation_under_a_pruning_schedule_trains_the_whole_model_and_measures_every_token(setup):
+    teacher, train, collate = setup
+    before = {name: p.detach().clone() for name, p in teacher.hf.named_parameters()}
+    curves = {}
+    for drop in DROPS:
+        torch.manual_seed(0)
+        settings = ProbeSettings(
+            layer=1, epochs=1, batch_size=8, learning_rate=1e-3, rank_weight=0.0, distill_weight=1.0, keep_ratios=(1.0, 0.5, 0.3), drop=drop
+        )
+        curves[drop] = probe_ranking_distillation(teacher, train, train, collate, settings)
+    for curve in curves.values():
+        # before training the student is the teacher; the loss is the distillation alone (rank weight 0)
+        assert curve[0]["spearman"] == curves["scores"][0]["spearman"]
+        assert curve[1]["loss"] > 0 and curve[1]["loss"] != curve[1]["rank_loss"] and curve[1]["features"] == len(train)
+    assert curves["scores"][1]["spearman"] != curves["random"][1]["spearman"]
+    assert all(torch.equal(p, before[name]) for name, p in teacher.hf.named_parameters())
+    with pytest.raises(ValueError, match="keep_ratios has 2 entries"):
+        probe_ranking_distillation(teacher, train, train, collate, ProbeSettings(layer=1, distill_weight=1.0, keep_ratios=(1.0, 0.5)))
+    with pytest.raises(ValueError, match="drop 'worst'"):
+        ProbeSettings(drop="worst")
+
+
+def test_random_keep_keeps_as_many_tokens_as_top_k_chosen_at_random():
+    torch.manual_seed(0)
+    alive = torch.ones(64, 20, dtype=torch.bool)
+    alive[:, 15:] = False  # padding
+    ctx = LayerContext(
+        layer=1,
+        attention_probs=None,
+        hidden=torch.zeros(64, 20, 4),
+        alive=alive,
+        positions=torch.arange(20).expand(64, 20),
+        input_lengths=torch.full((64,), 15),
+        token_scores=torch.linspace(1, 0, 20).expand(64, 20).clone(),
+    )
+    top = TopKSelector(0.4)(ctx).hard
+    random = RandomKeep(0.4)(ctx).hard
+    assert (random.sum(dim=1) == top.sum(dim=1)).all() and (top.sum(dim=1) == 6).all()
+    assert random[:, 0].all() and not (random & ~alive).any()
+    # top-k keeps the first six slots (the best scores) every time; random keeps each other alive
+    # slot about 5 times in 14
+    assert (top[:, :6]).all()
+    share = random[:, 1:15].float().mean(dim=0)
+    assert share.min() > 0.15 and share.max() < 0.6
+
+
 def test_the_script_writes_each_condition_and_resumes_without_running_it_again(tmp_path, monkeypatch, caplog):
     import json
     import runpy
@@ -70,7 +118,8 @@ def test_the_script_writes_each_condition_and_resumes_without_running_it_again(t
     from top.pipeline import finetune_teacher
 
     root = Path(__file__).resolve().parents[1]
-    cfg = tiny_squad_config(tmp_path, {"dense": {"settings": {"default": {}}}}, eval={"batch_size": 16})
+    methods = {"dense": {"settings": {"default": {}}}, "topk": {"settings": {"keep2x": {"keep_ratios": [1.0, 0.6, 0.5, 0.4]}}}}
+    cfg = tiny_squad_config(tmp_path, methods, eval={"batch_size": 16})
     validate(cfg, str(root / "workflow/schemas/config.schema.yaml"))  # fills the schema's defaults
     teacher = tmp_path / "teacher"
     finetune_teacher(cfg, "squad", 3, teacher)
@@ -92,3 +141,17 @@ def test_the_script_writes_each_condition_and_resumes_without_running_it_again(t
         second = run("rank", "task")
     assert "rank: already in" in caplog.text
     assert second["runs"]["rank"] == first["runs"]["rank"] and second["runs"]["task"]["settings"]["rank_weight"] == 0.0
+    # a record written before the probe had a setting counts that setting at its default
+    for key in ("distill_weight", "keep_ratios", "drop"):
+        del second["runs"]["task"]["settings"][key]
+    out.write_text(json.dumps(second))
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="rank_probe"):
+        third = run("task", "distill+random")
+    assert "task: already in" in caplog.text
+    assert third["runs"]["distill+random"]["settings"]["keep_ratios"] == [1.0, 0.6, 0.5, 0.4]
+    assert third["runs"]["distill+random"]["settings"]["drop"] == "random"
+    # a pruned condition needs a top-k setting with keep ratios
+    monkeypatch.setattr(sys, "argv", [*argv, "--conditions", "distill+topk", "--keep-setting", "keep9x"])
+    with pytest.raises(SystemExit):
+        runpy.run_path(str(root / "benchmarks/rank_probe.py"), run_name="__main__")

@@ -6,15 +6,21 @@ layer prunes the tokens the finished model will not need. Its value says little 
 it does (scores of order ``1/n`` keep the pairwise logistic loss near its all-ties value), so
 this probe measures the order itself, apart from everything else ToP trains at once.
 
-A copy of the teacher is trained, without any pruning, on a sample of training features with
+A copy of the teacher is trained on a sample of training features with
 
-* the ranking loss at one layer alone (``task_loss: False``; only the layers up to that one are
-  kept, since nothing above it reaches the loss), or
+* the ranking loss at one layer alone (``task_loss: False``, ``distill_weight: 0``; only the
+  layers up to that one are kept, since nothing above it reaches the loss), or
 * the task loss plus the ranking loss (``task_loss: True``; ``rank_weight: 0`` gives the task
-  loss alone, the drift a fine-tune causes by itself),
+  loss alone, the drift a fine-tune causes by itself), or
+* ToP's logit distillation (``distill_weight``; the teacher's outputs at ToP's temperature,
+  which ToP's pruning stage trains on instead of the task loss), with or without the others,
 
-and after every epoch that layer's scores (attention received, every token kept) are compared
-with the teacher's last layer on dev features (:func:`top.analysis.squad_tokens.final_layer_agreement`,
+without pruning or, to separate what pruning during training does from what ToP's gates do,
+with a fixed schedule (``keep_ratios``, one ratio of the input length per layer, as top-k's)
+that keeps each layer's best-scored tokens (``drop: scores``) or as many at random
+(``drop: random``, about what ToP's rank bins, dropped anywhere in the ranking, amount to).
+After every epoch that layer's scores (attention received, every token kept) are compared with
+the teacher's last layer on dev features (:func:`top.analysis.squad_tokens.final_layer_agreement`,
 over the tokens the loss ranks: every real token but [CLS]). The loss, its list (the teacher's
 top ``rank_topk`` tokens) and its padding are ToP's own; the optimiser is AdamW with the run's
 learning rate, as the encoder's in ToP's pruning stage.
@@ -33,9 +39,11 @@ import torch
 
 from top.analysis.squad_tokens import final_layer_agreement, trace_token_scores
 from top.encoder import PrunableModel
-from top.pruning.base import attention_token_scores
+from top.pruning.base import KeepDecision, LayerContext, TokenSelector, attention_token_scores, keep_top_k
 from top.pruning.ranking import ranking_distillation_loss
+from top.pruning.top.method import logit_distillation_loss
 from top.pruning.top.settings import ToPSettings
+from top.pruning.topk import TopKSelector, validate_schedule
 from top.train import model_inputs, task_loss
 
 log = logging.getLogger(__name__)
@@ -55,6 +63,15 @@ class ProbeSettings:
         task_loss: train the task loss too (the whole model), or the ranking loss alone.
         rank_topk: the teacher's best tokens per feature in the loss's list.
         seed: the order of the training sample.
+        distill_weight: the weight of ToP's logit distillation
+            (:func:`~top.pruning.top.method.logit_distillation_loss`); above 0 the whole model
+            trains.
+        distill_temperature: its temperature (ToP's default).
+        keep_ratios: a pruning schedule applied while training (one ratio of the input length
+            per layer, 1 keeps every token), or None: no pruning. The measurement keeps every
+            token whatever it is.
+        drop: which tokens the schedule keeps: ``scores``, each layer's best-scored (top-k), or
+            ``random``, as many chosen at random.
     """
 
     layer: int = 1
@@ -65,6 +82,49 @@ class ProbeSettings:
     task_loss: bool = False
     rank_topk: int = ToPSettings.rank_topk
     seed: int = 0
+    distill_weight: float = 0.0
+    distill_temperature: float = ToPSettings.distill_temperature
+    keep_ratios: tuple[float, ...] | None = None
+    drop: str = "scores"
+
+    def __post_init__(self) -> None:
+        if self.drop not in DROPS:
+            raise ValueError(f"drop {self.drop!r}: one of {', '.join(DROPS)}")
+        if self.keep_ratios is not None:
+            self.keep_ratios = tuple(float(r) for r in self.keep_ratios)  # checked against the model by validate_schedule
+
+    @property
+    def whole_model(self) -> bool:
+        """Whether a loss on the model's outputs trains every layer (else only the layers up to
+        ``layer`` are kept and trained)."""
+        return self.task_loss or self.distill_weight > 0
+
+
+DROPS = ("scores", "random")
+"""How a probe's pruning schedule picks the tokens it keeps."""
+
+
+class RandomKeep(TopKSelector):
+    """Keeps as many tokens as :class:`~top.pruning.topk.TopKSelector` with the same ratio
+    would ([CLS] and ``ceil(ratio * input_length) - 1`` others), chosen uniformly at random
+    among the alive ones (torch's global generator)."""
+
+    def forward(self, ctx: LayerContext) -> KeepDecision:
+        k = torch.ceil(ctx.input_lengths.to(torch.float64) * self.ratio).long()
+        scores = torch.rand(ctx.alive.shape, device=ctx.alive.device)  # [B, n]
+        return KeepDecision(hard=keep_top_k(scores, ctx.alive, k))
+
+    def kept_slots(self, ctx: LayerContext) -> None:
+        return None
+
+
+def _schedule(settings: ProbeSettings, layers: int) -> dict[int, TokenSelector]:
+    """The selectors of ``settings.keep_ratios`` (layer -> selector, layers that prune only)."""
+    if settings.keep_ratios is None:
+        return {}
+    ratios = validate_schedule(settings.keep_ratios, layers)
+    selector = TopKSelector if settings.drop == "scores" else RandomKeep
+    return {layer: selector(ratio) for layer, ratio in enumerate(ratios) if ratio < 1.0}
 
 
 def final_layer_scores(model: PrunableModel, dataset, collate, batch_size: int) -> list[np.ndarray]:
@@ -109,12 +169,15 @@ def probe_ranking_distillation(
     reference_dev = final_layer_scores(teacher, dev, collate, eval_batch_size)
     ranked_dev = _ranked_tokens(dev)
     hf = copy.deepcopy(teacher.hf)
-    if not settings.task_loss:  # nothing above the layer reaches the ranking loss
+    selectors = _schedule(settings, layers)
+    if not settings.whole_model:  # nothing above the layer reaches the ranking loss
         encoder = getattr(hf, hf.base_model_prefix).encoder
         encoder.layer = encoder.layer[: settings.layer + 1]
         hf.config.num_hidden_layers = settings.layer + 1
-    student = PrunableModel(hf)
-    trained = [p for name, p in hf.named_parameters() if settings.task_loss or "embeddings" not in name]
+        selectors = {layer: selector for layer, selector in selectors.items() if layer <= settings.layer}
+    student = PrunableModel(hf, selectors)  # measured through a copy without them (trace_token_scores)
+    dense_teacher = PrunableModel(teacher.hf).eval()  # the logits distilled: every token kept, no dropout
+    trained = [p for name, p in hf.named_parameters() if settings.whole_model or "embeddings" not in name]
     optimizer = torch.optim.AdamW(trained, lr=settings.learning_rate, weight_decay=0.0)
 
     def measure(epoch: int, steps: int, losses: Sequence[float], rank_losses: Sequence[float]) -> dict[str, Any]:
@@ -159,6 +222,11 @@ def probe_ranking_distillation(
             loss = settings.rank_weight * rank
             if settings.task_loss:
                 loss = loss + task_loss(out.logits, batch["labels"], inputs["attention_mask"])
+            if settings.distill_weight > 0:
+                with torch.no_grad():
+                    reference = dense_teacher(**inputs, mode="mask").logits
+                distill = logit_distillation_loss(out.logits, reference, settings.distill_temperature, inputs["attention_mask"])
+                loss = loss + settings.distill_weight * distill
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
