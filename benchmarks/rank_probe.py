@@ -87,10 +87,7 @@ def main() -> None:
     if any(CONDITIONS[condition].get("keep_ratios") == SCHEDULE for condition in args.conditions):
         options[SCHEDULE] = keep_ratios(cfg, args.keep_setting, parser)
     for condition in args.conditions:
-        fields = {
-            key: options.get(value, value) if isinstance(value, str) and value.startswith("--") else value
-            for key, value in CONDITIONS[condition].items()
-        }
+        fields = {key: options[value] if value in (RANK_WEIGHT, SCHEDULE) else value for key, value in CONDITIONS[condition].items()}
         settings = ProbeSettings(layer=args.layer, epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate, **fields)
         if same_settings(runs.get(condition, {}).get("settings"), settings):
             log.info("%s: already in %s", condition, args.out)

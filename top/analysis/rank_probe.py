@@ -43,7 +43,7 @@ from top.pruning.base import KeepDecision, LayerContext, TokenSelector, attentio
 from top.pruning.ranking import ranking_distillation_loss
 from top.pruning.top.method import logit_distillation_loss
 from top.pruning.top.settings import ToPSettings
-from top.pruning.topk import TopKSelector, validate_schedule
+from top.pruning.topk import TopKSelector, schedule_selectors, validate_schedule
 from top.train import model_inputs, task_loss
 
 log = logging.getLogger(__name__)
@@ -122,9 +122,7 @@ def _schedule(settings: ProbeSettings, layers: int) -> dict[int, TokenSelector]:
     """The selectors of ``settings.keep_ratios`` (layer -> selector, layers that prune only)."""
     if settings.keep_ratios is None:
         return {}
-    ratios = validate_schedule(settings.keep_ratios, layers)
-    selector = TopKSelector if settings.drop == "scores" else RandomKeep
-    return {layer: selector(ratio) for layer, ratio in enumerate(ratios) if ratio < 1.0}
+    return schedule_selectors(validate_schedule(settings.keep_ratios, layers), TopKSelector if settings.drop == "scores" else RandomKeep)
 
 
 def final_layer_scores(model: PrunableModel, dataset, collate, batch_size: int) -> list[np.ndarray]:

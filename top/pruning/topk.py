@@ -80,8 +80,9 @@ class TopKSelector(TokenSelector):
         return scores.argsort(descending=True, stable=True)[:k].sort().values
 
 
-def _selectors(ratios: Sequence[float]) -> dict[int, TokenSelector]:
-    return {layer: TopKSelector(r) for layer, r in enumerate(ratios) if r < 1.0}
+def schedule_selectors(ratios: Sequence[float], selector: type[TopKSelector] = TopKSelector) -> dict[int, TokenSelector]:
+    """layer -> ``selector(ratio)`` for each layer of a keep-ratio schedule that prunes (ratio < 1)."""
+    return {layer: selector(r) for layer, r in enumerate(ratios) if r < 1.0}
 
 
 class TopK(PruningMethod):
@@ -102,11 +103,11 @@ class TopK(PruningMethod):
         return [Stage("finetune", epochs)] if epochs > 0 else []
 
     def selectors(self, stage: str) -> dict[int, TokenSelector]:
-        return _selectors(self.ratios)
+        return schedule_selectors(self.ratios)
 
     def export(self) -> dict[str, Any]:
         return {"keep_ratios": self.ratios}
 
     @classmethod
     def inference_selectors(cls, exported: Mapping[str, Any], model_config) -> dict[int, TokenSelector]:
-        return _selectors(validate_schedule(exported["keep_ratios"], model_config.num_hidden_layers))
+        return schedule_selectors(validate_schedule(exported["keep_ratios"], model_config.num_hidden_layers))
