@@ -41,7 +41,7 @@ from top.config import resolve_run, teacher_settings
 from top.files import atomic_write_text
 from top.report.labels import method_rank
 from top.report.outputs import TEACHER_DIR
-from top.report.reproduction import SUMMARY_COLUMNS, run_finished, run_outputs, summary_frame
+from top.report.reproduction import RUN_KEY, SUMMARY_COLUMNS, Run, run_finished, run_keys, run_outputs, summary_frame
 from top.report.tables import collect
 from top.tasks import is_qa_task
 
@@ -49,12 +49,8 @@ log = logging.getLogger(__name__)
 
 PROVENANCE_COLUMNS = ("run_sha256", "teacher_sha256", "date", "cpu_model", "torch_version", "transformers_version")
 """The ledger's columns beside a summary's."""
-RUN_KEY = ("method", "setting", "seed")
 FLOAT_FORMAT = "%.6g"
 """How the ledger writes its floats."""
-
-Run = tuple[str, str, int]
-"""(method, setting, seed) of one run of a task."""
 
 
 def ledger_path(folder: str | Path, task: str) -> Path:
@@ -142,10 +138,10 @@ def run_states(ledger: pd.DataFrame, expected: Sequence[Run], hashes: Mapping[Ru
     (its row's ``run_sha256`` is not ``hashes[run]``), ``stale teacher`` (its row started from
     another teacher than its seed's newest) or ``missing``."""
     teachers = newest_teachers(ledger)
-    rows = {(str(row.method), str(row.setting), int(row.seed)): row for row in ledger.itertuples(index=False)}
+    rows = dict(zip(run_keys(ledger), ledger.itertuples(index=False)))
     states = {}
     for run in expected:
-        row = rows.get((run[0], run[1], int(run[2])))
+        row = rows.get((str(run[0]), str(run[1]), int(run[2])))
         if row is None:
             states[run] = "missing"
         elif row.run_sha256 != hashes[run]:
@@ -187,7 +183,7 @@ def record_runs(
         results = collect(*([str(o[i]) for o in outputs] for i in range(3)), Path(tmp) / "results.csv")
     rows = summary_frame(results, task, steps, finished)
     teachers = {seed: weights_sha256(Path(results_dir) / TEACHER_DIR.format(task=task, seed=seed)) for seed in {run[2] for run in finished}}
-    rows["run_sha256"] = [hashes[(m, s, int(seed))] for m, s, seed in rows[list(RUN_KEY)].itertuples(index=False)]
+    rows["run_sha256"] = [hashes[run] for run in run_keys(rows)]
     rows["teacher_sha256"] = [teachers[int(seed)] for seed in rows["seed"]]
     rows["date"] = date or datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     for column in ("cpu_model", "torch_version", "transformers_version"):
@@ -203,8 +199,8 @@ def record_runs(
                 names,
             )
     rows = _keep_unchanged_rows(rows, ledger)
-    now = {(str(m), str(s), int(seed)) for m, s, seed in rows[list(RUN_KEY)].itertuples(index=False)}
-    kept = ledger[[(str(m), str(s), int(seed)) not in now for m, s, seed in ledger[list(RUN_KEY)].itertuples(index=False)]]
+    now = set(run_keys(rows))
+    kept = ledger[[run not in now for run in run_keys(ledger)]]
     merged = pd.concat([frame for frame in (kept, rows) if len(frame)], ignore_index=True)
     merged = merged[list(SUMMARY_COLUMNS) + list(PROVENANCE_COLUMNS)]
     merged = merged.assign(_order=merged["method"].map(method_rank)).sort_values(["_order", "setting", "seed"], kind="stable").drop(columns="_order")
@@ -221,10 +217,10 @@ def _keep_unchanged_rows(rows: pd.DataFrame, ledger: pd.DataFrame) -> pd.DataFra
         return rows
     columns = [column for column in list(SUMMARY_COLUMNS) + list(PROVENANCE_COLUMNS) if column != "date"]
     written = pd.read_csv(io.StringIO(rows[list(SUMMARY_COLUMNS) + list(PROVENANCE_COLUMNS)].to_csv(index=False, float_format=FLOAT_FORMAT)))
-    earlier = {(str(row["method"]), str(row["setting"]), int(row["seed"])): row for _, row in ledger.iterrows()}
+    earlier = dict(zip(run_keys(ledger), (row for _, row in ledger.iterrows())))
     dates = []
-    for (_, new), date in zip(written.iterrows(), rows["date"]):
-        old = earlier.get((str(new["method"]), str(new["setting"]), int(new["seed"])))
+    for run, (_, new), date in zip(run_keys(written), written.iterrows(), rows["date"]):
+        old = earlier.get(run)
         same = old is not None and all(_same_cell(new[column], old[column]) for column in columns)
         dates.append(old["date"] if same else date)
     return rows.assign(date=dates)
@@ -248,6 +244,6 @@ def ledger_summary_rows(ledger: pd.DataFrame, states: Mapping[Run, str]) -> pd.D
     other = [f"{m}/{s}/seed{seed} ({state})" for (m, s, seed), state in states.items() if state != "recorded"]
     if other:
         raise ValueError(f"not every run is recorded: {', '.join(other)}")
-    keys = {(m, s, int(seed)) for m, s, seed in states}
-    keep = [(str(m), str(s), int(seed)) in keys for m, s, seed in ledger[list(RUN_KEY)].itertuples(index=False)]
+    keys = {(str(m), str(s), int(seed)) for m, s, seed in states}
+    keep = [run in keys for run in run_keys(ledger)]
     return ledger[keep].reset_index(drop=True)

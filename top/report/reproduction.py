@@ -85,6 +85,16 @@ def machine_info() -> dict[str, Any]:
 
 # ---- summarise ------------------------------------------------------------------------------
 
+RUN_KEY = ("method", "setting", "seed")
+"""The columns that name one run of a task."""
+Run = tuple[str, str, int]
+"""(method, setting, seed) of one run of a task."""
+
+
+def run_keys(frame: pd.DataFrame) -> list[Run]:
+    """Each row's (method, setting, seed), typed as :data:`Run` however the CSV read them."""
+    return [(str(m), str(s), int(seed)) for m, s, seed in frame[list(RUN_KEY)].itertuples(index=False)]
+
 
 def summary_frame(
     results: pd.DataFrame, task: str, steps: Mapping[tuple[str, str], int], expected_runs: Sequence[tuple[str, str, int]]
@@ -101,12 +111,12 @@ def summary_frame(
     if missing:
         raise ValueError(f"results.csv lacks columns {missing}")
     rows = results[results["task"] == task].copy()
-    have = {(str(m), str(s), int(seed)) for m, s, seed in zip(rows["method"], rows["setting"], rows["seed"])}
+    have = set(run_keys(rows))
     absent = [f"{m}/{s}/seed{seed}" for m, s, seed in expected_runs if (m, s, int(seed)) not in have]
     if absent:
         raise ValueError(f"task {task} is not finished: no result for {', '.join(absent)}")
-    expected = {(m, s, int(seed)) for m, s, seed in expected_runs}
-    rows = rows[[(str(m), str(s), int(seed)) in expected for m, s, seed in zip(rows["method"], rows["setting"], rows["seed"])]]
+    expected = {(str(m), str(s), int(seed)) for m, s, seed in expected_runs}
+    rows = rows[[run in expected for run in run_keys(rows)]]
     rows["train_steps"] = [steps.get((m, s), math.nan) for m, s in zip(rows["method"], rows["setting"])]
     for column in SUMMARY_COLUMNS:
         if column not in rows.columns:
