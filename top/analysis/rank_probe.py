@@ -110,9 +110,8 @@ class RandomKeep(TopKSelector):
     among the alive ones (torch's global generator)."""
 
     def forward(self, ctx: LayerContext) -> KeepDecision:
-        k = torch.ceil(ctx.input_lengths.to(torch.float64) * self.ratio).long()
         scores = torch.rand(ctx.alive.shape, device=ctx.alive.device)  # [B, n]
-        return KeepDecision(hard=keep_top_k(scores, ctx.alive, k))
+        return KeepDecision(hard=keep_top_k(scores, ctx.alive, self.keep_counts(ctx)))
 
     def kept_slots(self, ctx: LayerContext) -> None:
         return None

@@ -65,10 +65,13 @@ class TopKSelector(TokenSelector):
         super().__init__()
         self.ratio = ratio
 
+    def keep_counts(self, ctx: LayerContext) -> torch.Tensor:
+        """``[B]`` long: how many tokens each example keeps, ``ceil(ratio * input_length)``."""
+        return torch.ceil(ctx.input_lengths.to(torch.float64) * self.ratio).long()
+
     def forward(self, ctx: LayerContext) -> KeepDecision:
         scores = ctx.attention_token_scores()  # [B, n]
-        k = torch.ceil(ctx.input_lengths.to(torch.float64) * self.ratio).long()
-        return KeepDecision(hard=keep_top_k(scores, ctx.alive, k, all_alive=ctx.all_alive), aux={"scores": scores})
+        return KeepDecision(hard=keep_top_k(scores, ctx.alive, self.keep_counts(ctx), all_alive=ctx.all_alive), aux={"scores": scores})
 
     def kept_slots(self, ctx: LayerContext) -> torch.Tensor:
         """The slots :meth:`forward` keeps, for batch 1 with every slot alive: [CLS] and the
