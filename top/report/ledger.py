@@ -41,7 +41,7 @@ from top.config import resolve_run, teacher_settings
 from top.files import atomic_write_text
 from top.report.labels import method_rank
 from top.report.outputs import TEACHER_DIR
-from top.report.reproduction import RUN_KEY, SUMMARY_COLUMNS, Run, run_finished, run_keys, run_outputs, summary_frame
+from top.report.reproduction import RUN_KEY, SUMMARY_COLUMNS, Run, as_run, run_finished, run_keys, run_outputs, summary_frame
 from top.report.tables import collect
 from top.tasks import is_qa_task
 
@@ -141,7 +141,7 @@ def run_states(ledger: pd.DataFrame, expected: Sequence[Run], hashes: Mapping[Ru
     rows = dict(zip(run_keys(ledger), ledger.itertuples(index=False)))
     states = {}
     for run in expected:
-        row = rows.get((str(run[0]), str(run[1]), int(run[2])))
+        row = rows.get(as_run(run))
         if row is None:
             states[run] = "missing"
         elif row.run_sha256 != hashes[run]:
@@ -244,6 +244,6 @@ def ledger_summary_rows(ledger: pd.DataFrame, states: Mapping[Run, str]) -> pd.D
     other = [f"{m}/{s}/seed{seed} ({state})" for (m, s, seed), state in states.items() if state != "recorded"]
     if other:
         raise ValueError(f"not every run is recorded: {', '.join(other)}")
-    keys = {(str(m), str(s), int(seed)) for m, s, seed in states}
+    keys = {as_run(run) for run in states}
     keep = [run in keys for run in run_keys(ledger)]
     return ledger[keep].reset_index(drop=True)

@@ -91,9 +91,16 @@ Run = tuple[str, str, int]
 """(method, setting, seed) of one run of a task."""
 
 
+def as_run(run: Sequence[Any]) -> Run:
+    """``(method, setting, seed)`` typed as :data:`Run` (a seed read as float or numpy int, a
+    setting read as a number, compare equal to the same run written by hand)."""
+    method, setting, seed = run
+    return str(method), str(setting), int(seed)
+
+
 def run_keys(frame: pd.DataFrame) -> list[Run]:
     """Each row's (method, setting, seed), typed as :data:`Run` however the CSV read them."""
-    return [(str(m), str(s), int(seed)) for m, s, seed in frame[list(RUN_KEY)].itertuples(index=False)]
+    return [as_run(run) for run in frame[list(RUN_KEY)].itertuples(index=False)]
 
 
 def summary_frame(
@@ -112,10 +119,10 @@ def summary_frame(
         raise ValueError(f"results.csv lacks columns {missing}")
     rows = results[results["task"] == task].copy()
     have = set(run_keys(rows))
-    absent = [f"{m}/{s}/seed{seed}" for m, s, seed in expected_runs if (m, s, int(seed)) not in have]
+    absent = [f"{m}/{s}/seed{seed}" for m, s, seed in expected_runs if as_run((m, s, seed)) not in have]
     if absent:
         raise ValueError(f"task {task} is not finished: no result for {', '.join(absent)}")
-    expected = {(str(m), str(s), int(seed)) for m, s, seed in expected_runs}
+    expected = {as_run(run) for run in expected_runs}
     rows = rows[[run in expected for run in run_keys(rows)]]
     rows["train_steps"] = [steps.get((m, s), math.nan) for m, s in zip(rows["method"], rows["setting"])]
     for column in SUMMARY_COLUMNS:
