@@ -34,14 +34,13 @@ def test_linear_factor_values():
 
 
 def test_groups_get_their_own_schedules():
-    settings = train.TrainSettings(warmup_ratio=0.2)
     optimizer = _optimizer(
         {"lr": 1.0},  # constant (no key)
-        {"lr": 2.0, "schedule": "linear"},  # the run's warm-up: 2 of 10 steps
+        {"lr": 2.0, "schedule": "linear"},  # the stage's warm-up ratio: 2 of 10 steps
         {"lr": 4.0, "schedule": "linear", "warmup_ratio": 0.0},
         {"lr": 8.0, "schedule": "constant"},
     )
-    schedule = optim.method_schedule(optimizer, settings, total=10)
+    schedule = optim.method_schedule(optimizer, 0.2, total=10)
     rates = _rates(optimizer, schedule, 10)
     assert [r[0] for r in rates] == [1.0] * 10
     assert [r[3] for r in rates] == [8.0] * 10
@@ -50,12 +49,11 @@ def test_groups_get_their_own_schedules():
 
 
 def test_constant_groups_need_no_scheduler_and_bad_values_raise():
-    settings = train.TrainSettings()
-    assert optim.method_schedule(_optimizer({"lr": 1.0}, {"lr": 1.0, "schedule": "constant"}), settings, 10) is None
+    assert optim.method_schedule(_optimizer({"lr": 1.0}, {"lr": 1.0, "schedule": "constant"}), 0.1, 10) is None
     with pytest.raises(ValueError, match="schedule must be"):
-        optim.method_schedule(_optimizer({"lr": 1.0, "schedule": "cosine"}), settings, 10)
+        optim.method_schedule(_optimizer({"lr": 1.0, "schedule": "cosine"}), 0.1, 10)
     with pytest.raises(ValueError, match="warmup_ratio"):
-        optim.method_schedule(_optimizer({"lr": 1.0, "schedule": "linear", "warmup_ratio": 1.5}), settings, 10)
+        optim.method_schedule(_optimizer({"lr": 1.0, "schedule": "linear", "warmup_ratio": 1.5}), 0.1, 10)
 
 
 class _Interrupted(RuntimeError):
@@ -68,9 +66,9 @@ def spy_on_method_optimizers(monkeypatch) -> list[torch.optim.Optimizer]:
     optimizers: list[torch.optim.Optimizer] = []
     real = optim.method_schedule
 
-    def spy(optimizer, settings, total):
+    def spy(optimizer, warmup_ratio, total):
         optimizers.append(optimizer)
-        return real(optimizer, settings, total)
+        return real(optimizer, warmup_ratio, total)
 
     monkeypatch.setattr(train, "method_schedule", spy)
     return optimizers

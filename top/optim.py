@@ -7,14 +7,9 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
-
-if TYPE_CHECKING:
-    from top.train import TrainSettings
-
 
 log = logging.getLogger(__name__)
 
@@ -100,10 +95,10 @@ def linear_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int) -
     return torch.optim.lr_scheduler.LambdaLR(optimizer, linear_factor(warmup, total))
 
 
-def method_schedule(optimizer: torch.optim.Optimizer, settings: TrainSettings, total: int) -> torch.optim.lr_scheduler.LambdaLR | None:
+def method_schedule(optimizer: torch.optim.Optimizer, warmup_ratio: float, total: int) -> torch.optim.lr_scheduler.LambdaLR | None:
     """Per-group schedules of a method's optimiser (:meth:`PruningMethod.parameter_groups`):
     ``"schedule": "linear"`` groups get :func:`linear_factor` with their ``"warmup_ratio"``
-    (default ``settings.warmup_ratio``); ``"constant"`` (or no key) groups keep their ``lr``.
+    (default ``warmup_ratio``, the stage's own); ``"constant"`` (or no key) groups keep their ``lr``.
     None when every group is constant."""
     factors = []
     for index, group in enumerate(optimizer.param_groups):
@@ -111,7 +106,7 @@ def method_schedule(optimizer: torch.optim.Optimizer, settings: TrainSettings, t
         if kind == "constant":
             factors.append(lambda step: 1.0)
         elif kind == "linear":
-            ratio = float(group.get("warmup_ratio", settings.warmup_ratio))
+            ratio = float(group.get("warmup_ratio", warmup_ratio))
             if not 0.0 <= ratio <= 1.0:
                 raise ValueError(f"method parameter group {index}: warmup_ratio must be in [0, 1], got {ratio}")
             factors.append(linear_factor(int(ratio * total), total))

@@ -263,7 +263,7 @@ class StageStep:
             self.scheduler = linear_schedule(self.model_optimizer, int(settings.warmup_ratio * total_steps), total_steps)
         method_groups = method.parameter_groups(stage.name)
         self.method_optimizer = adamw(method_groups, weight_decay=0.0) if method_groups else None
-        self.method_scheduler = method_schedule(self.method_optimizer, settings, total_steps) if self.method_optimizer else None
+        self.method_scheduler = method_schedule(self.method_optimizer, settings.warmup_ratio, total_steps) if self.method_optimizer else None
         # Clipped separately, so a method's gradients never shrink the model's: the model's norm
         # over every encoder parameter with a gradient (frozen ones too), the method's over its
         # groups without "clip": False. Each entry: the optimiser, the parameters in its norm, and
