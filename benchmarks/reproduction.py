@@ -9,7 +9,7 @@ and RTE (``config/reproduction.yaml``), one task at a time, with results that pe
     python benchmarks/reproduction.py --record mrpc              # record finished runs (after an interrupted run)
     python benchmarks/reproduction.py --task all                 # every task not summarised yet
     python benchmarks/reproduction.py --summarise mrpc           # summarise the recorded runs again
-    python benchmarks/reproduction.py --render                   # docs/reproduction.md and its figure
+    python benchmarks/reproduction.py --render                   # docs/reproduction.md, its figure, README's block
 
 Each task runs the workflow with ``tasks=[<task>]`` and ``results_dir=results/reproduction/<task>``,
 on the runs that the task's ledger ``benchmarks/reproduction/runs/<task>.csv`` does not hold yet
@@ -19,7 +19,8 @@ When the workflow stops, finished or not, its finished runs are recorded. Once e
 recorded, ``benchmarks/reproduction/<task>.csv`` and ``<task>.json`` are written from the ledger
 (:mod:`top.report.reproduction`), and the report ``docs/reproduction.md`` with
 ``docs/figures/reproduction.png`` is rebuilt from those files alone
-(:mod:`top.report.reproduction_report`). With ``--seeds`` only those
+(:mod:`top.report.reproduction_report`), with the comparison and the figure in the README's
+``<!-- reproduction:start -->`` block. With ``--seeds`` only those
 seeds run. A task that already has its summary is skipped unless ``--force`` (which summarises
 it again; the workflow itself reruns only what is missing or out of date, and resumes interrupted
 training from its last epoch).
@@ -38,6 +39,7 @@ from pathlib import Path
 
 from top.budget import Throughput, budget_table, estimate_task, task_budgets, teacher_budget
 from top.config import expected_teacher, is_ablation, offline_model_config, read_config_files, read_local_config, runs, task_seeds, validate_config
+from top.files import has_block
 from top.report.ledger import ledger_path, ledger_summary_rows, read_ledger, record_runs, run_sha256, run_states
 from top.report.outputs import RUN_DIR, TEACHER_DIR
 from top.report.reproduction import (
@@ -280,6 +282,7 @@ def render_report(cfg: dict, args: argparse.Namespace) -> None:
         not_reproducible=cfg.get("not_reproducible"),
         command=render_command(args),
         precision=report_precision(cfg),
+        readme=args.readme,
     )
 
 
@@ -364,7 +367,7 @@ def main() -> None:
     action.add_argument("--dry-run", nargs="+", metavar="TASK", help="plan these tasks' workflow (snakemake -n)")
     action.add_argument("--summarise", nargs="+", metavar="TASK", help="summarise these tasks' recorded runs")
     action.add_argument("--record", nargs="+", metavar="TASK", help="record these tasks' finished runs in their ledgers")
-    action.add_argument("--render", action="store_true", help="build docs/reproduction.md and its figure from the summaries")
+    action.add_argument("--render", action="store_true", help="build docs/reproduction.md, its figure and README's block from the summaries")
     action.add_argument("--estimate", action="store_true", help="print every run's optimiser steps and the estimated hours per task")
     action.add_argument("--status", nargs="+", metavar="TASK", help="recorded, finished and missing runs of these tasks")
     parser.add_argument(
@@ -399,6 +402,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="where the task summaries and run ledgers (runs/<task>.csv) go (default benchmarks/<name>)")
     parser.add_argument("--report", type=Path, help="the report (default docs/<name>.md)")
     parser.add_argument("--figure", type=Path, help="the report's figure (default docs/figures/<name>.png)")
+    parser.add_argument(
+        "--readme",
+        type=Path,
+        help="the file whose block named after the report (<!-- <report name>:start/end -->) gets the comparison and the "
+        "figure (default README.md, where it holds that block)",
+    )
     parser.add_argument("--force", action="store_true", help="summarise tasks again that already have a summary")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -412,6 +421,8 @@ def main() -> None:
     args.out = args.out or ROOT / "benchmarks" / name
     args.report = args.report or ROOT / "docs" / f"{name}.md"
     args.figure = args.figure or ROOT / "docs/figures" / f"{name}.png"
+    if args.readme is None and has_block(ROOT / "README.md", Path(args.report).stem):
+        args.readme = ROOT / "README.md"
     raw = read_config_files(args.config)
     tasks = raw["tasks"]
     if args.render and not any(ledger_path(args.out, task).is_file() for task in tasks):
@@ -424,6 +435,7 @@ def main() -> None:
             not_reproducible=raw.get("not_reproducible"),
             command=render_command(args),
             precision=report_precision(raw),
+            readme=args.readme,
         )
         return
     cfg = load_config(args.config, args.glue_dir, args.squad_dir)

@@ -167,6 +167,27 @@ def test_atomic_path_renames_on_success_and_leaves_nothing_on_failure(tmp_path):
     assert (tmp_path / "a.md").read_text() == "text"
 
 
+def test_replace_block_rewrites_only_between_its_markers(tmp_path):
+    from top.files import has_block, replace_block
+
+    readme = tmp_path / "README.md"
+    readme.write_text("# Title\n\nprose\n<!-- results:start -->\nold table\n<!-- results:end -->\nmore prose\n")
+    assert has_block(readme, "results") and not has_block(readme, "other") and not has_block(tmp_path / "none.md", "results")
+    replace_block(readme, "results", "| a |\n|---|")
+    assert readme.read_text() == "# Title\n\nprose\n<!-- results:start -->\n| a |\n|---|\n<!-- results:end -->\nmore prose\n"
+    replace_block(readme, "results", "")
+    assert readme.read_text() == "# Title\n\nprose\n<!-- results:start -->\n<!-- results:end -->\nmore prose\n"
+    for broken in (
+        "<!-- results:start -->\n",  # no end
+        "<!-- results:end -->\nx\n<!-- results:start -->\n",  # out of order
+        "<!-- results:start -->\n<!-- results:end -->\n<!-- results:start -->\n<!-- results:end -->\n",  # twice
+    ):
+        readme.write_text(broken)
+        with pytest.raises(ValueError, match=r"README.md: block 'results' needs one line"):
+            replace_block(readme, "results", "new")
+        assert readme.read_text() == broken
+
+
 def test_the_teacher_comes_out_bit_identical_in_another_process(setup):
     """The reproduction's run ledger keeps a run valid on a new machine only if its teacher,
     fine-tuned again there, has the same weights (top/report/ledger.py): at a fixed thread count

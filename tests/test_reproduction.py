@@ -173,6 +173,40 @@ def test_report_compares_at_equal_flops_and_shows_the_teachers(tmp_path):
     assert figure.is_file() and figure.stat().st_size > 10_000
 
 
+def test_render_writes_the_comparison_and_figure_into_the_readmes_block(tmp_path):
+    summarise(tmp_path, "mrpc")
+    report, figure = tmp_path / "docs/reproduction.md", tmp_path / "docs/figures/reproduction.png"
+    readme = tmp_path / "README.md"
+    readme.write_text("## Reproduction\n\n<!-- reproduction:start -->\nstale\n<!-- reproduction:end -->\n\nWhat it means.\n")
+    render(tmp_path / "summaries", report, figure, tasks=["mrpc", "rte"], readme=readme)
+    text = readme.read_text()
+    block = text.split("<!-- reproduction:start -->\n")[1].split("<!-- reproduction:end -->")[0]
+    assert text.startswith("## Reproduction\n\n") and text.endswith("<!-- reproduction:end -->\n\nWhat it means.\n")
+    assert "stale" not in block and "**Finished: MRPC**" in block
+    rows = [line for line in block.splitlines() if line.startswith("| MRPC |")]
+    assert len(rows) == 2 and rows[0].endswith("| **ahead** (best baseline: LTP) |")
+    assert "![dev score against FLOPs reduction, one panel per task](docs/figures/reproduction.png)" in block
+    assert "[docs/reproduction.md](docs/reproduction.md)" in block
+    # the same block in the report's own comparison
+    assert rows[0] in report.read_text()
+
+
+def test_the_readmes_block_shows_an_unfinished_task_as_provisional(tmp_path, monkeypatch):
+    import top.report.plots
+    from top.report.reproduction import Provisional
+
+    monkeypatch.setattr(top.report.plots, "reproduction_figure", lambda frame, paths, *args, **kwargs: paths[0].write_bytes(b"png"))
+    frame = pd.read_csv(results_csv(tmp_path / "results.csv")).assign(train_steps=1150).reindex(columns=SUMMARY_COLUMNS)
+    part = Provisional(frame=frame[frame["seed"] == 42].reset_index(drop=True), expected=len(frame))
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- r:start -->\n<!-- r:end -->\n")
+    render(tmp_path / "none", tmp_path / "docs/r.md", tmp_path / "docs/r.png", tasks=["mrpc"], provisional={"mrpc": part}, readme=readme)
+    block = readme.read_text()
+    assert f"**MRPC, {part.note()}**" in block and "Finished" not in block
+    assert "| MRPC | 2x |" in block and "**undetermined (one seed)**" in block
+    assert "](docs/r.png)" in block and "[docs/r.md](docs/r.md)" in block
+
+
 def test_report_without_summaries_says_so_and_draws_no_figure(tmp_path):
     report, figure = tmp_path / "reproduction.md", tmp_path / "figures/reproduction.png"
     figure.parent.mkdir()

@@ -1,6 +1,7 @@
 """Writing outputs so that no reader ever sees half a file (write to a temporary name beside
-the target, then rename it: atomic within one file system), strict JSON, and the log files of
-workflow jobs (:func:`log_to_file`, :func:`reported_errors`)."""
+the target, then rename it: atomic within one file system), strict JSON, generated blocks of a
+hand-written file (:func:`replace_block`), and the log files of workflow jobs
+(:func:`log_to_file`, :func:`reported_errors`)."""
 
 from __future__ import annotations
 
@@ -38,6 +39,37 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     """Write ``text`` to ``path`` through :func:`atomic_path`."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def block_markers(name: str) -> tuple[str, str]:
+    """The HTML comments (invisible in rendered Markdown) that open and close block ``name``."""
+    return f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+
+
+def has_block(path: str | Path, name: str) -> bool:
+    """Whether ``path`` exists and holds block ``name``'s opening marker."""
+    path = Path(path)
+    return path.is_file() and block_markers(name)[0] in path.read_text()
+
+
+def replace_block(path: str | Path, name: str, body: str) -> None:
+    """Replace what stands between block ``name``'s markers (:func:`block_markers`, each on a
+    line of its own) in ``path`` with ``body``, leaving the rest of the file as it is; written
+    through :func:`atomic_path`. Raises ValueError naming the file when a marker is missing,
+    repeated or out of order."""
+    path = Path(path)
+    text = path.read_text()
+    start, end = block_markers(name)
+    lines = text.splitlines(keepends=True)
+    opens = [i for i, line in enumerate(lines) if line.strip() == start]
+    closes = [i for i, line in enumerate(lines) if line.strip() == end]
+    if len(opens) != 1 or len(closes) != 1 or opens[0] > closes[0]:
+        raise ValueError(
+            f"{path}: block {name!r} needs one line {start!r} followed by one line {end!r} "
+            f"(found {len(opens)} and {len(closes)}{', in the wrong order' if opens and closes and opens[0] > closes[0] else ''})"
+        )
+    inner = body if body.endswith("\n") or not body else body + "\n"
+    atomic_write_text(path, "".join(lines[: opens[0] + 1]) + inner + "".join(lines[closes[0] :]))
 
 
 def finite_or_none(payload: Any) -> Any:
