@@ -195,7 +195,11 @@ def test_the_readmes_block_shows_an_unfinished_task_as_provisional(tmp_path, mon
     import top.report.plots
     from top.report.reproduction import Provisional
 
-    monkeypatch.setattr(top.report.plots, "reproduction_figure", lambda frame, paths, *args, **kwargs: paths[0].write_bytes(b"png"))
+    def figure(frame, paths, *args, **kwargs):
+        paths[0].parent.mkdir(parents=True, exist_ok=True)
+        paths[0].write_bytes(b"png")
+
+    monkeypatch.setattr(top.report.plots, "reproduction_figure", figure)
     frame = pd.read_csv(results_csv(tmp_path / "results.csv")).assign(train_steps=1150).reindex(columns=SUMMARY_COLUMNS)
     part = Provisional(frame=frame[frame["seed"] == 42].reset_index(drop=True), expected=len(frame))
     readme = tmp_path / "README.md"
