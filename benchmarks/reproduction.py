@@ -406,7 +406,7 @@ def main() -> None:
         "--readme",
         type=Path,
         help="the file whose block named after the report (<!-- <report name>:start/end -->) gets the comparison and the "
-        "figure (default README.md, where it holds that block)",
+        "figure (default README.md, for a report in docs/ whose block it holds)",
     )
     parser.add_argument("--force", action="store_true", help="summarise tasks again that already have a summary")
     args = parser.parse_args()
@@ -421,8 +421,9 @@ def main() -> None:
     args.out = args.out or ROOT / "benchmarks" / name
     args.report = args.report or ROOT / "docs" / f"{name}.md"
     args.figure = args.figure or ROOT / "docs/figures" / f"{name}.png"
-    if args.readme is None and has_block(ROOT / "README.md", Path(args.report).stem):
-        args.readme = ROOT / "README.md"
+    report_in_docs = Path(args.report).resolve().parent == (ROOT / "docs").resolve()
+    if args.readme is None and report_in_docs and has_block(ROOT / "README.md", Path(args.report).stem):
+        args.readme = ROOT / "README.md"  # the repository's own report: its README shows the comparison
     raw = read_config_files(args.config)
     tasks = raw["tasks"]
     if args.render and not any(ledger_path(args.out, task).is_file() for task in tasks):

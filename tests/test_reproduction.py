@@ -575,6 +575,7 @@ def test_recorded_runs_are_summarised_without_running_the_workflow(tmp_path):
     import shutil
 
     common = tiny_reproduction(tmp_path, finished=(("dense", "default"), ("topk", "keep50")))
+    readme = (ROOT / "README.md").read_text()
     recorded = run_script("--record", "sst2", *common, cwd=tmp_path)
     assert recorded.returncode == 0, recorded.stderr
     assert (tmp_path / "out/runs/sst2.csv").is_file() and not is_summarised(tmp_path / "out", "sst2")
@@ -592,6 +593,8 @@ def test_recorded_runs_are_summarised_without_running_the_workflow(tmp_path):
     assert summary.meta["sst2"]["runs_csv"].endswith("runs/sst2.csv") and summary.meta["sst2"]["run_machines"]
     text = (tmp_path / "reproduction.md").read_text()
     assert (tmp_path / "reproduction.png").is_file() and "| SST-2 | 2x |" in text and "provisional" not in text
+    # a report outside docs/ (named reproduction.md all the same) leaves the repository's README alone
+    assert (ROOT / "README.md").read_text() == readme
 
 
 def test_the_workflow_runs_the_methods_curves_before_the_ablations(monkeypatch, tmp_path):
