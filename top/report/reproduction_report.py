@@ -345,9 +345,8 @@ def render(
     figure = None
     drawn = [*summaries.tasks, *provisional]
     if drawn:
-        frame = pd.concat([summaries.frame, *(part.frame for part in provisional.values())], ignore_index=True)
-        ablations = {**summaries.ablations, **{task: part.ablations for task, part in provisional.items()}}
-        frame = complete_curves(frame[~is_ablation(frame, ablations)])  # as the comparison reads them
+        curves = [finished_curves(summaries), *(provisional_curves(task, part) for task, part in provisional.items())]
+        frame = complete_curves(pd.concat(curves, ignore_index=True))  # as the comparison reads them
         expected = {task: meta.get("expected_teacher") for task, meta in summaries.meta.items()}
         expected |= {task: part.expected_teacher for task, part in provisional.items()}
         notes = {task: part.note() for task, part in provisional.items()}
