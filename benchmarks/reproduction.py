@@ -21,7 +21,8 @@ recorded, ``benchmarks/reproduction/<task>.csv`` and ``<task>.json`` are written
 ``docs/figures/reproduction.png`` is rebuilt from those files alone
 (:mod:`top.report.reproduction_report`), with the comparison and the figure in the README's
 ``<!-- reproduction:start -->`` block. With ``--seeds`` only those
-seeds run. A task that already has its summary is skipped unless ``--force`` (which summarises
+seeds run. A seed whose recorded runs were made on another CPU model is refused before anything
+trains (its teacher would come out different here), unless ``--other-cpu``. A task that already has its summary is skipped unless ``--force`` (which summarises
 it again; the workflow itself reruns only what is missing or out of date, and resumes interrupted
 training from its last epoch).
 """
@@ -40,7 +41,7 @@ from pathlib import Path
 from top.budget import Throughput, budget_table, estimate_task, task_budgets, teacher_budget
 from top.config import expected_teacher, is_ablation, offline_model_config, read_config_files, read_local_config, runs, task_seeds, validate_config
 from top.files import has_block
-from top.report.ledger import ledger_path, ledger_summary_rows, read_ledger, record_runs, run_sha256, run_states
+from top.report.ledger import ledger_path, ledger_summary_rows, read_ledger, record_runs, run_sha256, run_states, seeds_from_other_cpus
 from top.report.outputs import RUN_DIR, TEACHER_DIR
 from top.report.reproduction import (
     Provisional,
@@ -181,6 +182,27 @@ def check_seeds(cfg: dict, tasks: list[str], seeds: list[int]) -> None:
         unknown = sorted(set(seeds) - set(task_seeds(cfg, task)))
         if unknown:
             raise SystemExit(f"--seeds: {unknown} not among {task}'s seeds {task_seeds(cfg, task)}")
+
+
+def check_cpu(tasks: dict[str, list[tuple[str, str, int]]], args: argparse.Namespace) -> None:
+    """Refuse, before anything trains, to run a seed whose recorded runs were made on another CPU
+    model (``tasks``: task -> the runs to do), unless ``--other-cpu``: the seed's teacher,
+    fine-tuned again here, would not be bit-identical, and every recorded run of the seed would
+    be redone."""
+    if args.other_cpu:
+        return
+    cpu = machine_info()["cpu_model"]
+    clashes = []
+    for task, todo in tasks.items():
+        ledger = read_ledger(args.out, task)
+        for seed, models in seeds_from_other_cpus(ledger, sorted({run[2] for run in todo}), cpu).items():
+            clashes.append(f"  {task} seed {seed}: {int((ledger['seed'].astype(int) == seed).sum())} recorded run(s) made on {', '.join(models)}")
+    if clashes:
+        raise SystemExit(
+            f"this machine's CPU is {cpu}; these seeds were recorded on another:\n" + "\n".join(clashes) + "\n"
+            "A teacher fine-tuned again on another CPU model is not bit-identical, so running such a seed here redoes its "
+            "recorded runs. Leave it out (--seeds), or pass --other-cpu to redo them on this machine."
+        )
 
 
 @dataclasses.dataclass
@@ -386,8 +408,8 @@ def main() -> None:
         type=int,
         default=2,
         help="threads of the teacher's fine-tune (default 2). Its weights depend on the thread count and are bit-identical "
-        "for the same count, so keep it the same on every machine: the ledger's rows of a seed stay valid only while its "
-        "teacher comes out identical",
+        "for the same count on the same CPU model, so keep it the same on every machine: the ledger's rows of a seed stay "
+        "valid only while its teacher comes out identical",
     )
     parser.add_argument(
         "--trained-only",
@@ -409,6 +431,11 @@ def main() -> None:
         "figure (default README.md, for a report in docs/ whose block it holds)",
     )
     parser.add_argument("--force", action="store_true", help="summarise tasks again that already have a summary")
+    parser.add_argument(
+        "--other-cpu",
+        action="store_true",
+        help="run seeds whose recorded runs were made on another CPU model (their teacher will differ here, so those runs are redone)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.teacher_threads > args.cores:
@@ -478,6 +505,10 @@ def main() -> None:
             else:
                 log.info("%s: nothing to run (every run is recorded%s)", task, ", or none has trained" if args.trained_only else "")
         return
+    if args.task and not args.trained_only:
+        check_cpu(
+            {task: to_run(task, task_runs(task, cfg, args)) for task in chosen(args.task) if args.force or not is_summarised(args.out, task)}, args
+        )
     for task in chosen(args.summarise or args.task):
         if is_summarised(args.out, task) and not args.force:
             log.info("%s: already summarised in %s (--force to summarise again)", task, args.out)

@@ -18,6 +18,7 @@ from top.report.ledger import (
     record_runs,
     run_sha256,
     run_states,
+    seeds_from_other_cpus,
     weights_sha256,
 )
 from top.report.outputs import RUN_DIR, TEACHER_DIR
@@ -142,6 +143,26 @@ def test_runs_from_another_teacher_or_other_settings_are_stale(tmp_path, example
     }
     with pytest.raises(ValueError, match=r"dense/default/seed42 \(stale teacher\).*top/t50/seed43 \(stale settings\)"):
         ledger_summary_rows(read_ledger(ledger, TASK), states)
+
+
+def test_seeds_recorded_on_another_cpu_model_are_named(tmp_path, example_runs):
+    results, ledger = tmp_path / "results", tmp_path / "ledger"
+    teacher(results, 42)
+    teacher(results, 43)
+    for run in EXPECTED:
+        finish(results, example_runs, *run)
+    record(results, ledger, date="2026-12-01T00:00:00+00:00")
+    frame = read_ledger(ledger, TASK)
+    assert seeds_from_other_cpus(frame, [42, 43, 44], "Test CPU") == {}
+    assert seeds_from_other_cpus(frame, [43, 44], "Another CPU") == {43: ["Test CPU"]}
+    # seed 42 redone on another CPU (a new teacher): its current rows are that CPU's, the stale ones do not count
+    shutil.rmtree(results)
+    teacher(results, 42, weights=b"another teacher")
+    finish(results, example_runs, "top", "t50", 42)
+    record(results, ledger, date="2026-12-02T00:00:00+00:00", machine=MACHINE | {"cpu_model": "Another CPU"})
+    frame = read_ledger(ledger, TASK)
+    assert seeds_from_other_cpus(frame, [42, 43], "Another CPU") == {43: ["Test CPU"]}
+    assert seeds_from_other_cpus(frame, [42, 43], "Test CPU") == {42: ["Another CPU"]}
 
 
 def test_a_teacher_without_weights_is_named(tmp_path, example_runs):

@@ -622,3 +622,26 @@ def test_the_workflow_runs_the_methods_curves_before_the_ablations(monkeypatch, 
     # nothing to put first when every run is on a curve, or none is
     reproduction.run_workflow("mrpc", args, dry_run=True, runs=runs[:1], first=runs[:1])
     assert "--prioritize" not in commands[1]
+
+
+def test_a_seed_recorded_on_another_cpu_model_is_refused_unless_asked_for(tmp_path, monkeypatch):
+    import argparse
+
+    from top.report.ledger import PROVENANCE_COLUMNS, ledger_path
+
+    reproduction = load_script("reproduction")
+    rows = pd.DataFrame([{column: None for column in (*SUMMARY_COLUMNS, *PROVENANCE_COLUMNS)}] * 2)
+    rows[["task", "method", "setting", "seed", "teacher_sha256", "cpu_model"]] = [
+        ["mrpc", "dense", "default", 43, "t43", "AMD EPYC"],
+        ["mrpc", "top", "s50", 43, "t43", "AMD EPYC"],
+    ]
+    rows["date"] = "2026-12-01T00:00:00+00:00"
+    ledger_path(tmp_path, "mrpc").parent.mkdir(parents=True)
+    rows.to_csv(ledger_path(tmp_path, "mrpc"), index=False)
+    monkeypatch.setattr(reproduction, "machine_info", lambda: {"cpu_model": "Intel Xeon"})
+    args = argparse.Namespace(out=tmp_path, other_cpu=False)
+    seed44 = [("dense", "default", 44), ("top", "s50", 44)]
+    reproduction.check_cpu({"mrpc": seed44}, args)  # a seed with no rows runs anywhere
+    with pytest.raises(SystemExit, match=r"Intel Xeon.*\n  mrpc seed 43: 2 recorded run\(s\) made on AMD EPYC"):
+        reproduction.check_cpu({"mrpc": [*seed44, ("top", "s75", 43)]}, args)
+    reproduction.check_cpu({"mrpc": [("top", "s75", 43)]}, argparse.Namespace(out=tmp_path, other_cpu=True))

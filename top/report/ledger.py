@@ -13,9 +13,10 @@ per (method, setting, seed): the columns of a task summary
 - ``teacher_sha256``: the SHA-256 of the teacher's weights (:func:`weights_sha256`) the run
   started from. Every method of a task and seed must start from the same teacher; a teacher
   fine-tuned again (a new session has no ``results/``) must come out bit-identical for earlier rows
-  to stay valid; it does at a fixed thread count (tests/test_reliability.py), not across thread
-  counts. Rows of a seed whose teacher differs from the seed's newest recorded teacher are stale
-  too.
+  to stay valid; it does at a fixed thread count on the same CPU model (tests/test_reliability.py),
+  not across thread counts nor across CPU models (README, "Reproduction"). Rows of a seed whose
+  teacher differs from the seed's newest recorded teacher are stale too;
+  :func:`seeds_from_other_cpus` names the seeds a run on this machine would make stale.
 - ``date``, ``cpu_model``, ``torch_version``, ``transformers_version``: when and where it ran.
 
 The task's summary (``<task>.csv`` and ``<task>.json``, :mod:`top.report.reproduction`) is
@@ -31,7 +32,7 @@ import json
 import logging
 import numbers
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +132,24 @@ def newest_teachers(ledger: pd.DataFrame) -> dict[int, str]:
         return {}
     newest = ledger.sort_values("date", kind="stable").groupby("seed").tail(1)
     return {int(seed): str(sha) for seed, sha in zip(newest["seed"], newest["teacher_sha256"])}
+
+
+def seeds_from_other_cpus(ledger: pd.DataFrame, seeds: Iterable[int], cpu_model: str) -> dict[int, list[str]]:
+    """The seeds among ``seeds`` whose current rows (those from the seed's newest teacher) were
+    made on a CPU model other than ``cpu_model``: seed -> those CPU models, sorted. The seed's
+    teacher fine-tuned again on this CPU will not come out bit-identical, so running the seed
+    here redoes those rows. Only the model names are compared: two CPUs sold under one name can
+    still give different teachers, which the teacher's fingerprint catches once a row is recorded."""
+    teachers = newest_teachers(ledger)
+    others: dict[int, list[str]] = {}
+    for seed in seeds:
+        if int(seed) not in teachers:
+            continue
+        rows = ledger[(ledger["seed"].astype(int) == int(seed)) & (ledger["teacher_sha256"] == teachers[int(seed)])]
+        models = sorted(set(rows["cpu_model"].dropna().astype(str)) - {cpu_model})
+        if models:
+            others[int(seed)] = models
+    return others
 
 
 def run_states(ledger: pd.DataFrame, expected: Sequence[Run], hashes: Mapping[Run, str]) -> dict[Run, str]:
