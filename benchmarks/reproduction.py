@@ -41,7 +41,7 @@ from pathlib import Path
 from top.budget import Throughput, budget_table, estimate_task, task_budgets, teacher_budget
 from top.config import expected_teacher, is_ablation, offline_model_config, read_config_files, read_local_config, runs, task_seeds, validate_config
 from top.files import has_block
-from top.report.ledger import ledger_path, ledger_summary_rows, read_ledger, record_runs, run_sha256, run_states, seeds_from_other_cpus
+from top.report.ledger import ledger_path, ledger_summary_rows, read_ledger, record_runs, run_sha256, run_states, seed_cpus, seeds_from_other_cpus
 from top.report.outputs import RUN_DIR, TEACHER_DIR
 from top.report.reproduction import (
     Provisional,
@@ -288,9 +288,10 @@ def provisional(cfg: dict, args: argparse.Namespace) -> dict[str, Provisional]:
         runs = task_runs(task, cfg, args)
         recorded = {run: state for run, state in runs.states.items() if state == "recorded"}
         if recorded:
-            rows = ledger_summary_rows(read_ledger(args.out, task), recorded)
-            frame = summary_frame(rows, task, runs.steps, list(recorded))
-            parts[task] = Provisional(frame, len(runs.states), expected_teacher(cfg, task), cfg.get("ablations") or {})
+            ledger = read_ledger(args.out, task)
+            frame = summary_frame(ledger_summary_rows(ledger, recorded), task, runs.steps, list(recorded))
+            cpus = seed_cpus(ledger, recorded)
+            parts[task] = Provisional(frame, len(runs.states), expected_teacher(cfg, task), cfg.get("ablations") or {}, cpus)
     return parts
 
 

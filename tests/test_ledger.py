@@ -18,6 +18,7 @@ from top.report.ledger import (
     record_runs,
     run_sha256,
     run_states,
+    seed_cpus,
     seeds_from_other_cpus,
     weights_sha256,
 )
@@ -163,6 +164,9 @@ def test_seeds_recorded_on_another_cpu_model_are_named(tmp_path, example_runs):
     frame = read_ledger(ledger, TASK)
     assert seeds_from_other_cpus(frame, [42, 43], "Another CPU") == {43: ["Test CPU"]}
     assert seeds_from_other_cpus(frame, [42, 43], "Test CPU") == {42: ["Another CPU"]}
+    current = [run for run, state in run_states(frame, EXPECTED, hashes()).items() if state == "recorded"]
+    assert seed_cpus(frame, current) == {42: ["Another CPU"], 43: ["Test CPU"]}
+    assert seed_cpus(frame, EXPECTED) == {42: ["Another CPU", "Test CPU"], 43: ["Test CPU"]}
 
 
 def test_a_teacher_without_weights_is_named(tmp_path, example_runs):

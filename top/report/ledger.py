@@ -152,6 +152,16 @@ def seeds_from_other_cpus(ledger: pd.DataFrame, seeds: Iterable[int], cpu_model:
     return others
 
 
+def seed_cpus(ledger: pd.DataFrame, runs: Iterable[Run]) -> dict[int, list[str]]:
+    """Per seed, the CPU models that ``runs``' rows were made on, sorted (seeds in order)."""
+    wanted = {as_run(run) for run in runs}
+    cpus: dict[int, set[str]] = {}
+    for run, model in zip(run_keys(ledger), ledger["cpu_model"]):
+        if run in wanted and isinstance(model, str):
+            cpus.setdefault(run[2], set()).add(model)
+    return {seed: sorted(models) for seed, models in sorted(cpus.items())}
+
+
 def run_states(ledger: pd.DataFrame, expected: Sequence[Run], hashes: Mapping[Run, str]) -> dict[Run, str]:
     """Each expected run's state in the ledger: ``recorded`` (a current row), ``stale settings``
     (its row's ``run_sha256`` is not ``hashes[run]``), ``stale teacher`` (its row started from

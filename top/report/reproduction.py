@@ -286,6 +286,8 @@ class Provisional:
     expected: int
     expected_teacher: Mapping[str, Any] | None = None
     ablations: Mapping[str, Any] = field(default_factory=dict)
+    cpus: Mapping[int, Sequence[str]] = field(default_factory=dict)
+    """seed -> the CPU models its recorded runs were made on"""
 
     def note(self) -> str:
         seeds = sorted({int(seed) for seed in self.frame["seed"]})

@@ -213,6 +213,9 @@ def provisional_section(provisional: Mapping[str, Provisional], figure: str | No
     for task, part in provisional.items():
         main = provisional_curves(task, part)
         lines += [f"### {_task_label(task)} ({part.note()})", "", *comparison_table(complete_curves(main)), "", *runs_table(main), ""]
+        if part.cpus:
+            where = "; ".join(f"seed {seed} on {', '.join(models)}" for seed, models in part.cpus.items())
+            lines += [f"Machines: {where}. Each latency speedup is its run's own, pruned against dense on that machine.", ""]
         lines += ablation_lines(part.frame, {task: part.ablations}, f"#### {_task_label(task)}: ablations")
     if figure:
         lines += [f"![dev score against FLOPs reduction, one panel per task (provisional)]({figure})", ""]
