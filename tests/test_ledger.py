@@ -65,6 +65,18 @@ def record(
     return record_runs(results, TASK, ledger, EXPECTED, run_hashes or hashes(), STEPS, machine, date=date)
 
 
+def record_every_run(tmp_path: Path, example_runs: Path) -> tuple[Path, Path]:
+    """Every expected run finished under ``tmp_path/results`` and recorded on 2026-12-01 in
+    ``tmp_path/ledger``; returns both folders."""
+    results, ledger = tmp_path / "results", tmp_path / "ledger"
+    teacher(results, 42)
+    teacher(results, 43)
+    for run in EXPECTED:
+        finish(results, example_runs, *run)
+    record(results, ledger, date="2026-12-01T00:00:00+00:00")
+    return results, ledger
+
+
 def test_finished_runs_are_recorded_and_the_rest_stay_missing(tmp_path, example_runs):
     results, ledger = tmp_path / "results", tmp_path / "ledger"
     teacher(results, 42)
@@ -122,12 +134,7 @@ def test_recording_an_unchanged_run_again_keeps_its_row(tmp_path, example_runs):
 
 
 def test_runs_from_another_teacher_or_other_settings_are_stale(tmp_path, example_runs):
-    results, ledger = tmp_path / "results", tmp_path / "ledger"
-    teacher(results, 42)
-    teacher(results, 43)
-    for run in EXPECTED:
-        finish(results, example_runs, *run)
-    record(results, ledger, date="2026-12-01T00:00:00+00:00")
+    results, ledger = record_every_run(tmp_path, example_runs)
     # the teacher of seed 42 fine-tuned again comes out different: seed 42's earlier rows are stale
     shutil.rmtree(results)
     teacher(results, 42, weights=b"another teacher")
@@ -147,12 +154,7 @@ def test_runs_from_another_teacher_or_other_settings_are_stale(tmp_path, example
 
 
 def test_seeds_recorded_on_another_cpu_model_are_named(tmp_path, example_runs):
-    results, ledger = tmp_path / "results", tmp_path / "ledger"
-    teacher(results, 42)
-    teacher(results, 43)
-    for run in EXPECTED:
-        finish(results, example_runs, *run)
-    record(results, ledger, date="2026-12-01T00:00:00+00:00")
+    results, ledger = record_every_run(tmp_path, example_runs)
     frame = read_ledger(ledger, TASK)
     assert seeds_from_other_cpus(frame, [42, 43, 44], "Test CPU") == {}
     assert seeds_from_other_cpus(frame, [43, 44], "Another CPU") == {43: ["Test CPU"]}
