@@ -20,11 +20,11 @@ recorded, ``benchmarks/reproduction/<task>.csv`` and ``<task>.json`` are written
 (:mod:`top.report.reproduction`), and the report ``docs/reproduction.md`` with
 ``docs/figures/reproduction.png`` is rebuilt from those files alone
 (:mod:`top.report.reproduction_report`), with the comparison and the figure in the README's
-``<!-- reproduction:start -->`` block. With ``--seeds`` only those
-seeds run. A seed whose recorded runs were made on another CPU model is refused before anything
-trains (its teacher would come out different here), unless ``--other-cpu``. A task that already has its summary is skipped unless ``--force`` (which summarises
-it again; the workflow itself reruns only what is missing or out of date, and resumes interrupted
-training from its last epoch).
+``<!-- reproduction:start -->`` block. With ``--seeds`` only those seeds run. A seed whose
+recorded runs were made on another CPU model is refused before anything trains (its teacher
+would come out different here), unless ``--other-cpu``. A task that already has its summary is
+skipped unless ``--force`` (which summarises it again; the workflow itself reruns only what is
+missing or out of date, and resumes interrupted training from its last epoch).
 """
 
 from __future__ import annotations
