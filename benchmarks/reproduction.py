@@ -506,15 +506,16 @@ def main() -> None:
             else:
                 log.info("%s: nothing to run (every run is recorded%s)", task, ", or none has trained" if args.trained_only else "")
         return
+    tasks = chosen(args.summarise or args.task)
+    # each task's runs, read once: a task's workflow changes only its own ledger
+    runs_of = {task: task_runs(task, cfg, args) for task in tasks if args.force or not is_summarised(args.out, task)}
     if args.task and not args.trained_only:
-        check_cpu(
-            {task: to_run(task, task_runs(task, cfg, args)) for task in chosen(args.task) if args.force or not is_summarised(args.out, task)}, args
-        )
-    for task in chosen(args.summarise or args.task):
-        if is_summarised(args.out, task) and not args.force:
+        check_cpu({task: to_run(task, runs) for task, runs in runs_of.items()}, args)
+    for task in tasks:
+        if task not in runs_of:
             log.info("%s: already summarised in %s (--force to summarise again)", task, args.out)
             continue
-        runs = task_runs(task, cfg, args)
+        runs = runs_of[task]
         if args.task and to_run(task, runs):
             try:
                 todo = to_run(task, runs)

@@ -134,24 +134,6 @@ def newest_teachers(ledger: pd.DataFrame) -> dict[int, str]:
     return {int(seed): str(sha) for seed, sha in zip(newest["seed"], newest["teacher_sha256"])}
 
 
-def seeds_from_other_cpus(ledger: pd.DataFrame, seeds: Iterable[int], cpu_model: str) -> dict[int, list[str]]:
-    """The seeds among ``seeds`` whose current rows (those from the seed's newest teacher) were
-    made on a CPU model other than ``cpu_model``: seed -> those CPU models, sorted. The seed's
-    teacher fine-tuned again on this CPU will not come out bit-identical, so running the seed
-    here redoes those rows. Only the model names are compared: two CPUs sold under one name can
-    still give different teachers, which the teacher's fingerprint catches once a row is recorded."""
-    teachers = newest_teachers(ledger)
-    others: dict[int, list[str]] = {}
-    for seed in seeds:
-        if int(seed) not in teachers:
-            continue
-        rows = ledger[(ledger["seed"].astype(int) == int(seed)) & (ledger["teacher_sha256"] == teachers[int(seed)])]
-        models = sorted(set(rows["cpu_model"].dropna().astype(str)) - {cpu_model})
-        if models:
-            others[int(seed)] = models
-    return others
-
-
 def seed_cpus(ledger: pd.DataFrame, runs: Iterable[Run]) -> dict[int, list[str]]:
     """Per seed, the CPU models that ``runs``' rows were made on, sorted (seeds in order)."""
     wanted = {as_run(run) for run in runs}
@@ -160,6 +142,19 @@ def seed_cpus(ledger: pd.DataFrame, runs: Iterable[Run]) -> dict[int, list[str]]
         if run in wanted and isinstance(model, str):
             cpus.setdefault(run[2], set()).add(model)
     return {seed: sorted(models) for seed, models in sorted(cpus.items())}
+
+
+def seeds_from_other_cpus(ledger: pd.DataFrame, seeds: Iterable[int], cpu_model: str) -> dict[int, list[str]]:
+    """The seeds among ``seeds`` whose current rows (those from the seed's newest teacher) were
+    made on a CPU model other than ``cpu_model``: seed -> those CPU models, sorted. The seed's
+    teacher fine-tuned again on this CPU will not come out bit-identical, so running the seed
+    here redoes those rows. Only the model names are compared: two CPUs sold under one name can
+    still give different teachers, which the teacher's fingerprint catches once a row is recorded."""
+    teachers = newest_teachers(ledger)
+    current = [run for run, sha in zip(run_keys(ledger), ledger["teacher_sha256"]) if sha == teachers[run[2]]]
+    cpus = seed_cpus(ledger, current)
+    others = {int(seed): [model for model in cpus.get(int(seed), []) if model != cpu_model] for seed in seeds}
+    return {seed: models for seed, models in others.items() if models}
 
 
 def run_states(ledger: pd.DataFrame, expected: Sequence[Run], hashes: Mapping[Run, str]) -> dict[Run, str]:
