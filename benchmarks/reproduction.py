@@ -291,7 +291,9 @@ def provisional(cfg: dict, args: argparse.Namespace) -> dict[str, Provisional]:
             ledger = read_ledger(args.out, task)
             frame = summary_frame(ledger_summary_rows(ledger, recorded), task, runs.steps, list(recorded))
             cpus = seed_cpus(ledger, recorded)
-            parts[task] = Provisional(frame, len(runs.states), expected_teacher(cfg, task), cfg.get("ablations") or {}, cpus)
+            parts[task] = Provisional(
+                frame, len(runs.states), expected_teacher(cfg, task), cfg.get("ablations") or {}, cpus, len(task_seeds(cfg, task))
+            )
     return parts
 
 

@@ -113,6 +113,16 @@ def test_verdict_rule(top, best, expected):
     assert result.best.method == "topk"  # the baseline with the highest mean
 
 
+def test_a_verdict_waits_for_every_seed_the_configuration_asks_for():
+    found = [readout("top", (86.0, 86.1)), readout("topk", (85.8, 85.9))]
+    assert verdict("mrpc", 2.0, found).verdict == "ahead"
+    assert verdict("mrpc", 2.0, found, seeds=3).verdict == "undetermined: 2 of 3 seeds (so far ahead)"
+    assert verdict("mrpc", 2.0, found, seeds=2).verdict == "ahead"
+    found = [readout("top", (84.0, 85.0, 86.0)), readout("topk", (85.8, 85.9))]
+    assert verdict("mrpc", 2.0, found, seeds=3).verdict == "undetermined: 2 of 3 seeds (so far within spread)"
+    assert verdict("mrpc", 2.0, [readout("top", (86.0,)), *found[1:]], seeds=3).verdict == "undetermined (one seed)"
+
+
 def test_verdict_says_when_a_side_has_no_value():
     missing = Readout("mrpc", "top", 4.0, (1,), (), None, None, None, None, "seed 1: cannot reach 4x: max 3.9x")
     result = verdict("mrpc", 4.0, [missing, readout("topk", (80.0, 81.0), 4.0)])

@@ -213,6 +213,10 @@ def test_the_readmes_block_shows_an_unfinished_task_as_provisional(tmp_path, mon
     part = Provisional(frame=frame, expected=len(frame), cpus={42: ["AMD EPYC"], 43: ["Intel Xeon"]})
     render(tmp_path / "none", tmp_path / "docs/r.md", tmp_path / "docs/r.png", tasks=["mrpc"], provisional={"mrpc": part})
     assert "Machines: seed 42 on AMD EPYC; seed 43 on Intel Xeon." in (tmp_path / "docs/r.md").read_text()
+    part = Provisional(frame=frame[frame["seed"] != 44].reset_index(drop=True), expected=len(frame), seeds=3)
+    render(tmp_path / "none", tmp_path / "docs/r.md", tmp_path / "docs/r.png", tasks=["mrpc"], provisional={"mrpc": part}, readme=readme)
+    assert "**undetermined: 2 of 3 seeds (so far " in readme.read_text()
+    assert "**undetermined: 2 of 3 seeds (so far " in (tmp_path / "docs/r.md").read_text()
 
 
 def test_report_without_summaries_says_so_and_draws_no_figure(tmp_path):

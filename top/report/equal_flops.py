@@ -22,7 +22,11 @@ compared at fixed targets (2x and 4x by default) instead of setting by setting:
    * ``within spread`` otherwise.
 
    With fewer than two seeds on either side there is no spread, and the verdict is
-   ``undetermined (one seed)``. Where ToP or every baseline lacks a value, the verdict says why.
+   ``undetermined (one seed)``. Given ``seeds``, the number of seeds the configuration asks for
+   (a task still running), fewer seeds on either side leave the verdict undetermined too, with
+   what the rule reads so far: ``undetermined: 2 of 3 seeds (so far ahead)``; two seeds' standard
+   deviation is too rough an estimate of the spread to rest a verdict on. Where ToP or every
+   baseline lacks a value, the verdict says why.
 
 Scores are on the tables' 0-100 scale; FLOPs reductions are dense FLOPs / pruned FLOPs
 (docs/design.md, "FLOPs convention").
@@ -176,8 +180,9 @@ class Verdict:
     detail: str
 
 
-def verdict(task: str, target: float, available: Sequence[Readout]) -> Verdict:
-    """The verdict for ``task`` at ``target`` from the readouts of that task and target."""
+def verdict(task: str, target: float, available: Sequence[Readout], seeds: int | None = None) -> Verdict:
+    """The verdict for ``task`` at ``target`` from the readouts of that task and target;
+    ``seeds``: how many seeds the configuration asks for (None: those present are all)."""
     by_method = {r.method: r for r in available if r.task == task and r.target == target}
     top = by_method.get(PROPOSED)
     baselines = [by_method[m] for m in BASELINES if m in by_method]
@@ -194,13 +199,18 @@ def verdict(task: str, target: float, available: Sequence[Readout]) -> Verdict:
     if top.std is None or best.std is None:
         return Verdict(task, target, "undetermined (one seed)", top, best, detail)
     if top.mean - top.std > best.mean + best.std:
-        return Verdict(task, target, "ahead", top, best, detail)
-    if top.mean + top.std < best.mean - best.std:
-        return Verdict(task, target, "behind", top, best, detail)
-    return Verdict(task, target, "within spread", top, best, detail)
+        reading = "ahead"
+    elif top.mean + top.std < best.mean - best.std:
+        reading = "behind"
+    else:
+        reading = "within spread"
+    have = min(len(top.seeds), len(best.seeds))
+    if seeds is not None and have < seeds:
+        return Verdict(task, target, f"undetermined: {have} of {seeds} seeds (so far {reading})", top, best, detail)
+    return Verdict(task, target, reading, top, best, detail)
 
 
-def verdicts(available: Sequence[Readout], targets: Sequence[float] = TARGETS) -> list[Verdict]:
+def verdicts(available: Sequence[Readout], targets: Sequence[float] = TARGETS, seeds: int | None = None) -> list[Verdict]:
     """:func:`verdict` for every task of ``available`` (in order of appearance) and target."""
     tasks = list(dict.fromkeys(r.task for r in available))
-    return [verdict(task, target, available) for task in tasks for target in targets]
+    return [verdict(task, target, available, seeds) for task in tasks for target in targets]

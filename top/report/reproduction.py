@@ -288,6 +288,8 @@ class Provisional:
     ablations: Mapping[str, Any] = field(default_factory=dict)
     cpus: Mapping[int, Sequence[str]] = field(default_factory=dict)
     """seed -> the CPU models its recorded runs were made on"""
+    seeds: int | None = None
+    """how many seeds the configuration asks for (the comparison's verdicts wait for them all)"""
 
     def note(self) -> str:
         seeds = sorted({int(seed) for seed in self.frame["seed"]})

@@ -55,20 +55,21 @@ def _task_label(task: str) -> str:
     return TASK_LABELS.get(task, task)
 
 
-def comparison_table(frame: pd.DataFrame, targets: Sequence[float] = TARGETS) -> list[str]:
-    """The equal-FLOPs table: per task and target, each method's readout and the verdict."""
+def comparison_table(frame: pd.DataFrame, targets: Sequence[float] = TARGETS, seeds: int | None = None) -> list[str]:
+    """The equal-FLOPs table: per task and target, each method's readout and the verdict;
+    ``seeds``: the seeds a task still running asks for (:func:`top.report.equal_flops.verdict`)."""
     found = readouts(frame, targets)
     lines = [
         "| task | FLOPs reduction | ToP | Top-k | LTP | PoWER-BERT | verdict |",
         "|---|---:|---|---|---|---|---|",
     ]
     by_key = {(r.task, r.method, r.target): r for r in found}
-    for v in verdicts(found, targets):
+    for v in verdicts(found, targets, seeds):
         cells = []
         for method in ("top", "topk", "ltp", "power_bert"):
             readout = by_key.get((v.task, method, v.target))
             cells.append("not run" if readout is None else readout.text())
-        best = f" (best baseline: {method_label(v.best.method)})" if v.best is not None and v.verdict in ("ahead", "behind", "within spread") else ""
+        best = f" (best baseline: {method_label(v.best.method)})" if v.best is not None and v.top is not None and v.top.available else ""
         lines.append(f"| {_task_label(v.task)} | {v.target:g}x | {' | '.join(cells)} | **{v.verdict}**{best} |")
     return lines
 
@@ -207,12 +208,20 @@ def provisional_section(provisional: Mapping[str, Provisional], figure: str | No
         "",
         "Runs recorded so far in the run ledgers (current settings and teacher only). The comparison reads only the "
         "seeds whose curve has as many settings as the method's most complete seed (the table below lists every "
-        "recorded run), and with one seed there is no spread: these rows show progress, not a verdict.",
+        "recorded run). A verdict waits for every seed the configuration asks for: until then it reads undetermined, with "
+        "what the rule gives so far, and with one seed there is no spread. These rows show progress, not a verdict.",
         "",
     ]
     for task, part in provisional.items():
         main = provisional_curves(task, part)
-        lines += [f"### {_task_label(task)} ({part.note()})", "", *comparison_table(complete_curves(main)), "", *runs_table(main), ""]
+        lines += [
+            f"### {_task_label(task)} ({part.note()})",
+            "",
+            *comparison_table(complete_curves(main), seeds=part.seeds),
+            "",
+            *runs_table(main),
+            "",
+        ]
         if part.cpus:
             where = "; ".join(f"seed {seed} on {', '.join(models)}" for seed, models in part.cpus.items())
             lines += [f"Machines: {where}. Each latency speedup is its run's own, pruned against dense on that machine.", ""]
@@ -237,7 +246,12 @@ def readme_block(
         finished = ", ".join(_task_label(task) for task in summaries.tasks)
         lines += [f"**Finished: {finished}**", "", *comparison_table(finished_curves(summaries)), ""]
     for task, part in provisional.items():
-        lines += [f"**{_task_label(task)}, {part.note()}**", "", *comparison_table(complete_curves(provisional_curves(task, part))), ""]
+        lines += [
+            f"**{_task_label(task)}, {part.note()}**",
+            "",
+            *comparison_table(complete_curves(provisional_curves(task, part)), seeds=part.seeds),
+            "",
+        ]
     if not summaries.tasks and not provisional:
         lines += ["No run has been recorded yet.", ""]
     if figure:
