@@ -331,6 +331,27 @@ def test_an_ablations_score_difference_carries_its_sign():
     assert [row.rsplit("|", 2)[1].strip() for row in rows] == ["-1.0", "+0.5"]
 
 
+def test_an_ablation_and_its_setting_are_read_over_the_seeds_both_ran():
+    """The ablated setting's seeds without an ablation run stay out of its columns, so that its
+    score, the ablation's and their paired difference agree (86.0 - 87.0 = -1.0, not 85.0's mean)."""
+    from top.report.reproduction_report import ablation_table
+
+    frame = pd.DataFrame(
+        {
+            "task": "mrpc",
+            "method": "top",
+            "setting": ["s50", "s50", "s50", "s50_norank", "s50_norank", "s50_norank"],
+            "seed": [42, 43, 44, 42, 44, 45],
+            "score": [87.0, 81.0, 86.0, 86.0, 85.0, 80.0],
+            "flops_reduction": [2.0, 2.4, 2.0, 2.0, 2.0, 2.0],
+        }
+    )
+    ablations = {"mrpc": {"top": {"s50_norank": {"of": "s50", "change": "no ranking distillation"}}}}
+    (row,) = ablation_table(frame, ablations)[2:]
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert cells[3:] == ["2", "85.5 ± 0.7", "2.00x ± 0.00", "s50", "86.5 ± 0.7", "2.00x ± 0.00", "-1.0 ± 0.0"]
+
+
 def test_render_command_builds_the_report_from_the_summaries_only(tmp_path):
     summarise(tmp_path, "mrpc")
     report, figure = tmp_path / "out.md", tmp_path / "fig.png"

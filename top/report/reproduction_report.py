@@ -140,9 +140,10 @@ def is_ablation(frame: pd.DataFrame, ablations: Mapping[str, Mapping[str, Any]])
 
 
 def ablation_table(frame: pd.DataFrame, ablations: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    """Each ablation beside the setting it ablates: both settings' score and FLOPs reduction
-    (mean ± std over seeds) and the score difference paired by seed (mean ± std over the seeds
-    both ran)."""
+    """Each ablation beside the setting it ablates, both over the seeds both ran: each setting's
+    score and FLOPs reduction (mean ± std over those seeds) and the score difference paired by
+    seed. The ablated setting's seeds that have no ablation run are left out of its columns, so
+    that its score, the ablation's and their paired difference read over the same seeds."""
     lines = [
         "| task | ablation | change | seeds | score | FLOPs reduction | of | its score | its FLOPs reduction | score difference (paired) |",
         "|---|---|---|---:|---:|---:|---|---:|---:|---:|",
@@ -152,6 +153,8 @@ def ablation_table(frame: pd.DataFrame, ablations: Mapping[str, Mapping[str, Any
             for setting, ablation in settings.items():
                 rows = frame[(frame["task"] == task) & (frame["method"] == method) & (frame["setting"] == setting)]
                 base = frame[(frame["task"] == task) & (frame["method"] == method) & (frame["setting"] == ablation["of"])]
+                both = set(rows["seed"]) & set(base["seed"])
+                rows, base = rows[rows["seed"].isin(both)], base[base["seed"].isin(both)]
                 if rows.empty:
                     continue
                 paired = rows.set_index("seed")["score"] - base.set_index("seed")["score"]
@@ -171,7 +174,8 @@ def ablation_lines(frame: pd.DataFrame, ablations: Mapping[str, Mapping[str, Any
         heading,
         "",
         "Settings that change one thing of another setting of the same method (the configuration's `ablations`); they "
-        "are left out of the method's curve, the comparison at equal FLOPs and the figure.",
+        "are left out of the method's curve, the comparison at equal FLOPs and the figure. Both settings are read over "
+        "the seeds both ran, and the difference is paired by seed.",
         "",
         *ablation_table(frame, ablations),
         "",
