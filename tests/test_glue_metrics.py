@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 
-from top.tasks.glue_metrics import GLUE_METRICS, compute_glue_metrics, primary_metric
+from top.tasks.glue_metrics import GLUE_METRICS, compute_glue_metrics, glue_predictions, primary_metric
 
 
 def test_metric_keys_use_evaluate_names() -> None:
@@ -153,3 +153,10 @@ def test_primary_metric_follows_the_top_paper_table() -> None:
     assert all(primary_metric(task) in keys for task, keys in GLUE_METRICS.items())
     with pytest.raises(ValueError, match="unknown GLUE task"):
         primary_metric("squad_v2")
+
+
+def test_glue_predictions_take_a_regression_heads_score_and_a_classifiers_argmax():
+    assert glue_predictions(np.array([[0.5], [4.25]])).tolist() == [0.5, 4.25]
+    assert glue_predictions(np.array([[0.1, 0.9], [2.0, -1.0], [0.0, 0.0]])).tolist() == [1, 0, 0]
+    with pytest.raises(ValueError, match=r"logits must be \[N, C\], got shape \(3,\)"):
+        glue_predictions(np.zeros(3))

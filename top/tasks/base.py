@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from top.tasks import glue, is_qa_task, squad, squad_features
-from top.tasks.glue_metrics import compute_glue_metrics, primary_metric
+from top.tasks.glue_metrics import compute_glue_metrics, glue_predictions, primary_metric
 from top.tasks.settings import TaskConfig
 from top.tasks.squad_metrics import compute_squad_metrics, primary_qa_metric
 from top.tasks.squad_postprocess import QAPredictions, postprocess_qa_predictions
@@ -99,8 +99,7 @@ class GlueTask(Task):
         return functools.partial(glue.collate, pad_token_id=tokenizer.pad_token_id)
 
     def score(self, split, features, logits, labels, limit):
-        predicted = logits[:, 0] if logits.shape[1] == 1 else logits.argmax(axis=1)
-        return compute_glue_metrics(self.name, predicted, labels)
+        return compute_glue_metrics(self.name, glue_predictions(logits), labels)
 
 
 class QATask(Task):

@@ -117,3 +117,12 @@ def compute_glue_metrics(
     results = {key: float(_CLASSIFICATION_SCORERS[key](refs, preds)) for key in GLUE_METRICS[task]}
     logger.debug("GLUE metrics for %s on %d examples: %s", task, len(preds), results)
     return results
+
+
+def glue_predictions(logits: np.ndarray) -> np.ndarray:
+    """A GLUE head's outputs ``[N, C]`` as the metrics take them: ``[N]`` scores for a regression
+    head (``C == 1``, STS-B), else the class ids (argmax)."""
+    logits = np.asarray(logits)
+    if logits.ndim != 2:
+        raise ValueError(f"logits must be [N, C], got shape {logits.shape}")
+    return logits[:, 0] if logits.shape[1] == 1 else logits.argmax(axis=1)
