@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from top.analysis.dev_noise import bootstrap, glue_score, readout_weights, run_predictions, weighted_score
+from top.analysis.dev_noise import bootstrap, glue_score, paired_difference, readout_weights, run_predictions, weighted_score
 from top.config import ConfigError, is_ablation, read_local_config
 from top.files import atomic_write_text, json_text
 from top.report.equal_flops import BASELINES, PROPOSED, TARGETS
@@ -182,7 +182,7 @@ def main() -> None:
         return bootstrap(statistic, n, args.samples).scaled(SCALE).as_dict()
 
     def difference(first: str, second: str, one, other, alone: dict) -> dict:
-        paired = interval(lambda index: one(index) - other(index))
+        paired = paired_difference(one, other, n, args.samples).scaled(SCALE).as_dict()
         return {"first": first, "second": second, **paired, "unpaired_std": float(np.hypot(alone[first]["std"], alone[second]["std"]))}
 
     runs = {label[run]: interval(score) for run, score in scores.items()}

@@ -47,11 +47,11 @@ def test_pairing_leaves_out_the_noise_two_runs_share():
     second = first.copy()
     second[:10] = 1 - second[:10]
     score = {name: bootstrap(glue_score("mrpc", "f1", run, labels), 400) for name, run in (("first", first), ("second", second))}
-    difference = paired_difference("mrpc", "f1", first, second, labels)
+    difference = paired_difference(glue_score("mrpc", "f1", first, labels), glue_score("mrpc", "f1", second, labels), 400)
     assert difference.estimate == pytest.approx(score["first"].estimate - score["second"].estimate)
     assert difference.std < 0.5 * np.hypot(score["first"].std, score["second"].std)
     # a run against itself: no noise at all
-    same = paired_difference("mrpc", "f1", first, first, labels, samples=200)
+    same = paired_difference(glue_score("mrpc", "f1", first, labels), glue_score("mrpc", "f1", first, labels), 400, samples=200)
     assert (same.estimate, same.std, same.low, same.high) == (0.0, 0.0, 0.0, 0.0)
 
 

@@ -84,19 +84,12 @@ def glue_score(task: str, metric: str, predicted: np.ndarray, labels: np.ndarray
 
 
 def paired_difference(
-    task: str,
-    metric: str,
-    first: np.ndarray,
-    second: np.ndarray,
-    labels: np.ndarray,
-    samples: int = 2000,
-    seed: int = 0,
-    level: float = 0.95,
+    first: Callable[[np.ndarray], float], second: Callable[[np.ndarray], float], n: int, samples: int = 2000, seed: int = 0, level: float = 0.95
 ) -> Interval:
-    """``metric`` of ``first`` minus that of ``second`` (two runs' predictions ``[N]`` on the same
-    dev examples), each resample scoring both runs on the same examples."""
-    score_first, score_second = glue_score(task, metric, first, labels), glue_score(task, metric, second, labels)
-    return bootstrap(lambda index: score_first(index) - score_second(index), len(labels), samples, seed, level)
+    """``first`` minus ``second`` (two statistics of the same ``n`` dev examples: two runs' scores,
+    :func:`glue_score`, or two methods' readouts, :func:`weighted_score`), both computed on each
+    resample's examples."""
+    return bootstrap(lambda index: first(index) - second(index), n, samples, seed, level)
 
 
 def readout_weights(reductions: Mapping[str, float], target: float) -> dict[str, float] | None:
