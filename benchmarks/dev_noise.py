@@ -21,15 +21,17 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from top.analysis.dev_noise import bootstrap, glue_score, paired_difference, readout_weights, run_predictions, weighted_score
-from top.config import ConfigError, is_ablation, read_local_config
+from top.config import ConfigError, read_local_config, task_settings_of
 from top.files import atomic_write_text, json_text
 from top.report.equal_flops import BASELINES, PROPOSED, TARGETS
 from top.report.ledger import ledger_path, read_ledger
 from top.report.outputs import RUN_DIR
 from top.report.reproduction import provenance
+from top.report.reproduction_report import is_ablation
 from top.tasks.glue_metrics import primary_metric
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,13 +40,12 @@ SCALE = 100.0  # the report's scale: metrics x100
 
 
 def ablation_pairs(cfg: dict, task: str) -> list[tuple[tuple[str, str], tuple[str, str]]]:
-    """(ablation, the setting it ablates) for every ablation of the configuration that runs on
-    ``task`` (its ``tasks``, or every task without one), each as (method, setting)."""
+    """(ablation, the setting it ablates) for every ablation of the configuration that ``task``
+    runs (:func:`top.config.task_settings_of`), each as (method, setting)."""
     pairs = []
-    for method, settings in (cfg.get("ablations") or {}).items():
-        for setting, ablation in settings.items():
-            if task in ablation.get("tasks", [task]):
-                pairs.append(((method, setting), (method, ablation["of"])))
+    for method, ablations in (cfg.get("ablations") or {}).items():
+        here = task_settings_of(cfg, task, method)
+        pairs += [((method, setting), (method, ablation["of"])) for setting, ablation in ablations.items() if setting in here]
     return pairs
 
 
@@ -59,11 +60,11 @@ def parse_pair(text: str) -> tuple[tuple[str, str], tuple[str, str]]:
     return first, second
 
 
-def curve_weights(ledger, cfg: dict, seed: int, targets: list[float]) -> dict[float, dict[str, dict[str, float] | None]]:
+def curve_weights(rows: pd.DataFrame, cfg: dict, task: str, targets: list[float]) -> dict[float, dict[str, dict[str, float] | None]]:
     """target -> method -> the weights of its settings that read its score at the target off the
-    seed's curve in the ledger (None: the curve does not reach it); ablations are off the curves."""
-    rows = ledger[(ledger["seed"].astype(int) == seed) & (ledger["method"] != "dense")]
-    rows = rows[[not is_ablation(cfg.get("ablations"), m, s) for m, s in zip(rows["method"], rows["setting"])]]
+    curve of ``rows`` (one seed's ledger rows; None: the curve does not reach it); the dense row
+    and the ablations are off the curves."""
+    rows = rows[(rows["method"] != "dense") & ~is_ablation(rows, {task: cfg.get("ablations") or {}})]
     curves = {method: dict(zip(group["setting"], group["flops_reduction"])) for method, group in rows.groupby("method", sort=False)}
     return {target: {method: readout_weights(curve, target) for method, curve in curves.items()} for target in targets}
 
@@ -146,10 +147,10 @@ def main() -> None:
     if args.targets:
         ledgers = args.ledgers or ROOT / "benchmarks" / args.config[0].stem
         ledger = read_ledger(ledgers, args.task)
-        if not (ledger["seed"].astype(int) == args.seed).any():
-            parser.error(f"{ledger_path(ledgers, args.task)} has no run of seed {args.seed} (--targets needs the seed's curves)")
-        weights = curve_weights(ledger, cfg, args.seed, args.targets)
         seed_rows = ledger[ledger["seed"].astype(int) == args.seed]
+        if seed_rows.empty:
+            parser.error(f"{ledger_path(ledgers, args.task)} has no run of seed {args.seed} (--targets needs the seed's curves)")
+        weights = curve_weights(seed_rows, cfg, args.task, args.targets)
         ledger_scores = {(m, s): float(score) for m, s, score in zip(seed_rows["method"], seed_rows["setting"], seed_rows["score"])}
     if not pairs and not weights:
         parser.error(f"nothing to measure: no --pairs, no ablation of {args.task} in the configuration and no --targets")

@@ -88,7 +88,7 @@ RUNS = {("topk", "r2"): (1.5, -20.0), ("topk", "r4"): (3.0, 20.0), ("top", "s50"
 def reproduction(tmp_path_factory):
     """A tiny configuration file with one ablation, a results folder with four runs made from its
     teacher (some with their predictions moved), and a ledger that records them."""
-    from top.config import read_local_config
+    from top.config import read_local_config, validate_config
     from top.pipeline import evaluate_run, finetune_teacher
     from top.report.ledger import PROVENANCE_COLUMNS
     from top.report.reproduction import SUMMARY_COLUMNS
@@ -104,11 +104,16 @@ def reproduction(tmp_path_factory):
         "device": "cpu",
         "teacher": {"epochs": 1, "batch_size": 8, "learning_rate": 1e-3},
         "train": {"batch_size": 8, "learning_rate": 1e-3},
-        "methods": {"dense": {"settings": {"default": {}}}, "topk": {"settings": {"r2": {"keep_ratios": [1.0, 0.5]}}}},
+        "methods": {
+            "dense": {"settings": {"default": {}}},
+            "topk": {"settings": {"r2": {"keep_ratios": [1.0, 0.5]}, "r4": {"keep_ratios": [1.0, 0.25]}}},
+            "top": {"settings": {name: {"target_sparsity": 0.5, "epochs": 1, "bin_num": 4} for name in ("s50", "s50_more")}},
+        },
         "ablations": {"top": {"s50_more": {"of": "s50", "change": "a shifted copy", "tasks": ["sst2"]}}},
     }
     (root / "config.yaml").write_text(yaml.safe_dump(cfg))
     cfg = read_local_config([root / "config.yaml"], glue_dir=glue)
+    validate_config(cfg)  # a configuration the workflow would take: the ablation's settings are configured
     finetune_teacher(cfg, "sst2", 7, root / "teacher")
     results, rows = root / "results/sst2", []
     for (method, setting), (reduction, shift) in RUNS.items():
