@@ -42,6 +42,7 @@ from top.tasks import glue
 
 ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("teacher_probe")
+LOG_TAIL = 30  # lines of a failed probe's Snakemake log repeated in the error
 
 
 def run_probe(args: argparse.Namespace, cfg: dict, learning_rate: float, epochs: int) -> Path:
@@ -54,13 +55,20 @@ def run_probe(args: argparse.Namespace, cfg: dict, learning_rate: float, epochs:
     probe_file = ROOT / results / "probe.yaml"
     atomic_write_text(probe_file, yaml.safe_dump(probe_config(cfg, args.task, learning_rate, epochs), sort_keys=False))
     command = [sys.executable, "-m", "snakemake", str(folder), "--cores", str(args.threads), "--set-threads", f"teacher={args.threads}"]
-    command += ["--rerun-incomplete", "--configfile", str(probe_file)]
+    # --nolock: the probes run side by side in one working directory, and Snakemake releases its
+    # lock by removing the whole .snakemake/locks folder, so two probes that end together race
+    # (one fails with FileNotFoundError) and one probe's end unlocks the other. Each probe writes
+    # only its own folder, named above, so Snakemake's lock guards nothing between them.
+    command += ["--nolock", "--rerun-incomplete", "--configfile", str(probe_file)]
     command += ["--config", f"glue_dir={args.glue_dir}", f"tasks=[{args.task}]", f"results_dir={results}", f"seeds=[{args.seed}]"]
     log.info("running %s", " ".join(command))
     with (ROOT / results / "snakemake.log").open("w") as out:
         code = subprocess.run(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT).returncode
     if code:
-        raise SystemExit(f"probe {probe_name(learning_rate, epochs)} of {args.task} failed (exit status {code}); see {results}/snakemake.log")
+        tail = "".join((ROOT / results / "snakemake.log").read_text().splitlines(keepends=True)[-LOG_TAIL:])
+        raise SystemExit(
+            f"probe {probe_name(learning_rate, epochs)} of {args.task} failed (exit status {code}); see {results}/snakemake.log:\n{tail}"
+        )
     return folder
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -137,7 +138,16 @@ def test_a_tiny_probe_trains_through_the_workflow_and_writes_its_record(tmp_path
     command = [sys.executable, str(ROOT / "benchmarks/teacher_probe.py"), "--task", "sst2", "--learning-rates", "1e-3", "3e-3"]
     command += ["--epochs", "2", "--seed", "3", "--config", str(path), "--glue-dir", str(glue_dir)]
     command += ["--results-root", str(tmp_path / "results"), "--out", str(tmp_path / "out")]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    # The probes share the repository's .snakemake folder with any other Snakemake instance there:
+    # the lock of a (pretend) other instance must outlive them, as theirs must outlive each other.
+    other_lock = ROOT / ".snakemake/locks" / f"{os.getpid()}.output.lock"
+    other_lock.parent.mkdir(parents=True, exist_ok=True)
+    other_lock.write_text(f"{tmp_path}/another-instance-output\n")
+    try:
+        result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert other_lock.is_file(), "a probe removed another Snakemake instance's lock"
+    finally:
+        other_lock.unlink(missing_ok=True)
     assert result.returncode == 0, result.stderr[-4000:]
     payload = json.loads((tmp_path / "out/teacher_probe_sst2.json").read_text())
     assert sorted((p["learning_rate"], p["epochs"], p["seed"]) for p in payload["probes"]) == [(1e-3, 2, 3), (3e-3, 2, 3)]
