@@ -231,19 +231,26 @@ def test_the_squad_reproduction_configs_are_valid_alone_and_protected():
     assert merge_layers(base, protect)["qa"] == {**base["qa"], "protect_question": True}
 
 
-def test_the_reproduction_runs_its_ablations_on_mrpc_only():
-    """The reproduction's ablations are ToP settings of MRPC alone, each ablating a setting on
-    ToP's curve; the other tasks run ToP's curve only."""
-    from top.config import task_settings_of
+def test_the_reproduction_runs_its_ablations_on_mrpc_and_stsb_only():
+    """The reproduction's ablations are ToP settings, each ablating a setting on ToP's curve: all
+    six of s50 and s75 on MRPC, s75's three on STS-B (its longer schedule a setting of its own,
+    twice STS-B's epochs); SST-2 runs ToP's curve only."""
+    from top.config import resolve_run, task_settings_of
 
     cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "config/reproduction.yaml").read_text())
     validate(cfg, SCHEMA)
     validate_config(cfg, check_paths=False)
     ablations = cfg["ablations"]["top"]
     curve = [s for s in cfg["methods"]["top"]["settings"] if s not in ablations]
-    assert ablations and all(a["tasks"] == ["mrpc"] and a["of"] in curve for a in ablations.values())
-    assert task_settings_of(cfg, "mrpc", "top") == list(cfg["methods"]["top"]["settings"])
-    assert all(task_settings_of(cfg, task, "top") == curve for task in cfg["tasks"] if task != "mrpc")
+    assert ablations and all(a["of"] in curve for a in ablations.values())
+    mrpc = ["s50_norank", "s75_norank", "s50_nolayergates", "s75_nolayergates", "s50_long", "s75_long"]
+    assert task_settings_of(cfg, "mrpc", "top") == curve + mrpc
+    assert task_settings_of(cfg, "stsb", "top") == curve + ["s75_norank", "s75_nolayergates", "s75_long16"]
+    assert task_settings_of(cfg, "sst2", "top") == curve
+    for task, long in (("mrpc", "s75_long"), ("stsb", "s75_long16")):
+        base, longer = (resolve_run(cfg, task, "top", setting, 42)["method_settings"] for setting in ("s75", long))
+        assert longer["epochs"] == ablations[long]["budget_scale"] * base["epochs"]
+        assert longer["lagrangian_warmup_epochs"] == ablations[long]["budget_scale"] * base["lagrangian_warmup_epochs"]
 
 
 def test_paper_config_builds_every_method_for_bert_base():
