@@ -112,7 +112,7 @@ class Survival:
     lengths_kept: np.ndarray
 
 
-def _sorted_batches(dataset, lengths: Sequence[int], collate, batch_size: int):
+def sorted_batches(dataset, lengths: Sequence[int], collate, batch_size: int):
     """Yield ``(rows, batch)``: the features sorted by length, longest first (as
     :func:`top.evaluate.predict` forms its batches), ``rows`` their indices in ``dataset``."""
     order = np.argsort(-np.asarray(lengths), kind="stable")
@@ -157,7 +157,7 @@ def trace_survival(
     layers = model.config.num_hidden_layers
     lengths_in = np.zeros((n, layers), dtype=np.int64)
     lengths_kept = np.zeros((n, layers), dtype=np.int64)
-    for rows, batch in _sorted_batches(dataset, lengths, collate, batch_size):
+    for rows, batch in sorted_batches(dataset, lengths, collate, batch_size):
         out = model(**model_inputs(batch, torch.device(device)), mode="gather", record=True, carry=carry)
         real = batch["attention_mask"].bool().to(out.hidden.device)
         survived = out.kept[-1]  # [B, L] over original positions
@@ -188,7 +188,7 @@ def trace_token_scores(model: PrunableModel, dataset, collate, *, batch_size: in
     dense = PrunableModel(model.hf).to(device).eval()
     lengths = example_lengths(dataset)
     out_scores: list[np.ndarray | None] = [None] * len(lengths)
-    for rows, batch in _sorted_batches(dataset, lengths, collate, batch_size):
+    for rows, batch in sorted_batches(dataset, lengths, collate, batch_size):
         inputs = model_inputs(batch, torch.device(device))
         out = dense(**inputs, mode="mask", output_attentions=True)
         alive = inputs["attention_mask"].bool()
