@@ -421,6 +421,11 @@ def main() -> None:
         "(before stopping for the day, so that what trained gets recorded)",
     )
     parser.add_argument("--seeds", type=int, nargs="+", help="run only these seeds (a first pass); the task is summarised once all have run")
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        help="run only these methods' runs, and the dense row (a first pass, or a side experiment); the task is summarised once all have run",
+    )
     # Defaults named after the first configuration file (<name>: reproduction, reproduction_squad), so that
     # each family of runs keeps its own ledgers, summaries and report, and an overlay shares its base's.
     parser.add_argument("--results-root", help="each task's results_dir is <this>/<task> (default results/<name>)")
@@ -496,8 +501,11 @@ def main() -> None:
     if args.seeds:
         check_seeds(cfg, chosen(args.task or args.dry_run or []), args.seeds)
 
+    if args.methods and (unknown := sorted(set(args.methods) - set(cfg["methods"]))):
+        parser.error(f"--methods: {', '.join(unknown)} not among the configured methods ({', '.join(cfg['methods'])})")
+
     def to_run(task: str, runs: TaskRuns) -> list[tuple[str, str, int]]:
-        todo = [run for run in runs.pending if not args.seeds or run[2] in args.seeds]
+        todo = [run for run in runs.pending if (not args.seeds or run[2] in args.seeds) and (not args.methods or run[0] in {"dense", *args.methods})]
         return [run for run in todo if trained(task, args, *run)] if args.trained_only else todo
 
     if args.dry_run:

@@ -302,6 +302,12 @@ def test_protect_question_is_refused_only_for_a_method_that_says_why(config, tmp
     )
     # without a SQuAD task the option does nothing
     validate_config({**config, "tasks": ["sst2"]})
+    # GLUE's separators: refused for that method on a GLUE task, nothing without one
+    config["qa"]["protect_question"] = False
+    config["glue"] = {"protect_separators": True}
+    with pytest.raises(ConfigError, match=r"^glue.protect_separators: true cannot be used with method 'topk' \(tasks sst2\): its schedule"):
+        validate_config(config, check_paths=False)
+    validate_config({**config, "tasks": ["squad"]}, check_paths=False)
 
 
 def test_a_task_may_have_its_own_seeds(config):

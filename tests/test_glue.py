@@ -453,6 +453,22 @@ def test_encode_pairs_and_collate_right_pads(tokenizer: BertTokenizerFast) -> No
     assert batch["labels"].tolist() == [0, 1] and batch["labels"].dtype == torch.long
 
 
+def test_protected_separators_mark_cls_and_every_sep_and_collate_pads_them(tokenizer: BertTokenizerFast) -> None:
+    spec = get_spec("rte")
+    dataset = datasets.Dataset.from_dict(
+        {"sentence1": ["the cat sat .", "a dog"], "sentence2": ["the dog ran .", "ran"], "label": [0, 1], "idx": [0, 1]},
+        features=spec.features(),
+    )
+    assert "protect_mask" not in encode(dataset, tokenizer, spec).column_names
+    encoded = encode(dataset, tokenizer, spec, protect_separators=True)
+    # [CLS] the cat sat . [SEP] the dog ran . [SEP] / [CLS] a dog [SEP] ran [SEP]
+    assert encoded[0]["protect_mask"] == [1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1]
+    assert encoded[1]["protect_mask"] == [1, 0, 0, 1, 0, 1]
+    batch = collate([encoded[0], encoded[1]], pad_token_id=tokenizer.pad_token_id)
+    assert batch["protect_mask"].tolist() == [encoded[0]["protect_mask"], [1, 0, 0, 1, 0, 1] + [0] * 5]
+    assert batch["protect_mask"].dtype == torch.long
+
+
 def test_encode_truncates_to_max_length(tokenizer: BertTokenizerFast) -> None:
     spec = get_spec("sst2")
     dataset = datasets.Dataset.from_dict(

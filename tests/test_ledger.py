@@ -245,6 +245,11 @@ def test_the_run_hash_changes_with_the_settings_the_run_depends_on():
     assert all_hashes(qa_changed) == base
     squad = {task: run_sha256(cfg, "squad", "top", "s50", 42, None) for task, cfg in (("plain", CONFIG), ("protected", qa_changed))}
     assert squad["plain"] != squad["protected"]
+    # GLUE's protected separators: every run of a GLUE task changes; off, the hashes stay as they were
+    separators = copy.deepcopy(CONFIG) | {"glue": {"protect_separators": True}}
+    assert all(all_hashes(separators)[m] != base[m] for m in base)
+    assert all_hashes(copy.deepcopy(CONFIG) | {"glue": {"protect_separators": False}}) == base
+    assert run_sha256(separators, "squad", "top", "s50", 42, None) == squad["plain"]
     on_gpu = copy.deepcopy(CONFIG) | {"device": "cuda"}
     assert all(all_hashes(on_gpu)[m] != base[m] for m in base)
     assert run_sha256(CONFIG, "mrpc", "top", "s50", 43, 3668) != base["top"]

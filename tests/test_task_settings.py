@@ -27,6 +27,14 @@ def test_task_config_takes_only_what_a_task_reads() -> None:
         cfg.methods  # noqa: B018
 
 
+def test_task_config_reads_whether_glue_inputs_keep_their_separators() -> None:
+    base = {"data_source": "local", "glue_dir": "/g", "qa": QA}
+    assert TaskConfig.from_config(base).protect_separators is False
+    assert TaskConfig.from_config({**base, "glue": {"protect_separators": True}}).protect_separators is True
+    assert get_task(TaskConfig.from_config({**base, "glue": {"protect_separators": True}}), "mrpc").protects_tokens
+    assert not get_task(TaskConfig.from_config(base), "mrpc").protects_tokens
+
+
 def test_task_config_names_missing_qa_keys() -> None:
     qa = {k: v for k, v in QA.items() if k not in ("doc_stride", "null_threshold")}
     with pytest.raises(ValueError, match=r"qa: missing doc_stride, null_threshold"):

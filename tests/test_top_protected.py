@@ -1,6 +1,7 @@
-"""ToP with protected tokens (SQuAD's ``qa.protect_question``): the question, [CLS] and the
-separators are kept in every layer, are no rank-bin candidates, and the FLOPs constraint counts
-them as kept. Tiny random BERTs on the CPU."""
+"""ToP with protected tokens (SQuAD's ``qa.protect_question``, GLUE's
+``glue.protect_separators``): the question, [CLS] and the separators are kept in every layer,
+are no rank-bin candidates, and the FLOPs constraint counts them as kept. Tiny random BERTs on
+the CPU."""
 
 from __future__ import annotations
 
@@ -121,10 +122,10 @@ def test_exported_selectors_reproduce_the_protected_decisions_and_refuse_other_i
     for a, b in zip(rebuilt.kept, trained.kept):
         assert torch.equal(a, b)
     assert single.lengths_kept[0].tolist() == trained.lengths_kept[0].tolist()
-    with pytest.raises(ValueError, match=r"trained with protected tokens but is run without a protect_mask.*qa.protect_question: true"):
+    with pytest.raises(ValueError, match=r"trained with protected tokens but is run without a protect_mask.*glue.protect_separators: true"):
         inference(**batch, mode="gather")
     unprotected = ToP.inference_selectors({**exported, "protected_tokens": False}, model.config)
-    with pytest.raises(ValueError, match=r"trained without protected tokens but is run with a protect_mask.*qa.protect_question: false"):
+    with pytest.raises(ValueError, match=r"trained without protected tokens but is run with a protect_mask.*glue.protect_separators: false"):
         PrunableModel(model.hf, unprotected)(**batch, mode="gather", protect_mask=protect)
 
 
@@ -224,3 +225,45 @@ def test_pipeline_token_counts_add_the_protected_counts_only_when_the_task_prote
     assert counts["train"].tolist() == [7, 5] and counts["validation"].tolist() == [7]
     assert counts["train_protected"].tolist() == [5, 4] and counts["validation_protected"].tolist() == [4]
     assert set(_token_counts(train, dev)) == {"train", "validation"}
+
+
+def test_a_glue_run_with_protected_separators_never_drops_them(tmp_path):
+    """Trained, exported and evaluated through the pipeline with ``glue.protect_separators``,
+    ToP keeps [CLS] and [SEP] in every layer of every dev example and drops other tokens."""
+    import yaml
+
+    from tests.conftest import write_tiny_model, write_tiny_sst2
+    from top.analysis.token_survival import dropped_by_role, token_roles, trace_kept
+    from top.config import read_local_config
+    from top.models import load_run
+    from top.pipeline import evaluate_run, finetune_teacher, train_method
+    from top.tasks.base import get_task
+    from top.tasks.settings import TaskConfig
+
+    glue = write_tiny_sst2(tmp_path / "glue", train_rows=32, dev_rows=16)
+    raw = {
+        "model": str(write_tiny_model(tmp_path / "model")),
+        "data_source": "local",
+        "tasks": ["sst2"],
+        "device": "cpu",
+        "glue": {"protect_separators": True},
+        "teacher": {"epochs": 1, "batch_size": 8, "learning_rate": 1e-3},
+        "train": {"batch_size": 8, "learning_rate": 1e-3},
+        "methods": {
+            "top": {"settings": {"s25": {"target_sparsity": 0.25, "prune_layers": [0], "epochs": 2, "lagrangian_warmup_epochs": 1, "bin_num": 4}}}
+        },
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(raw))
+    cfg = read_local_config([tmp_path / "config.yaml"], glue_dir=glue)
+    finetune_teacher(cfg, "sst2", 3, tmp_path / "teacher")
+    train_method(cfg, "sst2", "top", "s25", 3, tmp_path / "teacher", tmp_path / "run")
+    metrics = evaluate_run(cfg, "sst2", tmp_path / "run", tmp_path / "metrics.json", tmp_path / "lengths.npz", {})
+    assert metrics["decisions"]["protected_tokens"] is True
+    spec = get_task(TaskConfig.from_config(cfg), "sst2")
+    model, tokenizer, _ = load_run(tmp_path / "run")
+    dataset = spec.dev_features("validation", tokenizer, None)
+    alive, _ = trace_kept(model, dataset, spec.collate(tokenizer))
+    layers = dropped_by_role(alive, token_roles(dataset, tokenizer))
+    assert all(layer["roles"]["[SEP]"]["dropped"] == 0.0 for layer in layers)
+    assert all(mask[:, 0].all() for mask in alive)  # [CLS]
+    assert layers[-1]["roles"]["words A"]["dropped"] > 0  # it prunes the rest

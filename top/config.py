@@ -3,7 +3,8 @@
 The Snakemake schema (``workflow/schemas/config.schema.yaml``) checks types and fills defaults
 (declared there once). :func:`validate_config` then checks what a schema cannot: task and
 method names, data folders, model paths, that every setting builds a valid method and that no
-configured method refuses ``qa.protect_question``. Both run before any job starts.
+configured method refuses protected tokens (``qa.protect_question``,
+``glue.protect_separators``). Both run before any job starts.
 :func:`resolve_run` merges, for one (task, method, setting, seed), in increasing priority:
 
 1. ``train`` (shared optimisation settings) and ``methods.<m>.common``;
@@ -333,20 +334,23 @@ def _check_latency(latency: Mapping[str, Any]) -> None:
 
 
 def _check_protected_tokens(cfg: Mapping[str, Any]) -> None:
-    """Refuse a method that cannot train with ``qa.protect_question`` when a SQuAD task is run
-    (:attr:`~top.pruning.base.PruningMethod.protected_tokens_unsupported`)."""
-    if not (cfg.get("qa") or {}).get("protect_question"):
-        return
-    qa_tasks = [task for task in cfg["tasks"] if is_qa_task(task)]
-    if not qa_tasks:
-        return
-    for method in cfg["methods"]:
-        reason = method_class(method).protected_tokens_unsupported
-        if reason:
-            raise ConfigError(
-                f"qa.protect_question: true cannot be used with method {method!r} (tasks {', '.join(qa_tasks)}): {reason}; "
-                f"set qa.protect_question: false or remove {method!r} from methods"
-            )
+    """Refuse a method that cannot train with protected tokens (``qa.protect_question`` when a
+    SQuAD task is run, ``glue.protect_separators`` when a GLUE task is;
+    :attr:`~top.pruning.base.PruningMethod.protected_tokens_unsupported`)."""
+    options = (
+        ("qa.protect_question", (cfg.get("qa") or {}).get("protect_question"), [task for task in cfg["tasks"] if is_qa_task(task)]),
+        ("glue.protect_separators", (cfg.get("glue") or {}).get("protect_separators"), [task for task in cfg["tasks"] if not is_qa_task(task)]),
+    )
+    for option, on, tasks in options:
+        if not on or not tasks:
+            continue
+        for method in cfg["methods"]:
+            reason = method_class(method).protected_tokens_unsupported
+            if reason:
+                raise ConfigError(
+                    f"{option}: true cannot be used with method {method!r} (tasks {', '.join(tasks)}): {reason}; "
+                    f"set {option}: false or remove {method!r} from methods"
+                )
 
 
 def _check_model(spec: str) -> None:

@@ -62,7 +62,8 @@ def ledger_path(folder: str | Path, task: str) -> Path:
 def run_sha256(cfg: Mapping[str, Any], task: str, method: str, setting: str, seed: int, train_rows: int | None) -> str:
     """SHA-256 of the settings one run's result depends on: the model, the device, the task and
     its training rows, the seed, the teacher's fine-tune, evaluation and latency settings, a QA
-    task's ``qa`` settings (windows, protected question), and (except for the ``dense`` row,
+    task's ``qa`` settings (windows, protected question), a GLUE task's protected separators
+    (``glue.protect_separators``, only when on), and (except for the ``dense`` row,
     which is the teacher) the method's merged settings and its training settings
     (:func:`top.config.resolve_run`). Paths, threads and the other tasks' settings are left out."""
     resolved = resolve_run(cfg, task, method, setting, seed)
@@ -80,6 +81,9 @@ def run_sha256(cfg: Mapping[str, Any], task: str, method: str, setting: str, see
     }
     if method != "dense":
         payload |= {"setting": setting, "train": resolved["train"], "method_settings": resolved["method_settings"]}
+    if not is_qa_task(task) and (cfg.get("glue") or {}).get("protect_separators"):
+        # only when on: runs recorded before the option existed keep their hashes
+        payload["glue"] = {"protect_separators": True}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 

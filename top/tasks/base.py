@@ -38,8 +38,8 @@ class Task(abc.ABC):
         primary_metric: the metric key reported as a run's ``score``.
         metric_scale: the full scale of the task's metrics (1 for GLUE's, 100 for SQuAD's).
         protects_tokens: whether the batches carry a ``protect_mask`` (tokens the encoder never
-            drops: SQuAD's question with ``qa.protect_question``); every feature then has a
-            ``protect_mask`` column.
+            drops: SQuAD's question with ``qa.protect_question``, a GLUE input's separators with
+            ``glue.protect_separators``); every feature then has a ``protect_mask`` column.
     """
 
     name: str
@@ -84,10 +84,11 @@ class GlueTask(Task):
         self.num_labels = self.spec.num_labels
         self.dev_splits = self.spec.dev_splits
         self.primary_metric = primary_metric(name)
+        self.protects_tokens = cfg.protect_separators
 
     def _encoded(self, split: str, tokenizer, limit: int | None, seed: int):
         rows = glue.load_split(self.name, split, source=self.cfg.data_source, data_dir=self.cfg.glue_dir, limit=limit, seed=seed)
-        return glue.encode(rows, tokenizer, self.spec)
+        return glue.encode(rows, tokenizer, self.spec, protect_separators=self.protects_tokens)
 
     def train_features(self, tokenizer, limit, seed):
         return self._encoded("train", tokenizer, limit, seed)

@@ -45,6 +45,7 @@ UNLABELLED = -1
 """Label given to every row of a test split (GLUE test files carry no labels)."""
 
 MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+PROTECT_KEY = "protect_mask"  # with ``protect_separators``: the tokens the encoder never drops
 """Token-level keys that :func:`encode` adds and :func:`collate` pads."""
 
 
@@ -393,12 +394,15 @@ def encode(
     tokenizer: Any,
     spec: GlueSpec,
     max_length: int | None = None,
+    protect_separators: bool = False,
 ) -> datasets.Dataset:
     """Tokenise a dataset returned by :func:`load_split`.
 
     Adds ``input_ids``, ``attention_mask`` and ``token_type_ids`` (truncated to
     ``max_length``, default ``spec.max_length``, and not padded: :func:`collate` pads each
-    batch) and ``labels``, a copy of ``label`` as int64 (float32 for regression).
+    batch) and ``labels``, a copy of ``label`` as int64 (float32 for regression). With
+    ``protect_separators``, also ``protect_mask``: 1 on [CLS] (slot 0) and on every separator
+    (``tokenizer.sep_token_id``), 0 elsewhere; the encoder never drops those tokens.
     """
     max_length = spec.max_length if max_length is None else max_length
     label_dtype = "float32" if spec.is_regression else "int64"
@@ -409,6 +413,8 @@ def encode(
             "labels": datasets.Value(label_dtype),
         }
     )
+    if protect_separators:
+        features[PROTECT_KEY] = datasets.List(datasets.Value("int32"))
 
     def tokenize(batch: Mapping[str, list]) -> dict[str, list]:
         encoded = tokenizer(
@@ -418,7 +424,10 @@ def encode(
             return_attention_mask=True,
             return_token_type_ids=True,
         )
-        return {**{key: encoded[key] for key in MODEL_INPUT_KEYS}, "labels": batch["label"]}
+        out = {**{key: encoded[key] for key in MODEL_INPUT_KEYS}, "labels": batch["label"]}
+        if protect_separators:
+            out[PROTECT_KEY] = [[int(i == 0 or token == tokenizer.sep_token_id) for i, token in enumerate(ids)] for ids in encoded["input_ids"]]
+        return out
 
     return dataset.map(tokenize, batched=True, features=features, desc=f"Tokenising {spec.name}")
 
@@ -426,8 +435,8 @@ def encode(
 def collate(features: Sequence[Mapping[str, Any]], pad_token_id: int) -> dict[str, torch.Tensor]:
     """Stack encoded examples into a batch, right-padding to the longest example.
 
-    ``input_ids`` are padded with ``pad_token_id``, ``attention_mask`` and ``token_type_ids``
-    (when present) with 0; all three come back as int64 tensors of shape ``[B, L]``.
+    ``input_ids`` are padded with ``pad_token_id``, ``attention_mask``, ``token_type_ids`` and
+    ``protect_mask`` (each when present) with 0; all come back as int64 tensors of shape ``[B, L]``.
     ``labels``, when present, become an int64 tensor (float32 if the labels are floats).
     Other keys (text, ``label``, ``idx``) are not model inputs and are left out.
 
@@ -437,7 +446,7 @@ def collate(features: Sequence[Mapping[str, Any]], pad_token_id: int) -> dict[st
     """
     if not features:
         raise ValueError("cannot collate an empty list of examples")
-    keys = [key for key in MODEL_INPUT_KEYS if key in features[0]]
+    keys = [key for key in (*MODEL_INPUT_KEYS, PROTECT_KEY) if key in features[0]]
     if "input_ids" not in keys:
         raise ValueError(f"examples need 'input_ids'; got keys {sorted(features[0])}")
     batch = pad_token_lists(features, keys, pad_token_id, "example")

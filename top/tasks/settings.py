@@ -1,5 +1,6 @@
-"""The configuration a :class:`~top.tasks.base.Task` reads, typed: where the data comes from and
-the SQuAD settings. The workflow's dictionary stops at :meth:`TaskConfig.from_config`."""
+"""The configuration a :class:`~top.tasks.base.Task` reads, typed: where the data comes from,
+the SQuAD settings and whether GLUE inputs keep their separators. The workflow's dictionary
+stops at :meth:`TaskConfig.from_config`."""
 
 from __future__ import annotations
 
@@ -45,12 +46,15 @@ class TaskConfig:
         glue_dir: the GLUE download's folder (``local``, GLUE tasks).
         squad_dir: the folder of the official SQuAD JSON files (``local``, SQuAD tasks).
         qa: SQuAD features and post-processing.
+        protect_separators: GLUE tasks (``glue.protect_separators``): never drop [CLS] or the
+            separators, whatever the method decides.
     """
 
     data_source: str
     glue_dir: str | None
     squad_dir: str | None
     qa: QASettings
+    protect_separators: bool = False
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> TaskConfig:
@@ -65,4 +69,5 @@ class TaskConfig:
             glue_dir=cfg.get("glue_dir") or None,
             squad_dir=cfg.get("squad_dir") or None,
             qa=QASettings(**qa),
+            protect_separators=bool((cfg.get("glue") or {}).get("protect_separators", False)),
         )

@@ -424,7 +424,7 @@ class ToP(PruningMethod):
             raise ValueError(
                 f"ToP was prepared {'with' if self.protected_tokens else 'without'} protected token counts, but the training batch "
                 f"{'has' if protect is not None else 'has no'} protect_mask: prepare() must receive the '<split>_protected' counts "
-                "exactly when the inputs protect tokens (qa.protect_question), so that the FLOPs constraint counts them as kept"
+                "exactly when the inputs protect tokens (qa.protect_question, glue.protect_separators), so that the FLOPs constraint counts them as kept"
             )
         mask = step.batch["attention_mask"].to(student.logits.device)
         if protect is not None:

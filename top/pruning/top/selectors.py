@@ -71,8 +71,8 @@ class ToPInferenceSelector(TokenSelector):
             given = "with" if ctx.protected is not None else "without"
             raise ValueError(
                 f"layer {self.layer}: this ToP run was trained {trained} protected tokens but is run {given} a protect_mask; "
-                f"its rank bins count only the tokens it may drop, so evaluate it with qa.protect_question: "
-                f"{'true' if self.protected_tokens else 'false'}, as it was trained"
+                f"its rank bins count only the tokens it may drop, so evaluate it with the protection it was trained with "
+                f"(qa.protect_question or glue.protect_separators: {'true' if self.protected_tokens else 'false'})"
             )
         scores = ctx.attention_token_scores()
         keep = bin_keep_values(scores, ctx.alive, self.bin_mask.to(device=scores.device, dtype=scores.dtype), ctx.protected)
