@@ -598,6 +598,19 @@ def test_trained_only_plans_the_runs_that_have_trained_and_no_training(tmp_path)
     assert jobs == {"evaluate": "1", "flops": "1", "latency": "1"}  # the dense row's; no training
 
 
+def test_methods_plans_only_those_methods_runs_and_the_dense_row(tmp_path):
+    common = tiny_reproduction(tmp_path, finished=())
+    planned = run_script("--dry-run", "sst2", "--methods", "dense", *common, cwd=tmp_path)
+    assert planned.returncode == 0, planned.stderr
+    command = next(line for line in planned.stderr.splitlines() if "running" in line)
+    assert "latency/sst2/dense/default/seed42/latency.json" in command and "topk" not in command
+    everything = run_script("--dry-run", "sst2", "--methods", "topk", *common, cwd=tmp_path)
+    command = next(line for line in everything.stderr.splitlines() if "running" in line)
+    assert "dense/default" in command and "topk/keep50" in command
+    refused = run_script("--dry-run", "sst2", "--methods", "topk", "ltp", *common, cwd=tmp_path)
+    assert refused.returncode == 2 and "--methods: ltp not among the configured methods (dense, topk)" in refused.stderr
+
+
 def test_recorded_runs_are_summarised_without_running_the_workflow(tmp_path):
     """--record takes the finished runs of a results folder into the ledger, --status counts
     them, and --task summarises and renders once every run is recorded, with nothing to train."""
