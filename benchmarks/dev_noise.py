@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
+from top.analysis.cli import add_seed_arguments, read_seed_arguments
 from top.analysis.dev_noise import bootstrap, glue_score, paired_difference, readout_weights, run_predictions, weighted_score
-from top.config import ConfigError, read_local_config, task_settings_of
+from top.config import task_settings_of
 from top.files import atomic_write_text, json_text
 from top.report.equal_flops import BASELINES, PROPOSED, TARGETS
 from top.report.ledger import ledger_path, read_ledger
@@ -117,31 +117,17 @@ def _pair_rows(pairs: list[dict]) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--config", type=Path, nargs="+", default=[ROOT / "config/reproduction.yaml"], help="the reproduction's configuration file(s)"
-    )
-    parser.add_argument("--glue-dir", type=Path, default=ROOT.parent / "shared/data/glue")
-    parser.add_argument("--task", required=True)
-    parser.add_argument("--seed", type=int, required=True)
+    add_seed_arguments(parser, ROOT)
     parser.add_argument(
         "--pairs", type=parse_pair, nargs="+", help="method/setting:method/setting (default: every ablation of the task against its setting)"
     )
     parser.add_argument(
         "--targets", type=float, nargs="*", default=list(TARGETS), help="FLOPs reductions to read the methods' curves at (none: no readout)"
     )
-    parser.add_argument("--results-root", type=Path, help="the task's results are <this>/<task> (default results/<first config's name>)")
     parser.add_argument("--ledgers", type=Path, help="the folder of the run ledgers runs/<task>.csv (default benchmarks/<first config's name>)")
     parser.add_argument("--samples", type=int, default=2000, help="bootstrap resamples")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--out", type=Path, help="the JSON file (default benchmarks/results/dev_noise_<task>_seed<seed>.json; the .md beside it)")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        cfg = read_local_config(args.config, glue_dir=args.glue_dir)
-    except ConfigError as error:
-        parser.error(f"--config: {error}")
+    args, cfg, results = read_seed_arguments(parser, ROOT)
     pairs = args.pairs if args.pairs is not None else ablation_pairs(cfg, args.task)
     weights, ledger_scores = {}, {}
     if args.targets:
@@ -154,7 +140,6 @@ def main() -> None:
         ledger_scores = {(m, s): float(score) for m, s, score in zip(seed_rows["method"], seed_rows["setting"], seed_rows["score"])}
     if not pairs and not weights:
         parser.error(f"nothing to measure: no --pairs, no ablation of {args.task} in the configuration and no --targets")
-    results = (args.results_root or ROOT / "results" / args.config[0].stem) / args.task
     needed = [run for pair in pairs for run in pair]
     needed += [(method, setting) for by_method in weights.values() for method, w in by_method.items() for setting in (w or {})]
     names = list(dict.fromkeys(needed))

@@ -21,10 +21,9 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import torch
 
+from top.analysis.cli import add_seed_arguments, read_seed_arguments
 from top.analysis.token_survival import ROLES, dropped_by_role, token_roles, trace_kept
-from top.config import ConfigError, read_local_config
 from top.files import atomic_write_text, json_text
 from top.models import load_run
 from top.pipeline import resolve_device
@@ -72,30 +71,15 @@ def markdown(task: str, seed: int, runs: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--config", type=Path, nargs="+", default=[ROOT / "config/reproduction.yaml"], help="the reproduction's configuration file(s)"
-    )
-    parser.add_argument("--glue-dir", type=Path, default=ROOT.parent / "shared/data/glue")
-    parser.add_argument("--task", required=True)
-    parser.add_argument("--seed", type=int, required=True)
+    add_seed_arguments(parser, ROOT)
     parser.add_argument("--runs", type=parse_run, nargs="+", help="method/setting (default: every run of the seed in the results folder)")
-    parser.add_argument("--results-root", type=Path, help="the task's results are <this>/<task> (default results/<first config's name>)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument(
         "--out", type=Path, help="the JSON file (default benchmarks/results/token_survival_<task>_seed<seed>.json; the .md beside it)"
     )
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        cfg = read_local_config(args.config, glue_dir=args.glue_dir)
-    except ConfigError as error:
-        parser.error(f"--config: {error}")
+    args, cfg, results = read_seed_arguments(parser, ROOT)
     spec = get_task(TaskConfig.from_config(cfg), args.task)
     if not isinstance(spec, GlueTask):
         parser.error(f"--task {args.task}: token survival by role covers the GLUE tasks")
-    results = (args.results_root or ROOT / "results" / args.config[0].stem) / args.task
     names = args.runs or found_runs(results, args.task, args.seed)
     if not names:
         parser.error(f"no run of seed {args.seed} under {results / 'models' / args.task}")

@@ -1,0 +1,42 @@
+"""The command line the analysis scripts of one reproduction seed share
+(``benchmarks/dev_noise.py``, ``benchmarks/token_survival.py``): the configuration, the data, the
+task and seed, the results folder and torch's threads, read and checked the same way."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from top.config import ConfigError, read_local_config
+
+
+def add_seed_arguments(parser: argparse.ArgumentParser, root: Path) -> None:
+    """``--config``, ``--glue-dir``, ``--task``, ``--seed``, ``--results-root`` and ``--threads``
+    (``root``: the repository, for the defaults)."""
+    parser.add_argument(
+        "--config", type=Path, nargs="+", default=[root / "config/reproduction.yaml"], help="the reproduction's configuration file(s)"
+    )
+    parser.add_argument("--glue-dir", type=Path, default=root.parent / "shared/data/glue")
+    parser.add_argument("--task", required=True)
+    parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--results-root", type=Path, help="the task's results are <this>/<task> (default results/<first config's name>)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+
+
+def read_seed_arguments(parser: argparse.ArgumentParser, root: Path) -> tuple[argparse.Namespace, dict[str, Any], Path]:
+    """Parse the command line, set up logging and torch's threads, and read the configuration
+    (an error names the file). Returns the arguments, the configuration and the task's results
+    folder (``<results-root>/<task>``)."""
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        cfg = read_local_config(args.config, glue_dir=args.glue_dir)
+    except ConfigError as error:
+        parser.error(f"--config: {error}")
+    return args, cfg, (args.results_root or root / "results" / args.config[0].stem) / args.task
