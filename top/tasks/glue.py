@@ -45,8 +45,10 @@ UNLABELLED = -1
 """Label given to every row of a test split (GLUE test files carry no labels)."""
 
 MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
-PROTECT_KEY = "protect_mask"  # with ``protect_separators``: the tokens the encoder never drops
 """Token-level keys that :func:`encode` adds and :func:`collate` pads."""
+PROTECT_KEY = "protect_mask"
+"""The token-level key :func:`encode` adds with ``protect_separators`` (the tokens the encoder
+never drops), padded by :func:`collate` when present."""
 
 
 @dataclass(frozen=True)
