@@ -16,20 +16,18 @@ their score is checked against the run's recorded ``eval/.../metrics.json``. Wri
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from top.analysis.cli import add_seed_arguments, read_seed_arguments
+from top.analysis.cli import add_seed_arguments, parse_run, read_seed_arguments, recorded_score, run_folder
 from top.analysis.dev_noise import bootstrap, glue_score, paired_difference, readout_weights, run_predictions, weighted_score
 from top.config import task_settings_of
 from top.files import atomic_write_text, json_text
 from top.report.equal_flops import BASELINES, PROPOSED, TARGETS
 from top.report.ledger import ledger_path, read_ledger
-from top.report.outputs import RUN_DIR
 from top.report.reproduction import provenance
 from top.report.reproduction_report import is_ablation
 from top.tasks.glue_metrics import primary_metric
@@ -51,13 +49,13 @@ def ablation_pairs(cfg: dict, task: str) -> list[tuple[tuple[str, str], tuple[st
 
 def parse_pair(text: str) -> tuple[tuple[str, str], tuple[str, str]]:
     """``method/setting:method/setting`` -> the two runs."""
+    runs = text.split(":")
+    if len(runs) != 2:
+        raise argparse.ArgumentTypeError(f"a pair is method/setting:method/setting, got {text!r}")
     try:
-        first, second = (tuple(run.split("/")) for run in text.split(":"))
-        if len(first) != 2 or len(second) != 2:
-            raise ValueError
-    except ValueError:
+        return parse_run(runs[0]), parse_run(runs[1])
+    except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(f"a pair is method/setting:method/setting, got {text!r}") from None
-    return first, second
 
 
 def curve_weights(rows: pd.DataFrame, cfg: dict, task: str, targets: list[float]) -> dict[float, dict[str, dict[str, float] | None]]:
@@ -67,12 +65,6 @@ def curve_weights(rows: pd.DataFrame, cfg: dict, task: str, targets: list[float]
     rows = rows[(rows["method"] != "dense") & ~is_ablation(rows, {task: cfg.get("ablations") or {}})]
     curves = {method: dict(zip(group["setting"], group["flops_reduction"])) for method, group in rows.groupby("method", sort=False)}
     return {target: {method: readout_weights(curve, target) for method, curve in curves.items()} for target in targets}
-
-
-def recorded_score(results: Path, task: str, method: str, setting: str, seed: int) -> float | None:
-    """The run's score (0-1) in its ``eval`` metrics file, or None when it has none."""
-    path = results / "eval" / RUN_DIR.format(task=task, method=method, setting=setting, seed=seed) / "metrics.json"
-    return json.loads(path.read_text())["score"] if path.is_file() else None
 
 
 def markdown(task: str, seed: int, metric: str, runs: dict, pairs: list[dict], samples: int, readouts: dict | None = None) -> str:
@@ -143,7 +135,7 @@ def main() -> None:
     needed = [run for pair in pairs for run in pair]
     needed += [(method, setting) for by_method in weights.values() for method, w in by_method.items() for setting in (w or {})]
     names = list(dict.fromkeys(needed))
-    folders = {run: results / "models" / RUN_DIR.format(task=args.task, method=run[0], setting=run[1], seed=args.seed) for run in names}
+    folders = {run: run_folder(results, "models", args.task, run, args.seed) for run in names}
     missing = [str(folder) for folder in folders.values() if not folder.is_dir()]
     if missing:
         parser.error("no trained run in " + ", ".join(missing))
@@ -151,7 +143,7 @@ def main() -> None:
     predictions = {}
     for run, folder in folders.items():
         predictions[run] = run_predictions(cfg, args.task, folder)
-        recorded = recorded_score(results, args.task, *run, args.seed)
+        recorded = recorded_score(results, args.task, run, args.seed)
         if recorded is not None and not np.isclose(predictions[run].score, recorded, rtol=0, atol=1e-9):
             raise SystemExit(f"{folder}: predictions score {predictions[run].score} against the recorded {recorded}; evaluation has changed")
         if run in ledger_scores and not np.isclose(predictions[run].score * SCALE, ledger_scores[run], rtol=0, atol=1e-4):

@@ -16,18 +16,16 @@ them).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 
 import numpy as np
 
-from top.analysis.cli import add_seed_arguments, read_seed_arguments
+from top.analysis.cli import add_seed_arguments, parse_run, read_seed_arguments, recorded_score, run_folder
 from top.analysis.token_survival import ROLES, dropped_by_role, token_roles, trace_kept
 from top.files import atomic_write_text, json_text
 from top.models import load_run
 from top.pipeline import resolve_device
-from top.report.outputs import RUN_DIR
 from top.report.reproduction import provenance
 from top.tasks.base import GlueTask, get_task
 from top.tasks.settings import TaskConfig
@@ -35,14 +33,6 @@ from top.tasks.settings import TaskConfig
 ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("token_survival")
 SCORE_TOLERANCE = 1e-6  # the pass's score against the recorded one (0-1 scale): batches as evaluated
-
-
-def parse_run(text: str) -> tuple[str, str]:
-    """``method/setting`` -> the pair."""
-    parts = tuple(text.split("/"))
-    if len(parts) != 2 or not all(parts):
-        raise argparse.ArgumentTypeError(f"a run is method/setting, got {text!r}")
-    return parts  # type: ignore[return-value]
 
 
 def found_runs(results: Path, task: str, seed: int) -> list[tuple[str, str]]:
@@ -83,10 +73,8 @@ def main() -> None:
     names = args.runs or found_runs(results, args.task, args.seed)
     if not names:
         parser.error(f"no run of seed {args.seed} under {results / 'models' / args.task}")
-    folders = {run: results / "models" / RUN_DIR.format(task=args.task, method=run[0], setting=run[1], seed=args.seed) for run in names}
-    metrics = {
-        run: results / "eval" / RUN_DIR.format(task=args.task, method=run[0], setting=run[1], seed=args.seed) / "metrics.json" for run in names
-    }
+    folders = {run: run_folder(results, "models", args.task, run, args.seed) for run in names}
+    metrics = {run: run_folder(results, "eval", args.task, run, args.seed) / "metrics.json" for run in names}
     missing = [str(path) for run in names for path in (folders[run], metrics[run]) if not path.exists()]
     if missing:
         parser.error("no trained and evaluated run: " + ", ".join(missing))
@@ -98,7 +86,7 @@ def main() -> None:
         dataset = spec.dev_features(split, tokenizer, limit)
         alive, logits = trace_kept(model, dataset, spec.collate(tokenizer), batch_size=cfg["eval"]["batch_size"], device=device)
         score = float(spec.score(split, dataset, logits, np.asarray(dataset["labels"]), limit)[spec.primary_metric])
-        recorded = float(json.loads(metrics[run].read_text())["score"])
+        recorded = recorded_score(results, args.task, run, args.seed)
         if abs(score - recorded) > SCORE_TOLERANCE:
             raise SystemExit(f"{folder}: this pass scores {score}, the run's {metrics[run]} {recorded}; evaluation has changed")
         runs[f"{run[0]}/{run[1]}"] = {"score": score, "layers": dropped_by_role(alive, token_roles(dataset, tokenizer))}

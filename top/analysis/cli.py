@@ -1,10 +1,12 @@
 """The command line the analysis scripts of one reproduction seed share
 (``benchmarks/dev_noise.py``, ``benchmarks/token_survival.py``): the configuration, the data, the
-task and seed, the results folder and torch's threads, read and checked the same way."""
+task and seed, the results folder and torch's threads, read and checked the same way; a run
+named ``method/setting``, its folders and its recorded score."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,7 @@ from typing import Any
 import torch
 
 from top.config import ConfigError, read_local_config
+from top.report.outputs import RUN_DIR
 
 
 def add_seed_arguments(parser: argparse.ArgumentParser, root: Path) -> None:
@@ -40,3 +43,22 @@ def read_seed_arguments(parser: argparse.ArgumentParser, root: Path) -> tuple[ar
     except ConfigError as error:
         parser.error(f"--config: {error}")
     return args, cfg, (args.results_root or root / "results" / args.config[0].stem) / args.task
+
+
+def parse_run(text: str) -> tuple[str, str]:
+    """``method/setting`` -> the pair (an ``argparse`` type)."""
+    parts = tuple(text.split("/"))
+    if len(parts) != 2 or not all(parts):
+        raise argparse.ArgumentTypeError(f"a run is method/setting, got {text!r}")
+    return parts  # type: ignore[return-value]
+
+
+def run_folder(results: Path, part: str, task: str, run: tuple[str, str], seed: int) -> Path:
+    """The run's folder under ``part`` (``models``, ``eval``, ...) of the task's results."""
+    return results / part / RUN_DIR.format(task=task, method=run[0], setting=run[1], seed=seed)
+
+
+def recorded_score(results: Path, task: str, run: tuple[str, str], seed: int) -> float | None:
+    """The run's score (0-1) in its ``eval`` metrics file, or None when it has none."""
+    path = run_folder(results, "eval", task, run, seed) / "metrics.json"
+    return float(json.loads(path.read_text())["score"]) if path.is_file() else None
