@@ -15,8 +15,10 @@ def test_interpolates_linearly_in_log_flops_reduction():
     # halfway between 1.5x and 6x in log space is 3x
     reading = score_at([(6.0, 70.0), (1.5, 90.0)], 3.0)
     assert reading.score == pytest.approx(80.0) and reading.bracket == (1.5, 6.0) and reading.reason is None
+    assert reading.share == pytest.approx(0.5)  # the upper point's weight
     # a quarter of the way from 2x to 32x (log2: 1 -> 5) is 4x (log2: 2)
     assert score_at([(2.0, 88.0), (32.0, 80.0)], 4.0).score == pytest.approx(86.0)
+    assert score_at([(2.0, 88.0), (32.0, 80.0)], 4.0).share == pytest.approx(0.25)
 
 
 def test_uses_the_nearest_bracketing_points_and_a_point_at_the_target():
@@ -26,7 +28,7 @@ def test_uses_the_nearest_bracketing_points_and_a_point_at_the_target():
     assert score_at(points, 2.0).score == pytest.approx(expected)
     assert score_at(points, 2.0).bracket == (1.8, 2.5)
     exact = score_at([*points, (4.0, 70.0)], 4.0)
-    assert exact.score == 70.0 and exact.bracket == (4.0, 4.0)
+    assert exact.score == 70.0 and exact.bracket == (4.0, 4.0) and exact.share == 1.0
 
 
 def test_never_extrapolates_and_says_why():

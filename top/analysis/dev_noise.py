@@ -15,7 +15,6 @@ and its several answers; a resample would have to draw questions, not features.)
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -98,13 +97,12 @@ def readout_weights(reductions: Mapping[str, float], target: float) -> dict[str,
     that bracket the target, weighted as :func:`top.report.equal_flops.score_at` interpolates
     them in log FLOPs (settings at the same reduction share their point's weight); None where
     the curve does not reach the target. The FLOPs reductions are held at their dev-set values."""
-    reading = score_at(((reduction, 0.0) for reduction in reductions.values()), target)
+    reading = score_at(((reduction, 0.0) for reduction in reductions.values()), target)  # only the FLOPs place the bracket
     if reading.score is None:
         return None
     low, high = reading.bracket
-    share = 1.0 if low == high else (math.log(target) - math.log(low)) / (math.log(high) - math.log(low))
     weights: dict[str, float] = {}
-    for point, weight in ((low, 1.0 - share), (high, share)):
+    for point, weight in ((low, 1.0 - reading.share), (high, reading.share)):
         at_point = [setting for setting, reduction in reductions.items() if float(reduction) == point]
         for setting in at_point:
             weights[setting] = weights.get(setting, 0.0) + weight / len(at_point)

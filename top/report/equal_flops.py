@@ -50,12 +50,15 @@ _SAME = 1e-9  # relative tolerance for "a point at the target"
 @dataclass(frozen=True)
 class Reading:
     """A score read off one seed's curve at ``target``; ``score`` None with ``reason`` when the
-    curve cannot give one. ``bracket``: the FLOPs reductions of the points used."""
+    curve cannot give one. ``bracket``: the FLOPs reductions of the points used; ``share``: the
+    upper point's weight in the interpolation (the lower one's is ``1 - share``; 1 when the
+    target is a point of the curve)."""
 
     target: float
     score: float | None
     reason: str | None = None
     bracket: tuple[float, float] | None = None
+    share: float | None = None
 
 
 def _fmt(x: float) -> str:
@@ -92,7 +95,7 @@ def score_at(points: Iterable[tuple[float, float]], target: float) -> Reading:
     curve = sorted((x, sum(ys) / len(ys)) for x, ys in merged.items())
     for x, y in curve:
         if abs(x - target) <= _SAME * target:
-            return Reading(target, y, None, (x, x))
+            return Reading(target, y, None, (x, x), 1.0)
     below = [(x, y) for x, y in curve if x < target]
     above = [(x, y) for x, y in curve if x > target]
     if not above:
@@ -101,7 +104,7 @@ def score_at(points: Iterable[tuple[float, float]], target: float) -> Reading:
         return Reading(target, None, f"does not go down to {_fmt(target)}: min {_fmt_bound(curve[0][0], target)}")
     (x0, y0), (x1, y1) = below[-1], above[0]
     weight = (math.log(target) - math.log(x0)) / (math.log(x1) - math.log(x0))
-    return Reading(target, y0 + weight * (y1 - y0), None, (x0, x1))
+    return Reading(target, y0 + weight * (y1 - y0), None, (x0, x1), weight)
 
 
 @dataclass(frozen=True)
