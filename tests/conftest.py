@@ -139,6 +139,29 @@ def write_tiny_sst2(glue_dir: Path, train_rows: int = 48, dev_rows: int = 16) ->
     return glue_dir
 
 
+def write_tiny_sst2_config(folder: Path, glue_dir: Path, methods: dict, **extra) -> dict:
+    """``folder/config.yaml``: the tiny model (:func:`write_tiny_model`, in ``folder/model``) on
+    tiny SST-2 in ``glue_dir``, a one-epoch teacher, batch 8 and learning rate 1e-3 throughout,
+    ``methods`` and any ``extra`` top-level keys. Returns the configuration as the workflow reads
+    it (:func:`top.config.read_local_config`: schema defaults filled, ``glue_dir`` set)."""
+    import yaml
+
+    from top.config import read_local_config
+
+    config = {
+        "model": str(write_tiny_model(folder / "model")),
+        "data_source": "local",
+        "tasks": ["sst2"],
+        "device": "cpu",
+        "teacher": {"epochs": 1, "batch_size": 8, "learning_rate": 1e-3},
+        "train": {"batch_size": 8, "learning_rate": 1e-3},
+        "methods": methods,
+        **extra,
+    }
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    return read_local_config([folder / "config.yaml"], glue_dir=glue_dir)
+
+
 def write_tiny_squad(squad_dir: Path, train_questions: int = 40, dev_questions: int = 12) -> Path:
     """SQuAD v1.1 in the official JSON schema: contexts of random :data:`WORDS` with a marked
     answer ("good fun" or "bad plot") that the question names."""

@@ -13,10 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file, save_file
 
-from tests.conftest import write_tiny_model, write_tiny_sst2
+from tests.conftest import write_tiny_sst2, write_tiny_sst2_config
 from top.analysis.dev_noise import bootstrap, glue_score, paired_difference, readout_weights, run_predictions, weighted_score
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,7 +87,7 @@ RUNS = {("topk", "r2"): (1.5, -20.0), ("topk", "r4"): (3.0, 20.0), ("top", "s50"
 def reproduction(tmp_path_factory):
     """A tiny configuration file with one ablation, a results folder with four runs made from its
     teacher (some with their predictions moved), and a ledger that records them."""
-    from top.config import read_local_config, validate_config
+    from top.config import validate_config
     from top.pipeline import evaluate_run, finetune_teacher
     from top.report.ledger import PROVENANCE_COLUMNS
     from top.report.reproduction import SUMMARY_COLUMNS
@@ -97,22 +96,13 @@ def reproduction(tmp_path_factory):
     glue = write_tiny_sst2(root / "glue", train_rows=48, dev_rows=40)
     dev = (glue / "SST-2/dev.tsv").read_text().splitlines()  # 20 positive, 10 negative: constant answers score apart
     (glue / "SST-2/dev.tsv").write_text("\n".join([dev[0], *(row for i, row in enumerate(dev[1:]) if row.endswith("1") or i < 20)]) + "\n")
-    cfg = {
-        "model": str(write_tiny_model(root / "model")),
-        "data_source": "local",
-        "tasks": ["sst2"],
-        "device": "cpu",
-        "teacher": {"epochs": 1, "batch_size": 8, "learning_rate": 1e-3},
-        "train": {"batch_size": 8, "learning_rate": 1e-3},
-        "methods": {
-            "dense": {"settings": {"default": {}}},
-            "topk": {"settings": {"r2": {"keep_ratios": [1.0, 0.5]}, "r4": {"keep_ratios": [1.0, 0.25]}}},
-            "top": {"settings": {name: {"target_sparsity": 0.5, "epochs": 1, "bin_num": 4} for name in ("s50", "s50_more")}},
-        },
-        "ablations": {"top": {"s50_more": {"of": "s50", "change": "a shifted copy", "tasks": ["sst2"]}}},
+    methods = {
+        "dense": {"settings": {"default": {}}},
+        "topk": {"settings": {"r2": {"keep_ratios": [1.0, 0.5]}, "r4": {"keep_ratios": [1.0, 0.25]}}},
+        "top": {"settings": {name: {"target_sparsity": 0.5, "epochs": 1, "bin_num": 4} for name in ("s50", "s50_more")}},
     }
-    (root / "config.yaml").write_text(yaml.safe_dump(cfg))
-    cfg = read_local_config([root / "config.yaml"], glue_dir=glue)
+    ablations = {"top": {"s50_more": {"of": "s50", "change": "a shifted copy", "tasks": ["sst2"]}}}
+    cfg = write_tiny_sst2_config(root, glue, methods, ablations=ablations)
     validate_config(cfg)  # a configuration the workflow would take: the ablation's settings are configured
     finetune_teacher(cfg, "sst2", 7, root / "teacher")
     results, rows = root / "results/sst2", []

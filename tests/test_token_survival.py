@@ -11,13 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 from datasets import Dataset
 from transformers import BertForQuestionAnswering, BertForSequenceClassification, BertTokenizerFast
 
-from tests.conftest import WORDS, collate_pad0, tiny_config, write_tiny_model, write_tiny_sst2
+from tests.conftest import WORDS, collate_pad0, tiny_config, write_tiny_model, write_tiny_sst2, write_tiny_sst2_config
 from top.analysis.token_survival import ROLES, dropped_by_role, token_roles, trace_kept
-from top.config import read_local_config
 from top.encoder import PrunableModel
 from top.evaluate import predict
 from top.pipeline import evaluate_run, finetune_teacher, train_method
@@ -102,17 +100,7 @@ def test_the_trace_keeps_what_the_evaluation_keeps_and_gives_its_logits(tokenize
 
 def test_the_script_traces_every_run_of_the_seed_and_refuses_one_that_scores_otherwise(tmp_path):
     glue = write_tiny_sst2(tmp_path / "glue", train_rows=24, dev_rows=12)
-    cfg = {
-        "model": str(write_tiny_model(tmp_path / "model")),
-        "data_source": "local",
-        "tasks": ["sst2"],
-        "device": "cpu",
-        "teacher": {"epochs": 1, "batch_size": 8, "learning_rate": 1e-3},
-        "train": {"batch_size": 8, "learning_rate": 1e-3},
-        "methods": {"topk": {"settings": {"half": {"keep_ratios": [0.5, 0.5], "finetune_epochs": 1}}}},
-    }
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
-    cfg = read_local_config([tmp_path / "config.yaml"], glue_dir=glue)
+    cfg = write_tiny_sst2_config(tmp_path, glue, {"topk": {"settings": {"half": {"keep_ratios": [0.5, 0.5], "finetune_epochs": 1}}}})
     finetune_teacher(cfg, "sst2", 7, tmp_path / "teacher")
     results = tmp_path / "results/sst2"
     train_method(cfg, "sst2", "topk", "half", 7, tmp_path / "teacher", results / "models/sst2/topk/half/seed7")

@@ -230,31 +230,16 @@ def test_pipeline_token_counts_add_the_protected_counts_only_when_the_task_prote
 def test_a_glue_run_with_protected_separators_never_drops_them(tmp_path):
     """Trained, exported and evaluated through the pipeline with ``glue.protect_separators``,
     ToP keeps [CLS] and [SEP] in every layer of every dev example and drops other tokens."""
-    import yaml
-
-    from tests.conftest import write_tiny_model, write_tiny_sst2
+    from tests.conftest import write_tiny_sst2, write_tiny_sst2_config
     from top.analysis.token_survival import dropped_by_role, token_roles, trace_kept
-    from top.config import read_local_config
     from top.models import load_run
     from top.pipeline import evaluate_run, finetune_teacher, train_method
     from top.tasks.base import get_task
     from top.tasks.settings import TaskConfig
 
     glue = write_tiny_sst2(tmp_path / "glue", train_rows=32, dev_rows=16)
-    raw = {
-        "model": str(write_tiny_model(tmp_path / "model")),
-        "data_source": "local",
-        "tasks": ["sst2"],
-        "device": "cpu",
-        "glue": {"protect_separators": True},
-        "teacher": {"epochs": 1, "batch_size": 8, "learning_rate": 1e-3},
-        "train": {"batch_size": 8, "learning_rate": 1e-3},
-        "methods": {
-            "top": {"settings": {"s25": {"target_sparsity": 0.25, "prune_layers": [0], "epochs": 2, "lagrangian_warmup_epochs": 1, "bin_num": 4}}}
-        },
-    }
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(raw))
-    cfg = read_local_config([tmp_path / "config.yaml"], glue_dir=glue)
+    top = {"s25": {"target_sparsity": 0.25, "prune_layers": [0], "epochs": 2, "lagrangian_warmup_epochs": 1, "bin_num": 4}}
+    cfg = write_tiny_sst2_config(tmp_path, glue, {"top": {"settings": top}}, glue={"protect_separators": True})
     finetune_teacher(cfg, "sst2", 3, tmp_path / "teacher")
     train_method(cfg, "sst2", "top", "s25", 3, tmp_path / "teacher", tmp_path / "run")
     metrics = evaluate_run(cfg, "sst2", tmp_path / "run", tmp_path / "metrics.json", tmp_path / "lengths.npz", {})
