@@ -106,14 +106,14 @@ def dropped_by_role(alive: Sequence[np.ndarray], roles: Mapping[str, Sequence[np
     """
     if not alive:
         return []
+    totals = {role: sum(int(mask.sum()) for mask in masks) for role, masks in roles.items()}
     out = []
     for layer in range(alive[0].shape[0] - 1):
         entering = sum(int(mask[layer].sum()) for mask in alive)
         kept = sum(int(mask[layer + 1].sum()) for mask in alive)
         row: dict[str, Any] = {"layer": layer, "tokens_in": entering / len(alive), "tokens_kept": kept / len(alive), "roles": {}}
         for role, masks in roles.items():
-            total = sum(int(mask.sum()) for mask in masks)
             gone = sum(int((mask & ~here[layer + 1]).sum()) for mask, here in zip(masks, alive))
-            row["roles"][role] = {"tokens": total, "dropped": None if total == 0 else gone / total}
+            row["roles"][role] = {"tokens": totals[role], "dropped": None if totals[role] == 0 else gone / totals[role]}
         out.append(row)
     return out
