@@ -132,3 +132,80 @@ def test_rank_distill_weight_zero_skips_the_ranking_and_the_teachers_final_score
     history = run_stages(model, method, toy_dataset(16), train, collate=functools.partial(collate, pad_token_id=0), teacher=copy.deepcopy(model))
     assert asked and all(signals == ("logits",) for signals in asked)
     assert len(history) == 2 and all("rank_loss" not in record and "distill_loss" in record for record in history)
+
+
+# ------------------------------------------------------------------------------ bin_order: ranked
+
+
+def test_at_least_is_the_poisson_binomial_survival_function():
+    from itertools import product
+
+    from top.pruning.top.gates import at_least
+
+    p = torch.tensor([0.9, 0.2, 0.6, 0.35], dtype=torch.float64, requires_grad=True)
+    exact = torch.zeros(4, dtype=torch.float64)
+    for outcome in product((0, 1), repeat=4):  # every outcome of the four trials
+        chance = torch.prod(torch.tensor([q if o else 1 - q for q, o in zip(p.tolist(), outcome)], dtype=torch.float64))
+        exact[: sum(outcome)] += chance  # P(K > b) for every b below the count
+    torch.testing.assert_close(at_least(p), exact)
+    torch.testing.assert_close(at_least(p).sum(), p.sum())  # E[K] either way
+    assert torch.autograd.gradcheck(at_least, (p,))
+
+
+def test_ranked_bins_keep_the_best_ranked_tokens_whatever_the_gates_order():
+    from top.pruning.top.gates import bin_keep_values
+
+    settings = {"bin_num": 5, "prune_layers": [1], "log_alpha_range": None}
+    learned = ToP(tiny_config(layers=4), settings)
+    ranked = ToP(tiny_config(layers=4), {**settings, "bin_order": "ranked"})
+    for method in (learned, ranked):
+        set_gates(method, 1, [0, 1, 0, 1, 1])  # three open gates, not the first three bins
+    assert learned.module.layers["1"].deterministic_keep().tolist() == [0, 1, 0, 1, 1]
+    assert ranked.module.layers["1"].deterministic_keep().tolist() == [1, 1, 1, 0, 0]
+
+    scores = torch.rand(2, 11, generator=torch.Generator().manual_seed(3))
+    alive = torch.ones(2, 11, dtype=torch.bool)
+    keep = bin_keep_values(scores, alive, ranked.module.layers["1"].deterministic_keep(), None) > 0
+    for row in range(2):  # [CLS] and the 6 best of the 10 candidates (bins of 2)
+        best = scores[row, 1:].argsort(descending=True)[:6] + 1
+        assert sorted(keep[row].nonzero().flatten().tolist()) == sorted([0, *best.tolist()])
+
+    with pytest.raises(ValueError, match="bin_order must be one of"):
+        ToP(tiny_config(layers=4), {"bin_order": "sorted"})
+
+
+def test_ranked_bins_sample_in_rank_order_and_the_constraint_counts_them():
+    method = ToP(tiny_config(layers=4), {"bin_num": 6, "prune_layers": [1], "log_alpha_range": None, "bin_order": "ranked"})
+    gates = method.module.layers["1"]
+    with torch.no_grad():
+        gates.bins.log_alpha.copy_(torch.tensor([-1.0, 2.0, 0.3, -0.4, 1.2, -2.0]))
+        gates.layer.log_alpha.fill_(1.5)
+    torch.manual_seed(0)
+    samples = torch.stack([gates.sampled_keep() for _ in range(20_000)])
+    assert bool((samples[:, :-1] >= samples[:, 1:]).all())  # never a better bin below a worse one
+    # the constraint's survival probability of each bin is what the samples show
+    torch.testing.assert_close((samples > 0).double().mean(0), gates.bin_keep_probability().double(), atol=0.015, rtol=0)
+    # the expected count of open gates is the same in either order, so is the layer's keep ratio
+    learned = ToP(tiny_config(layers=4), {"bin_num": 6, "prune_layers": [1], "log_alpha_range": None})
+    learned.module.load_state_dict(method.module.state_dict())
+    torch.testing.assert_close(gates.keep_ratio(), learned.module.layers["1"].keep_ratio())
+
+
+def test_ranked_bins_evaluate_as_the_constraint_counts_and_export_as_they_train():
+    model = tiny_model(layers=4, seed=2)
+    batch = make_batch([33, 17, 9], seed=1)
+    method = ToP(model.config, {"bin_num": 4, "prune_layers": [1, 2], "bin_order": "ranked"})
+    set_gates(method, 1, [0, 1, 1, 1])
+    set_gates(method, 2, [1, 0, 0, 1])
+    model.set_selectors(method.selectors("prune"))
+    model.eval()
+    with torch.no_grad():
+        out = model(**batch, mode="gather")
+    real = example_flops(model.config, "classification", out.lengths_in.numpy(), out.lengths_kept.numpy())
+    hard, _ = method.expected_flops(batch["attention_mask"], deterministic=True)
+    assert np.array_equal(hard.numpy(), real)
+    exported = json.loads(json.dumps(method.export()))
+    assert [entry["bin_mask"] for entry in exported["layers"]] == [[1, 1, 1, 0], [1, 1, 0, 0]]
+    inference = PrunableModel(model.hf, ToP.inference_selectors(exported, model.config)).eval()
+    with torch.no_grad():
+        assert torch.equal(inference(**batch, mode="gather").lengths_kept, out.lengths_kept)

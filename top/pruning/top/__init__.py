@@ -105,7 +105,11 @@ refuse inputs whose protection differs from training's.
 Ablations (:class:`~top.pruning.top.settings.ToPSettings`): ``rank_distill_weight: 0`` turns
 ranking distillation off entirely (no loss, no scoring-only layers, no teacher final-layer
 scores); ``layer_gates: false`` drops the layer gates, so every layer of ``prune_layers`` prunes
-with its bin gates alone (``q_b = P(z_b > 0)`` in the constraint and the evaluation gates).
+with its bin gates alone (``q_b = P(z_b > 0)`` in the constraint and the evaluation gates);
+``bin_order: ranked`` ties the bins to rank order: the gates only count how many bins survive,
+and the survivors are always the best-ranked (sorted samples in training, the first bins at
+evaluation, ``P(K > b)`` in the constraint with ``K`` the open gates), where the reference's
+gates may keep any bins.
 
 The reference clamps every ``log_alpha`` into ``[log 1e-2, log 1e2]`` after each optimiser step.
 The training loop has no after-step hook, so each training selector clamps its own gates in

@@ -90,6 +90,22 @@ def bin_keep_values(scores: torch.Tensor, alive: torch.Tensor, values: torch.Ten
     return torch.where(alive, keep, torch.zeros_like(keep))
 
 
+def at_least(probabilities: torch.Tensor) -> torch.Tensor:
+    """``[B]`` ``P(K > b)`` for ``b = 0..B-1``, where ``K`` counts the successes of ``B``
+    independent trials with success ``probabilities`` ``[B]`` (a Poisson-binomial survival
+    function; exact, by dynamic programming over the trials, and differentiable).
+
+    With ``bin_order: ranked`` this is the probability that the ``b``-th best rank bin is kept:
+    the sampled gate values are sorted, so the best ``K`` bins get the ``K`` open gates.
+    """
+    size = probabilities.shape[-1]
+    counts = torch.zeros(size + 1, dtype=probabilities.dtype, device=probabilities.device)  # P(K = k)
+    counts[0] = 1.0  # before any trial
+    for p in probabilities.unbind(-1):
+        counts = counts * (1.0 - p) + torch.cat([counts.new_zeros(1), counts[:-1]]) * p
+    return 1.0 - counts.cumsum(0)[:-1]
+
+
 # --------------------------------------------------------------------------------- gates
 
 
@@ -99,6 +115,12 @@ class ToPLayerGates(nn.Module):
 
     With ``layer_gates: false`` (an ablation) there is no layer gate (``layer`` is None): the
     layer always prunes with its bins, and a bin survives with probability ``P(z_b > 0)``.
+
+    With ``bin_order: ranked`` (an ablation) the gates decide only how many bins survive, and
+    the survivors are always the best-ranked: the sampled values are sorted in descending order
+    before they are assigned to bins 0, 1, ... (bin 0 holds the highest scores), the
+    deterministic gates keep the first bins, and bin ``b`` survives with probability
+    ``P(K > b)`` (:func:`at_least`; ``K`` the number of open gates).
     """
 
     def __init__(self, s: ToPSettings):
@@ -110,6 +132,8 @@ class ToPLayerGates(nn.Module):
         )
         self.bins = HardConcreteGate(s.bin_num, droprate_init=s.droprate_init, **common)
         self.layer = HardConcreteGate(1, droprate_init=s.layer_droprate_init, **common) if s.layer_gates else None
+        #: Whether the kept bins are always the best-ranked ones (``bin_order: ranked``).
+        self.ranked = s.bin_order == "ranked"
         #: Bins added to (or, if negative, removed from) ``round(bin_num * r)`` by the FLOPs
         #: calibration at the end of the ``prune`` stage (:meth:`ToP.calibrate`).
         self.register_buffer("bin_offset", torch.zeros((), dtype=torch.long))
@@ -129,6 +153,8 @@ class ToPLayerGates(nn.Module):
         """``[bin_num]`` training keep values: sampled bins, straight-through binary layer gate
         (the sampled bins alone without a layer gate)."""
         z = self.bins.sample()
+        if self.ranked:
+            z = z.sort(descending=True).values
         if self.layer is None:
             return z
         g = self.layer.sample()
@@ -139,7 +165,8 @@ class ToPLayerGates(nn.Module):
     @torch.no_grad()
     def deterministic_keep(self) -> torch.Tensor:
         """``[bin_num]`` 0/1 evaluation keep values: the ``round(bin_num * r)`` bins with the
-        largest ``log_alpha``, where ``r`` is the expected keep ratio (:meth:`keep_ratio`).
+        largest ``log_alpha`` (with ``bin_order: ranked``, the first ones), where ``r`` is the
+        expected keep ratio (:meth:`keep_ratio`).
 
         The reference thresholds the layer gate and the bin gates separately; a layer gate with
         ``P(g > 0) = 0.7`` then prunes fully at evaluation although the constraint counted it at
@@ -150,7 +177,10 @@ class ToPLayerGates(nn.Module):
         """
         size = self.bins.log_alpha.shape[-1]
         num_keep = min(max(int(torch.round(self.keep_ratio() * size)) + int(self.bin_offset), 0), size)
-        order = self.bins.log_alpha.detach().argsort(descending=True, stable=True)
+        if self.ranked:
+            order = torch.arange(size, device=self.bins.log_alpha.device)
+        else:
+            order = self.bins.log_alpha.detach().argsort(descending=True, stable=True)
         keep = torch.zeros(size, dtype=self.bins.log_alpha.dtype, device=self.bins.log_alpha.device)
         keep[order[:num_keep]] = 1.0
         return keep
@@ -158,10 +188,14 @@ class ToPLayerGates(nn.Module):
     def bin_keep_probability(self, deterministic: bool = False) -> torch.Tensor:
         """``[bin_num]`` probability that each bin's tokens survive: ``1 - (1 - P(z_b>0)) P(g>0)``
         (a bin is dropped only when the layer prunes and the bin's gate is 0; ``P(g>0) = 1``
-        without a layer gate); the 0/1 :meth:`deterministic_keep` values if ``deterministic``."""
+        without a layer gate; ``P(K > b)`` in place of ``P(z_b > 0)`` with ``bin_order: ranked``);
+        the 0/1 :meth:`deterministic_keep` values if ``deterministic``."""
         if deterministic:
             return self.deterministic_keep()
-        return 1.0 - (1.0 - self.bins.prob_nonzero()) * self.layer_probability()
+        opened = self.bins.prob_nonzero()
+        if self.ranked:
+            opened = at_least(opened)
+        return 1.0 - (1.0 - opened) * self.layer_probability()
 
     def keep_ratio(self, deterministic: bool = False) -> torch.Tensor:
         """Expected fraction of bins kept (scalar): the mean of :meth:`bin_keep_probability`."""

@@ -15,6 +15,7 @@ from top.pruning.ranking import PADDINGS, WEIGHTINGS
 EXPORT_FORMAT = "top-bins/1"
 STAGES = ("prune", "finetune")
 FLOPS_LENGTHS = ("batch", "train", "validation")
+BIN_ORDERS = ("learned", "ranked")
 
 
 def default_prune_layers(num_layers: int) -> list[int]:
@@ -61,6 +62,11 @@ class ToPSettings:
             ``false`` is an ablation: only the rank-bin gates are learned, every layer of
             ``prune_layers`` always prunes with them, and the constraint, the evaluation gates
             and the export all use ``P(g > 0) = 1``.
+        bin_order: which rank bins a layer keeps. ``"learned"`` (the reference): every bin has
+            its own gate, so any bins may survive, the best-ranked among the dropped ones.
+            ``"ranked"`` (an ablation): the gates only count the bins that survive, and those
+            are always the best-ranked (:class:`~top.pruning.top.gates.ToPLayerGates`), as
+            static top-k and PoWER-BERT keep the highest-scored tokens.
         temperature: hard-concrete temperature ``beta``.
         magical_number: scale in the deterministic mask (ordering only).
         log_alpha_range: ``[low, high]`` clamp of ``log_alpha`` (reference: ``[log 1e-2,
@@ -112,6 +118,7 @@ class ToPSettings:
     droprate_init: float = 0.01
     layer_droprate_init: float = 0.99
     layer_gates: bool = True
+    bin_order: str = "learned"
     temperature: float = 2.0 / 3.0
     magical_number: float = 0.8
     log_alpha_range: list[float] | None = dataclasses.field(default_factory=lambda: list(LOG_ALPHA_RANGE))
@@ -191,6 +198,8 @@ class ToPSettings:
         for key in ("calibrate", "freeze_embeddings", "layer_gates"):
             if not isinstance(getattr(self, key), bool):
                 raise ValueError(f"{key} must be true or false, got {getattr(self, key)!r}")
+        if self.bin_order not in BIN_ORDERS:
+            raise ValueError(f"bin_order must be one of {BIN_ORDERS}, got {self.bin_order!r}")
         if self.flops_lengths not in FLOPS_LENGTHS:
             raise ValueError(f"flops_lengths must be one of {FLOPS_LENGTHS}, got {self.flops_lengths!r}")
         if self.sparsity_average not in ("pooled", "per_example"):
