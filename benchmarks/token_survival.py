@@ -1,6 +1,7 @@
 """Token survival by role (top/analysis/token_survival.py): for one GLUE task and seed of the
 reproduction, which tokens each pruned run drops, layer by layer: separators ([SEP]),
-punctuation, and the words of the first and second sentence.
+punctuation, and the words of the first and second sentence; for ToP's runs, how many of the
+rank bins each layer keeps are among its best-ranked.
 
     python benchmarks/token_survival.py --task stsb --seed 44
     python benchmarks/token_survival.py --task stsb --seed 44 --runs top/s50 top/s75 topk/r3.3
@@ -22,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from top.analysis.cli import add_seed_arguments, parse_run, read_seed_arguments, recorded_score, run_folder
-from top.analysis.token_survival import ROLES, dropped_by_role, token_roles, trace_kept
+from top.analysis.token_survival import ROLES, bins_in_rank_order, dropped_by_role, token_roles, trace_kept
 from top.files import atomic_write_text, json_text
 from top.models import load_run
 from top.pipeline import resolve_device
@@ -56,6 +57,9 @@ def markdown(task: str, seed: int, runs: dict) -> str:
         for row in run["layers"]:
             shares = " | ".join("–" if row["roles"][r]["dropped"] is None else f"{100 * row['roles'][r]['dropped']:.0f}%" for r in ROLES)
             lines.append(f"| {row['layer']} | {row['tokens_in']:.1f} | {row['tokens_kept']:.1f} | {shares} |")
+        if run.get("rank_bins"):
+            kept = ", ".join(f"layer {b['layer']} {b['best']} of {b['kept']}" for b in run["rank_bins"])
+            lines += ["", f"Kept rank bins among the layer's best-ranked (of {run['rank_bins'][0]['bins']}): {kept}."]
     return "\n".join(lines) + "\n"
 
 
@@ -82,7 +86,7 @@ def main() -> None:
     split, limit, device = spec.dev_splits[0], cfg["eval"].get("limit"), resolve_device(cfg["device"])
     runs = {}
     for run, folder in folders.items():
-        model, tokenizer, _ = load_run(folder)
+        model, tokenizer, record = load_run(folder)
         dataset = spec.dev_features(split, tokenizer, limit)
         alive, logits = trace_kept(model, dataset, spec.collate(tokenizer), batch_size=cfg["eval"]["batch_size"], device=device)
         score = float(spec.score(split, dataset, logits, np.asarray(dataset["labels"]), limit)[spec.primary_metric])
@@ -90,6 +94,8 @@ def main() -> None:
         if abs(score - recorded) > SCORE_TOLERANCE:
             raise SystemExit(f"{folder}: this pass scores {score}, the run's {metrics[run]} {recorded}; evaluation has changed")
         runs[f"{run[0]}/{run[1]}"] = {"score": score, "layers": dropped_by_role(alive, token_roles(dataset, tokenizer))}
+        if record.get("method") == "top":
+            runs[f"{run[0]}/{run[1]}"]["rank_bins"] = bins_in_rank_order(record)
         log.info("%s/%s: %.4f", *run, score)
     out = args.out or ROOT / f"benchmarks/results/token_survival_{args.task}_seed{args.seed}.json"
     record = {"task": args.task, "seed": args.seed, "split": split, "dev_examples": len(alive), "roles": list(ROLES), "runs": runs}

@@ -15,7 +15,7 @@ from datasets import Dataset
 from transformers import BertForQuestionAnswering, BertForSequenceClassification, BertTokenizerFast
 
 from tests.conftest import WORDS, collate_pad0, tiny_config, write_tiny_model, write_tiny_sst2, write_tiny_sst2_config
-from top.analysis.token_survival import ROLES, dropped_by_role, token_roles, trace_kept
+from top.analysis.token_survival import ROLES, bins_in_rank_order, dropped_by_role, token_roles, trace_kept
 from top.encoder import PrunableModel
 from top.evaluate import predict
 from top.pipeline import evaluate_run, finetune_teacher, train_method
@@ -77,6 +77,22 @@ def test_a_token_dropped_at_an_earlier_layer_counts_as_dropped_after_every_later
     assert first["roles"]["words A"] == {"tokens": 3, "dropped": 1 / 3} and second["roles"]["words A"] == {"tokens": 3, "dropped": 2 / 3}
     assert second["roles"]["words B"] == {"tokens": 0, "dropped": None}
     assert dropped_by_role([], roles) == []
+
+
+def test_bins_in_rank_order_counts_a_top_runs_kept_bins_among_its_best_ranked():
+    from top.pruning.top import ToP
+
+    method = ToP(tiny_config(layers=4), {"bin_num": 6, "prune_layers": [0, 1, 2], "log_alpha_range": None})
+    for layer, bins, prunes in ((0, [0, 1, 1, 0, 1, 0], True), (1, [1, 1, 1, 1, 1, 1], True), (2, [1, 1, 0, 0, 0, 0], True)):
+        gates = method.module.layers[str(layer)]
+        with torch.no_grad():
+            gates.bins.log_alpha.copy_(torch.tensor([50.0 if keep else -50.0 for keep in bins]))
+            gates.layer.log_alpha.fill_(50.0 if prunes else -50.0)
+    record = json.loads(json.dumps({"method": "top", "decisions": method.export()}))
+    # layer 0 keeps bins 1, 2, 4: two of them among its best three; layer 1 keeps every bin
+    assert bins_in_rank_order(record) == [{"layer": 0, "bins": 6, "kept": 3, "best": 2}, {"layer": 2, "bins": 6, "kept": 2, "best": 2}]
+    with pytest.raises(ValueError, match="rank bins are ToP's; this run's method is 'topk'"):
+        bins_in_rank_order({"method": "topk", "decisions": {"keep_ratios": [0.5]}})
 
 
 def test_the_trace_keeps_what_the_evaluation_keeps_and_gives_its_logits(tokenizer):

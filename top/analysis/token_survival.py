@@ -16,6 +16,10 @@ pass can be checked against the run's recorded score. Each real token has one ro
 :func:`dropped_by_role` gives, per layer, the share of each role's tokens not alive after it,
 pooled over the examples: whether a method spends its FLOPs budget on separators and
 punctuation or on the words of one sentence.
+
+Static top-k, LTP and PoWER-BERT keep a layer's highest-scored tokens by construction; ToP keeps
+the tokens of the rank bins its gates keep, which need not be the best-ranked ones.
+:func:`bins_in_rank_order` reads from a ToP run's export how far its kept bins are from that.
 """
 
 from __future__ import annotations
@@ -92,6 +96,29 @@ def token_roles(dataset, tokenizer) -> dict[str, list[np.ndarray]]:
         roles["words A"].append(words & ~segment_b)
         roles["words B"].append(words & segment_b)
     return roles
+
+
+def bins_in_rank_order(record: Mapping[str, Any]) -> list[dict[str, int]]:
+    """For each layer a ToP run prunes at (a saved run's ``pruning.json`` record, with its
+    ``decisions`` as :meth:`top.pruning.top.ToP.export` writes them): ``kept``, the rank bins
+    it keeps, and ``best``, how many of them are among its ``kept`` best-ranked bins (bin 0
+    holds the highest scores). ``best == kept`` when a layer keeps its best-ranked tokens, as
+    the baselines do; bins chosen at random would give ``kept² / bin_num`` on average. Layers
+    that keep every bin are left out.
+
+    Raises:
+        ValueError: for a record that is not a ToP run's.
+    """
+    decisions = record.get("decisions") or {}
+    if record.get("method") != "top" or "layers" not in decisions:
+        raise ValueError(f"rank bins are ToP's; this run's method is {record.get('method')!r}")
+    out = []
+    for layer in decisions["layers"]:
+        mask = [bool(v) for v in layer["bin_mask"]]
+        kept = sum(mask)
+        if layer["prunes"] and kept < len(mask):
+            out.append({"layer": int(layer["layer"]), "bins": len(mask), "kept": kept, "best": sum(mask[:kept])})
+    return out
 
 
 def dropped_by_role(alive: Sequence[np.ndarray], roles: Mapping[str, Sequence[np.ndarray]]) -> list[dict[str, Any]]:
