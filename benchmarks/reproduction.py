@@ -158,6 +158,23 @@ def run_workflow(
         raise SystemExit(f"the workflow for {task} failed (exit status {code}); job logs: {results_dir(task, args)}/logs/")
 
 
+def chosen_runs(parser: argparse.ArgumentParser, cfg: dict, names: list[str] | None):
+    """``--methods``: a test of a run ``(method, setting, seed)``: every run without names, else the
+    dense row and the runs of each named method (``topk``) or method setting (``top/s75``).
+    Exits with a usage error naming what is not configured."""
+    if not names:
+        return lambda run: True
+    methods, settings = set(), set()
+    for name in names:
+        method, _, setting = name.partition("/")
+        if method not in cfg["methods"]:
+            parser.error(f"--methods: {method} not among the configured methods ({', '.join(cfg['methods'])})")
+        if setting and setting not in cfg["methods"][method]["settings"]:
+            parser.error(f"--methods: {name}: {method} has no setting {setting!r} ({', '.join(cfg['methods'][method]['settings'])})")
+        (settings.add((method, setting)) if setting else methods.add(method))
+    return lambda run: run[0] == "dense" or run[0] in methods or (run[0], run[1]) in settings
+
+
 def curve_runs(cfg: dict, runs: list[tuple[str, str, int]]) -> list[tuple[str, str, int]]:
     """The runs of ``runs`` on the methods' curves: every one but the ablations (``ablations``)."""
     return [run for run in runs if not is_ablation(cfg.get("ablations"), run[0], run[1])]
@@ -424,7 +441,8 @@ def main() -> None:
     parser.add_argument(
         "--methods",
         nargs="+",
-        help="run only these methods' runs, and the dense row (a first pass, or a side experiment); the task is summarised once all have run",
+        help="run only these methods' runs (a method, or method/setting for one setting's), and the dense row (a first pass, or a "
+        "side experiment); the task is summarised once all have run",
     )
     # Defaults named after the first configuration file (<name>: reproduction, reproduction_squad), so that
     # each family of runs keeps its own ledgers, summaries and report, and an overlay shares its base's.
@@ -501,11 +519,10 @@ def main() -> None:
     if args.seeds:
         check_seeds(cfg, chosen(args.task or args.dry_run or []), args.seeds)
 
-    if args.methods and (unknown := sorted(set(args.methods) - set(cfg["methods"]))):
-        parser.error(f"--methods: {', '.join(unknown)} not among the configured methods ({', '.join(cfg['methods'])})")
+    wanted = chosen_runs(parser, cfg, args.methods)
 
     def to_run(task: str, runs: TaskRuns) -> list[tuple[str, str, int]]:
-        todo = [run for run in runs.pending if (not args.seeds or run[2] in args.seeds) and (not args.methods or run[0] in {"dense", *args.methods})]
+        todo = [run for run in runs.pending if (not args.seeds or run[2] in args.seeds) and wanted(run)]
         return [run for run in todo if trained(task, args, *run)] if args.trained_only else todo
 
     if args.dry_run:

@@ -233,8 +233,8 @@ def test_the_squad_reproduction_configs_are_valid_alone_and_protected():
 
 def test_the_reproduction_runs_its_ablations_on_mrpc_and_stsb_only():
     """The reproduction's ablations are ToP settings, each ablating a setting on ToP's curve: all
-    six of s50 and s75 on MRPC, s75's three, its frozen-gates fine-tune and its ranked bins on
-    STS-B (its longer schedule a setting of its own, twice STS-B's epochs; the fine-tune split of
+    six of s50 and s75 on MRPC, s75's three, its frozen-gates fine-tune, and ranked bins at 2x
+    and 4x on STS-B (its longer schedule a setting of its own, twice STS-B's epochs; the fine-tune split of
     the same epochs);
     SST-2 runs ToP's curve only."""
     from top.config import resolve_run, task_settings_of
@@ -247,7 +247,7 @@ def test_the_reproduction_runs_its_ablations_on_mrpc_and_stsb_only():
     assert ablations and all(a["of"] in curve for a in ablations.values())
     mrpc = ["s50_norank", "s75_norank", "s50_nolayergates", "s75_nolayergates", "s50_long", "s75_long"]
     assert task_settings_of(cfg, "mrpc", "top") == curve + mrpc
-    assert task_settings_of(cfg, "stsb", "top") == curve + ["s75_norank", "s75_nolayergates", "s75_long16", "s75_ft4", "s75_ranked"]
+    assert task_settings_of(cfg, "stsb", "top") == curve + ["s75_norank", "s75_nolayergates", "s75_long16", "s75_ft4", "s50_ranked", "s75_ranked"]
     assert task_settings_of(cfg, "sst2", "top") == curve
     for task, long in (("mrpc", "s75_long"), ("stsb", "s75_long16")):
         base, longer = (resolve_run(cfg, task, "top", setting, 42)["method_settings"] for setting in ("s75", long))

@@ -611,6 +611,22 @@ def test_methods_plans_only_those_methods_runs_and_the_dense_row(tmp_path):
     assert refused.returncode == 2 and "--methods: ltp not among the configured methods (dense, topk)" in refused.stderr
 
 
+def test_methods_can_name_one_setting_of_a_method(tmp_path):
+    import yaml
+
+    common = tiny_reproduction(tmp_path, finished=())
+    config = tmp_path / "reproduction.yaml"
+    cfg = yaml.safe_load(config.read_text())
+    cfg["methods"]["topk"]["settings"]["keep30"] = {"keep_ratios": [1.0, 0.6, 0.4, 0.3, 0.2, 0.1]}
+    config.write_text(yaml.safe_dump(cfg))
+    planned = run_script("--dry-run", "sst2", "--methods", "topk/keep30", *common, cwd=tmp_path)
+    assert planned.returncode == 0, planned.stderr
+    command = next(line for line in planned.stderr.splitlines() if "running" in line)
+    assert "dense/default" in command and "topk/keep30" in command and "topk/keep50" not in command
+    refused = run_script("--dry-run", "sst2", "--methods", "topk/keep99", *common, cwd=tmp_path)
+    assert refused.returncode == 2 and "--methods: topk/keep99: topk has no setting 'keep99' (keep30, keep50)" in refused.stderr
+
+
 def test_recorded_runs_are_summarised_without_running_the_workflow(tmp_path):
     """--record takes the finished runs of a results folder into the ledger, --status counts
     them, and --task summarises and renders once every run is recorded, with nothing to train."""
