@@ -71,6 +71,20 @@ def set_gates(method: ToP, layer: int, bin_mask, prunes: bool = True) -> None:
         gates.layer.log_alpha.fill_(BIG if prunes else -BIG)
 
 
+def evaluate_counted(model: PrunableModel, method: ToP, batch, head: str = "classification"):
+    """Run ``batch`` in gather mode with ``method``'s selectors on eval-mode (deterministic)
+    gates; assert that the constraint's deterministic FLOPs are the real count of every row, and
+    return ``(out, real)``: the model's output and those ``[B]`` FLOPs."""
+    model.set_selectors(method.selectors("prune"))
+    model.eval()
+    with torch.no_grad():
+        out = model(**batch, mode="gather")
+    real = example_flops(model.config, head, out.lengths_in.numpy(), out.lengths_kept.numpy())
+    hard, _ = method.expected_flops(batch["attention_mask"], head, deterministic=True, protect_mask=batch.get("protect_mask"))
+    assert np.array_equal(hard.numpy(), real)  # exact
+    return out, real
+
+
 # ------------------------------------------------------------------------------ hard concrete
 
 
@@ -371,15 +385,9 @@ def test_expected_flops_equal_the_real_count_for_deterministic_gates():
     set_gates(method, 2, [1, 0, 1, 0])  # keep 2/4 (not a prefix: bins are independent)
     # candidates (length - 1) are multiples of bin_num at both pruning layers: 32 -> 24 -> 12, 16 -> 12 -> 6
     batch = make_batch([33, 17, 33], seed=3)
-    model.set_selectors(method.selectors("prune"))
-    model.eval()
-    with torch.no_grad():
-        out = model(**batch, mode="gather")
+    out, real = evaluate_counted(model, method, batch)
     assert out.lengths_kept[:, 1].tolist() == [25, 13, 25] and out.lengths_kept[:, 2].tolist() == [13, 7, 13]
-    real = example_flops(model.config, "classification", out.lengths_in.numpy(), out.lengths_kept.numpy())
-
-    hard, dense = method.expected_flops(batch["attention_mask"], deterministic=True)
-    assert np.array_equal(hard.numpy(), real)  # exact
+    dense = method.expected_flops(batch["attention_mask"], deterministic=True)[1]
     full = np.repeat(out.lengths_in[:, :1].numpy(), 4, axis=1)
     assert np.array_equal(dense.numpy(), example_flops(model.config, "classification", full, full))
 
@@ -415,14 +423,7 @@ def test_expected_flops_equal_the_real_count_at_any_length():
     set_gates(method, 1, [0, 1, 1, 0])
     set_gates(method, 2, [1, 0, 1, 1])
     lengths = [2, 3, 5, 7, 10, 19, 26, 31]  # fewer candidates than bins, and not multiples
-    batch = make_batch(lengths, seed=5)
-    model.set_selectors(method.selectors("prune"))
-    model.eval()
-    with torch.no_grad():
-        out = model(**batch, mode="gather")
-    real = example_flops(model.config, "classification", out.lengths_in.numpy(), out.lengths_kept.numpy())
-    hard, _ = method.expected_flops(batch["attention_mask"], deterministic=True)
-    assert np.array_equal(hard.numpy(), real)
+    evaluate_counted(model, method, make_batch(lengths, seed=5))
 
 
 def test_expected_count_is_the_mean_of_the_sampled_counts():
@@ -682,14 +683,8 @@ def test_span_extraction_head_flops_and_distillation():
     set_gates(method, 1, [1, 0, 1, 1])
     set_gates(method, 2, [1, 1, 0, 0])
     batch = make_batch([33, 17], seed=4)
-    model.set_selectors(method.selectors("prune"))
-    model.eval()
-    with torch.no_grad():
-        out = model(**batch, mode="gather")
+    out, _ = evaluate_counted(model, method, batch, head="qa")
     assert out.logits.shape == (2, 33, 2)  # every position still gets a span logit
-    real = example_flops(model.config, "qa", out.lengths_in.numpy(), out.lengths_kept.numpy())
-    hard, _ = method.expected_flops(batch["attention_mask"], "qa", deterministic=True)
-    assert np.array_equal(hard.numpy(), real)
 
     student = torch.randn(2, 33, 2, requires_grad=True)
     teacher = torch.randn(2, 33, 2)

@@ -13,9 +13,8 @@ import pytest
 import torch
 
 import top.train
-from tests.test_top import BIG, make_batch, set_gates, tiny_config, tiny_model, toy_dataset  # noqa: F401 (fixture)
+from tests.test_top import BIG, evaluate_counted, make_batch, set_gates, tiny_config, tiny_model, toy_dataset  # noqa: F401 (fixture)
 from top.encoder import PrunableModel
-from top.measure.flops import example_flops
 from top.pruning.base import StepContext
 from top.pruning.top import ToP
 from top.teacher import TeacherRunner
@@ -57,14 +56,8 @@ def test_without_layer_gates_only_the_bin_gates_exist_and_every_layer_prunes():
         set_bins(ungated, layer, mask)
     counts = {}
     for name, method in (("gated", gated), ("ungated", ungated)):
-        model.set_selectors(method.selectors("prune"))
-        model.eval()
-        with torch.no_grad():
-            out = model(**batch, mode="gather")
+        out, real = evaluate_counted(model, method, batch)  # the constraint counts what evaluation runs
         counts[name] = out.lengths_kept
-        real = example_flops(model.config, "classification", out.lengths_in.numpy(), out.lengths_kept.numpy())
-        hard, _ = method.expected_flops(batch["attention_mask"], deterministic=True)
-        assert np.array_equal(hard.numpy(), real)  # the constraint counts what evaluation runs
         soft, _ = method.expected_flops(batch["attention_mask"])
         assert np.allclose(soft.detach().numpy(), real, rtol=1e-4)
     assert counts["gated"][:, 2].tolist() == [33, 17, 9]
@@ -197,13 +190,7 @@ def test_ranked_bins_evaluate_as_the_constraint_counts_and_export_as_they_train(
     method = ToP(model.config, {"bin_num": 4, "prune_layers": [1, 2], "bin_order": "ranked"})
     set_gates(method, 1, [0, 1, 1, 1])
     set_gates(method, 2, [1, 0, 0, 1])
-    model.set_selectors(method.selectors("prune"))
-    model.eval()
-    with torch.no_grad():
-        out = model(**batch, mode="gather")
-    real = example_flops(model.config, "classification", out.lengths_in.numpy(), out.lengths_kept.numpy())
-    hard, _ = method.expected_flops(batch["attention_mask"], deterministic=True)
-    assert np.array_equal(hard.numpy(), real)
+    out, _ = evaluate_counted(model, method, batch)
     exported = json.loads(json.dumps(method.export()))
     assert [entry["bin_mask"] for entry in exported["layers"]] == [[1, 1, 1, 0], [1, 1, 0, 0]]
     inference = PrunableModel(model.hf, ToP.inference_selectors(exported, model.config)).eval()
