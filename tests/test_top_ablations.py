@@ -196,3 +196,22 @@ def test_ranked_bins_evaluate_as_the_constraint_counts_and_export_as_they_train(
     inference = PrunableModel(model.hf, ToP.inference_selectors(exported, model.config)).eval()
     with torch.no_grad():
         assert torch.equal(inference(**batch, mode="gather").lengths_kept, out.lengths_kept)
+
+
+def test_a_ranked_run_trains_its_gates_and_exports_prefix_masks():
+    from top.tasks.glue import collate
+    from top.train import TrainSettings, run_stages
+
+    model = tiny_model(layers=4)
+    method = ToP(model.config, {"bin_num": 5, "prune_layers": [1, 2], "epochs": 2, "bin_order": "ranked", "log_alpha_range": None})
+    for layer in (1, 2):  # three of five gates open, not the first three; the layers prune
+        with torch.no_grad():
+            method.module.layers[str(layer)].bins.log_alpha.copy_(torch.tensor([-3.0, 3.0, 3.0, -3.0, 3.0]))
+            method.module.layers[str(layer)].layer.log_alpha.fill_(3.0)
+    before = [gates.bins.log_alpha.detach().clone() for gates in method.module.layers.values()]
+    train = TrainSettings(batch_size=8, learning_rate=1e-3, warmup_ratio=0.0, log_every=1, seed=0)
+    history = run_stages(model, method, toy_dataset(32), train, collate=functools.partial(collate, pad_token_id=0), teacher=copy.deepcopy(model))
+    assert history and all(np.isfinite(record["loss"]) for record in history)
+    after = [gates.bins.log_alpha.detach() for gates in method.module.layers.values()]
+    assert all(not torch.equal(a, b) for a, b in zip(before, after))  # the sorted samples pass gradients back
+    assert [entry["bin_mask"] for entry in method.export()["layers"]] == [[1, 1, 1, 0, 0], [1, 1, 1, 0, 0]]
