@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from top.analysis.cli import add_seed_arguments, parse_run, read_seed_arguments, recorded_score, run_folder
+from top.analysis.cli import add_seed_arguments, check_score, parse_run, read_seed_arguments, recorded_score, run_folder
 from top.analysis.token_survival import ROLES, bins_in_rank_order, dropped_by_role, token_roles, trace_kept
 from top.files import atomic_write_text, json_text
 from top.models import load_run
@@ -33,7 +33,6 @@ from top.tasks.settings import TaskConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("token_survival")
-SCORE_TOLERANCE = 1e-6  # the pass's score against the recorded one (0-1 scale): batches as evaluated
 
 
 def found_runs(results: Path, task: str, seed: int) -> list[tuple[str, str]]:
@@ -90,9 +89,7 @@ def main() -> None:
         dataset = spec.dev_features(split, tokenizer, limit)
         alive, logits = trace_kept(model, dataset, spec.collate(tokenizer), batch_size=cfg["eval"]["batch_size"], device=device)
         score = float(spec.score(split, dataset, logits, np.asarray(dataset["labels"]), limit)[spec.primary_metric])
-        recorded = recorded_score(results, args.task, run, args.seed)
-        if abs(score - recorded) > SCORE_TOLERANCE:
-            raise SystemExit(f"{folder}: this pass scores {score}, the run's {metrics[run]} {recorded}; evaluation has changed")
+        check_score(folder, score, recorded_score(results, args.task, run, args.seed))
         runs[f"{run[0]}/{run[1]}"] = {"score": score, "layers": dropped_by_role(alive, token_roles(dataset, tokenizer))}
         if record.get("method") == "top":
             runs[f"{run[0]}/{run[1]}"]["rank_bins"] = bins_in_rank_order(record)

@@ -195,7 +195,7 @@ def test_the_script_reads_the_curves_and_pairs_each_ablation_with_its_setting(re
         failed = _script(root, glue, "--out", str(root / "other.json"))
     finally:
         metrics.write_text(saved)
-    assert failed.returncode != 0 and "topk/r2/seed7: predictions score" in failed.stderr and "recorded 0.123" in failed.stderr
+    assert failed.returncode != 0 and "topk/r2/seed7: this pass scores" in failed.stderr and "recorded score is 0.123" in failed.stderr
     assert not (root / "other.json").exists()
     # a run that is not there is named before anything is predicted
     missing = _script(root, glue, "--pairs", "topk/r2:ltp/lam1", "--targets")

@@ -58,6 +58,19 @@ def run_folder(results: Path, part: str, task: str, run: tuple[str, str], seed: 
     return results / part / RUN_DIR.format(task=task, method=run[0], setting=run[1], seed=seed)
 
 
+#: How far (0-1 scale) a pass's score may be from the run's recorded one: float rounding only. The
+#: thread count reorders the sums (a run evaluated at two threads and scored again at one agrees
+#: to about 1e-8), while a changed evaluation (other tokens kept, other batches) moves it by far more.
+SCORE_TOLERANCE = 1e-6
+
+
+def check_score(folder: Path, score: float, recorded: float | None) -> None:
+    """Refuse a pass over ``folder``'s run that does not score what its evaluation recorded
+    (within :data:`SCORE_TOLERANCE`; a run without a record passes)."""
+    if recorded is not None and abs(score - recorded) > SCORE_TOLERANCE:
+        raise SystemExit(f"{folder}: this pass scores {score}, the run's recorded score is {recorded}; evaluation has changed")
+
+
 def recorded_score(results: Path, task: str, run: tuple[str, str], seed: int) -> float | None:
     """The run's score (0-1) in its ``eval`` metrics file, or None when it has none."""
     path = run_folder(results, "eval", task, run, seed) / "metrics.json"
