@@ -171,7 +171,10 @@ def chosen_runs(parser: argparse.ArgumentParser, cfg: dict, names: list[str] | N
             parser.error(f"--methods: {method} not among the configured methods ({', '.join(cfg['methods'])})")
         if setting and setting not in cfg["methods"][method]["settings"]:
             parser.error(f"--methods: {name}: {method} has no setting {setting!r} ({', '.join(cfg['methods'][method]['settings'])})")
-        (settings.add((method, setting)) if setting else methods.add(method))
+        if setting:
+            settings.add((method, setting))
+        else:
+            methods.add(method)
     return lambda run: run[0] == "dense" or run[0] in methods or (run[0], run[1]) in settings
 
 

@@ -85,14 +85,14 @@ def main() -> None:
     split, limit, device = spec.dev_splits[0], cfg["eval"].get("limit"), resolve_device(cfg["device"])
     runs = {}
     for run, folder in folders.items():
-        model, tokenizer, record = load_run(folder)
+        model, tokenizer, saved = load_run(folder)
         dataset = spec.dev_features(split, tokenizer, limit)
         alive, logits = trace_kept(model, dataset, spec.collate(tokenizer), batch_size=cfg["eval"]["batch_size"], device=device)
         score = float(spec.score(split, dataset, logits, np.asarray(dataset["labels"]), limit)[spec.primary_metric])
         check_score(folder, score, recorded_score(results, args.task, run, args.seed))
-        runs[f"{run[0]}/{run[1]}"] = {"score": score, "layers": dropped_by_role(alive, token_roles(dataset, tokenizer))}
-        if record.get("method") == "top":
-            runs[f"{run[0]}/{run[1]}"]["rank_bins"] = bins_in_rank_order(record)
+        entry = runs[f"{run[0]}/{run[1]}"] = {"score": score, "layers": dropped_by_role(alive, token_roles(dataset, tokenizer))}
+        if saved.get("method") == "top":
+            entry["rank_bins"] = bins_in_rank_order(saved)
         log.info("%s/%s: %.4f", *run, score)
     out = args.out or ROOT / f"benchmarks/results/token_survival_{args.task}_seed{args.seed}.json"
     record = {"task": args.task, "seed": args.seed, "split": split, "dev_examples": len(alive), "roles": list(ROLES), "runs": runs}

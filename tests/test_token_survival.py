@@ -80,14 +80,12 @@ def test_a_token_dropped_at_an_earlier_layer_counts_as_dropped_after_every_later
 
 
 def test_bins_in_rank_order_counts_a_top_runs_kept_bins_among_its_best_ranked():
+    from tests.test_top import set_gates
     from top.pruning.top import ToP
 
     method = ToP(tiny_config(layers=4), {"bin_num": 6, "prune_layers": [0, 1, 2], "log_alpha_range": None})
-    for layer, bins, prunes in ((0, [0, 1, 1, 0, 1, 0], True), (1, [1, 1, 1, 1, 1, 1], True), (2, [1, 1, 0, 0, 0, 0], True)):
-        gates = method.module.layers[str(layer)]
-        with torch.no_grad():
-            gates.bins.log_alpha.copy_(torch.tensor([50.0 if keep else -50.0 for keep in bins]))
-            gates.layer.log_alpha.fill_(50.0 if prunes else -50.0)
+    for layer, bins in ((0, [0, 1, 1, 0, 1, 0]), (1, [1, 1, 1, 1, 1, 1]), (2, [1, 1, 0, 0, 0, 0])):
+        set_gates(method, layer, bins)  # every layer prunes
     record = json.loads(json.dumps({"method": "top", "decisions": method.export()}))
     # layer 0 keeps bins 1, 2, 4: two of them among its best three; layer 1 keeps every bin
     assert bins_in_rank_order(record) == [{"layer": 0, "bins": 6, "kept": 3, "best": 2}, {"layer": 2, "bins": 6, "kept": 2, "best": 2}]
