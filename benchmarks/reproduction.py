@@ -36,6 +36,7 @@ import logging
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from top.budget import Throughput, budget_table, estimate_task, task_budgets, teacher_budget
@@ -63,33 +64,41 @@ DEFAULT_SQUAD_DIR = ROOT.parent / "shared/data/squad"
 log = logging.getLogger("reproduction")
 
 THROUGHPUT_FILES = {
-    "fp32": ROOT / "benchmarks/results/train_throughput.json",
-    "bf16": ROOT / "benchmarks/results/train_throughput_bf16.json",
+    "fp32": (
+        ROOT / "benchmarks/results/train_throughput.json",
+        ROOT / "benchmarks/results/train_throughput_stsb.json",
+    ),
+    "bf16": (ROOT / "benchmarks/results/train_throughput_bf16.json",),
 }
-"""The committed training-throughput runs, by the training precision they measured."""
-# CoLA and STS-B were not measured: CoLA (single short sentences) takes SST-2's rates, STS-B
-# (sentence pairs, shorter than MRPC's) MRPC's, which overestimates its time.
-STAND_INS = {"cola": "sst2", "stsb": "mrpc"}
+"""The committed training-throughput runs, by the training precision they measured; a task
+measured in more than one file takes the first file's rates."""
+# CoLA was not measured: single short sentences, so it takes SST-2's rates.
+STAND_INS = {"cola": "sst2"}
 
 
-def measured_throughput(precision: str = "fp32", path: Path | None = None) -> dict[str, Throughput]:
-    """Training examples/s per task from the committed training-throughput benchmark
+def measured_throughput(precision: str = "fp32", paths: Sequence[Path] | None = None) -> dict[str, Throughput]:
+    """Training examples/s per task from the committed training-throughput benchmarks
     (``benchmarks/train_throughput.py``) at ``precision``: the teacher's length-grouped fine-tune
-    step, and ToP's pruning step with grouping and the cached teacher. The run records its
-    threads; the committed runs used one per job."""
-    path = path or THROUGHPUT_FILES[precision]
-    data = json.loads(path.read_text())
-    threads = data["environment"].get("threads")
-    rates: dict[str, dict[str, float]] = {}
-    for row in data["results"]:
-        if row.get("precision", "fp32") != precision:
+    step, and ToP's pruning step with grouping and the cached teacher. Each run records its
+    threads; the committed runs used one per job. Files missing on disk are skipped."""
+    table: dict[str, Throughput] = {}
+    for path in paths if paths is not None else THROUGHPUT_FILES[precision]:
+        if not path.exists():
             continue
-        if (row["phase"], row["variant"].removesuffix("+amp")) == ("teacher", "group"):
-            rates.setdefault(row["task"], {})["dense"] = row["examples_per_s"]
-        elif (row["phase"], row["variant"].removesuffix("+amp")) == ("top", "group+cache"):
-            rates.setdefault(row["task"], {})["top_prune"] = row["examples_per_s"]
-    source = f"measured, {path.name} ({threads} thread(s))"
-    table = {task: Throughput(source=source, **rate) for task, rate in rates.items() if len(rate) == 2}
+        data = json.loads(path.read_text())
+        threads = data["environment"].get("threads")
+        rates: dict[str, dict[str, float]] = {}
+        for row in data["results"]:
+            if row.get("precision", "fp32") != precision:
+                continue
+            if (row["phase"], row["variant"].removesuffix("+amp")) == ("teacher", "group"):
+                rates.setdefault(row["task"], {})["dense"] = row["examples_per_s"]
+            elif (row["phase"], row["variant"].removesuffix("+amp")) == ("top", "group+cache"):
+                rates.setdefault(row["task"], {})["top_prune"] = row["examples_per_s"]
+        source = f"measured, {path.name} ({threads} thread(s))"
+        for task, rate in rates.items():
+            if len(rate) == 2 and task not in table:
+                table[task] = Throughput(source=source, **rate)
     for task, stand_in in STAND_INS.items():
         if task not in table and stand_in in table:
             table[task] = dataclasses.replace(table[stand_in], source=f"{stand_in}'s (not measured)")

@@ -516,12 +516,34 @@ def test_the_estimate_reads_the_throughput_of_the_configured_precision(tmp_path)
     ]
     path = tmp_path / "throughput.json"
     path.write_text(json.dumps({"environment": {"threads": 1}, "results": results}))
-    fp32 = reproduction.measured_throughput("fp32", path)["mrpc"]
-    bf16 = reproduction.measured_throughput("bf16", path)["mrpc"]
+    fp32 = reproduction.measured_throughput("fp32", [path])["mrpc"]
+    bf16 = reproduction.measured_throughput("bf16", [path])["mrpc"]
     assert (fp32.dense, fp32.top_prune) == (20.0, 22.0)
     assert (bf16.dense, bf16.top_prune) == (32.0, 44.0)
     assert reproduction.training_precision({"train": {"precision": "auto"}}) == "fp32"
     assert reproduction.training_precision({"train": {"precision": "bf16"}}) == "bf16"
+
+
+def test_the_estimate_merges_throughput_files_and_the_first_file_wins(tmp_path):
+    reproduction = load_script("reproduction")
+
+    def write(name, task, dense, prune):
+        results = [
+            {"task": task, "phase": "teacher", "variant": "group", "precision": "fp32", "examples_per_s": dense},
+            {"task": task, "phase": "top", "variant": "group+cache", "precision": "fp32", "examples_per_s": prune},
+        ]
+        path = tmp_path / name
+        path.write_text(json.dumps({"environment": {"threads": 1}, "results": results}))
+        return path
+
+    first = write("first.json", "sst2", 90.0, 95.0)
+    second = write("second.json", "stsb", 40.0, 38.0)
+    again = write("again.json", "sst2", 1.0, 1.0)
+    table = reproduction.measured_throughput("fp32", [first, tmp_path / "missing.json", second, again])
+    assert (table["sst2"].dense, table["stsb"].top_prune) == (90.0, 38.0)
+    assert "second.json" in table["stsb"].source
+    assert table["cola"].dense == 90.0 and "not measured" in table["cola"].source
+    assert "mrpc" not in table
 
 
 def test_the_bf16_overlay_keeps_the_earlier_pass_apart_from_the_fp32_reproduction():
