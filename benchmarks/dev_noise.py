@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from top.analysis.cli import add_seed_arguments, check_score, parse_run, read_seed_arguments, recorded_score, run_folder
+from top.analysis.cli import add_seed_arguments, check_score, parse_run, read_seed_arguments, run_folder
 from top.analysis.dev_noise import bootstrap, glue_score, paired_difference, readout_weights, run_predictions, weighted_score
 from top.config import task_settings_of
 from top.files import atomic_write_text, json_text
@@ -143,7 +143,7 @@ def main() -> None:
     predictions = {}
     for run, folder in folders.items():
         predictions[run] = run_predictions(cfg, args.task, folder)
-        check_score(folder, predictions[run].score, recorded_score(results, args.task, run, args.seed))
+        check_score(results, args.task, run, args.seed, predictions[run].score)
         if run in ledger_scores and not np.isclose(predictions[run].score * SCALE, ledger_scores[run], rtol=0, atol=1e-4):
             raise SystemExit(
                 f"{folder}: predictions score {predictions[run].score * SCALE:.4f}, its ledger row {ledger_scores[run]}; not the run recorded"

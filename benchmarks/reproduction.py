@@ -74,6 +74,8 @@ THROUGHPUT_FILES = {
 measured in more than one file takes the first file's rates."""
 # CoLA was not measured: single short sentences, so it takes SST-2's rates.
 STAND_INS = {"cola": "sst2"}
+#: The benchmark's (phase, variant) whose rate each Throughput field takes (a ``+amp`` suffix dropped).
+RATE_FIELDS = {("teacher", "group"): "dense", ("top", "group+cache"): "top_prune"}
 
 
 def measured_throughput(precision: str = "fp32", paths: Sequence[Path] | None = None) -> dict[str, Throughput]:
@@ -89,12 +91,9 @@ def measured_throughput(precision: str = "fp32", paths: Sequence[Path] | None = 
         threads = data["environment"].get("threads")
         rates: dict[str, dict[str, float]] = {}
         for row in data["results"]:
-            if row.get("precision", "fp32") != precision:
-                continue
-            if (row["phase"], row["variant"].removesuffix("+amp")) == ("teacher", "group"):
-                rates.setdefault(row["task"], {})["dense"] = row["examples_per_s"]
-            elif (row["phase"], row["variant"].removesuffix("+amp")) == ("top", "group+cache"):
-                rates.setdefault(row["task"], {})["top_prune"] = row["examples_per_s"]
+            field = RATE_FIELDS.get((row["phase"], row["variant"].removesuffix("+amp")))
+            if field and row.get("precision", "fp32") == precision:
+                rates.setdefault(row["task"], {})[field] = row["examples_per_s"]
         source = f"measured, {path.name} ({threads} thread(s))"
         for task, rate in rates.items():
             if len(rate) == 2 and task not in table:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from top.analysis.cli import add_seed_arguments, check_score, parse_run, read_seed_arguments, recorded_score, run_folder
+from top.analysis.cli import add_seed_arguments, check_score, parse_run, read_seed_arguments, run_folder
 from top.analysis.token_survival import ROLES, bins_in_rank_order, dropped_by_role, token_roles, trace_kept
 from top.files import atomic_write_text, json_text
 from top.models import load_run
@@ -89,7 +89,7 @@ def main() -> None:
         dataset = spec.dev_features(split, tokenizer, limit)
         alive, logits = trace_kept(model, dataset, spec.collate(tokenizer), batch_size=cfg["eval"]["batch_size"], device=device)
         score = float(spec.score(split, dataset, logits, np.asarray(dataset["labels"]), limit)[spec.primary_metric])
-        check_score(folder, score, recorded_score(results, args.task, run, args.seed))
+        check_score(results, args.task, run, args.seed, score)
         entry = runs[f"{run[0]}/{run[1]}"] = {"score": score, "layers": dropped_by_role(alive, token_roles(dataset, tokenizer))}
         if saved.get("method") == "top":
             entry["rank_bins"] = bins_in_rank_order(saved)

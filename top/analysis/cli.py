@@ -64,10 +64,12 @@ def run_folder(results: Path, part: str, task: str, run: tuple[str, str], seed: 
 SCORE_TOLERANCE = 1e-6
 
 
-def check_score(folder: Path, score: float, recorded: float | None) -> None:
-    """Refuse a pass over ``folder``'s run that does not score what its evaluation recorded
-    (within :data:`SCORE_TOLERANCE`; a run without a record passes)."""
+def check_score(results: Path, task: str, run: tuple[str, str], seed: int, score: float) -> None:
+    """Refuse a pass over the run that does not score what its evaluation recorded in its
+    ``eval`` metrics file (within :data:`SCORE_TOLERANCE`; a run without a record passes)."""
+    recorded = recorded_score(results, task, run, seed)
     if recorded is not None and abs(score - recorded) > SCORE_TOLERANCE:
+        folder = run_folder(results, "models", task, run, seed)
         raise SystemExit(f"{folder}: this pass scores {score}, the run's recorded score is {recorded}; evaluation has changed")
 
 
