@@ -179,6 +179,7 @@ def test_ranked_bins_sample_in_rank_order_and_the_constraint_counts_them():
     # the constraint's survival probability of each bin is what the samples show
     torch.testing.assert_close((samples > 0).double().mean(0), gates.bin_keep_probability().double(), atol=0.015, rtol=0)
     # the expected count of open gates is the same in either order, so is the layer's keep ratio
+    torch.testing.assert_close(gates.keep_ratio(), gates.bin_keep_probability().mean())
     learned = ToP(tiny_config(layers=4), {"bin_num": 6, "prune_layers": [1], "log_alpha_range": None})
     learned.module.load_state_dict(method.module.state_dict())
     torch.testing.assert_close(gates.keep_ratio(), learned.module.layers["1"].keep_ratio())

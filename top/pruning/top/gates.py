@@ -198,8 +198,15 @@ class ToPLayerGates(nn.Module):
         return 1.0 - (1.0 - opened) * self.layer_probability()
 
     def keep_ratio(self, deterministic: bool = False) -> torch.Tensor:
-        """Expected fraction of bins kept (scalar): the mean of :meth:`bin_keep_probability`."""
-        return self.bin_keep_probability(deterministic).mean()
+        """Expected fraction of bins kept (scalar): the mean of :meth:`bin_keep_probability`.
+
+        The bins' order does not change it: with ``bin_order: ranked`` the mean of ``P(K > b)``
+        over the bins is ``E[K] / bin_num``, the mean of ``P(z_b > 0)``, so the Poisson-binomial
+        recursion (:func:`at_least`) is not run for it.
+        """
+        if deterministic:
+            return self.deterministic_keep().mean()
+        return 1.0 - (1.0 - self.bins.prob_nonzero().mean()) * self.layer_probability()
 
 
 class ToPGates(nn.Module):
