@@ -82,11 +82,12 @@ def measured_throughput(precision: str = "fp32", paths: Sequence[Path] | None = 
     """Training examples/s per task from the committed training-throughput benchmarks
     (``benchmarks/train_throughput.py``) at ``precision``: the teacher's length-grouped fine-tune
     step, and ToP's pruning step with grouping and the cached teacher. Each run records its
-    threads; the committed runs used one per job. Files missing on disk are skipped."""
+    threads; the committed runs used one per job. A listed file that is missing is an error
+    (the estimate would otherwise fall back to another task's rates without a word)."""
     table: dict[str, Throughput] = {}
     for path in paths if paths is not None else THROUGHPUT_FILES[precision]:
         if not path.exists():
-            continue
+            raise FileNotFoundError(f"training-throughput benchmark {path} is missing: run benchmarks/train_throughput.py")
         data = json.loads(path.read_text())
         threads = data["environment"].get("threads")
         rates: dict[str, dict[str, float]] = {}

@@ -524,7 +524,7 @@ def test_the_estimate_reads_the_throughput_of_the_configured_precision(tmp_path)
     assert reproduction.training_precision({"train": {"precision": "bf16"}}) == "bf16"
 
 
-def test_the_estimate_merges_throughput_files_and_the_first_file_wins(tmp_path):
+def test_the_estimate_merges_throughput_files_the_first_file_wins_and_a_missing_one_is_named(tmp_path):
     reproduction = load_script("reproduction")
 
     def write(name, task, dense, prune):
@@ -539,11 +539,13 @@ def test_the_estimate_merges_throughput_files_and_the_first_file_wins(tmp_path):
     first = write("first.json", "sst2", 90.0, 95.0)
     second = write("second.json", "stsb", 40.0, 38.0)
     again = write("again.json", "sst2", 1.0, 1.0)
-    table = reproduction.measured_throughput("fp32", [first, tmp_path / "missing.json", second, again])
+    table = reproduction.measured_throughput("fp32", [first, second, again])
     assert (table["sst2"].dense, table["stsb"].top_prune) == (90.0, 38.0)
     assert "second.json" in table["stsb"].source
     assert table["cola"].dense == 90.0 and "not measured" in table["cola"].source
     assert "mrpc" not in table
+    with pytest.raises(FileNotFoundError, match="missing.json"):
+        reproduction.measured_throughput("fp32", [first, tmp_path / "missing.json"])
 
 
 def test_the_bf16_overlay_keeps_the_earlier_pass_apart_from_the_fp32_reproduction():
