@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from top.analysis.cli import add_seed_arguments, check_score, parse_run, read_seed_arguments, run_folder
+from top.analysis.cli import add_seed_arguments, check_score, metrics_file, parse_run, read_seed_arguments, run_folder
 from top.analysis.token_survival import ROLES, bins_in_rank_order, dropped_by_role, token_roles, trace_kept
 from top.files import atomic_write_text, json_text
 from top.models import load_run
@@ -77,7 +77,7 @@ def main() -> None:
     if not names:
         parser.error(f"no run of seed {args.seed} under {results / 'models' / args.task}")
     folders = {run: run_folder(results, "models", args.task, run, args.seed) for run in names}
-    metrics = {run: run_folder(results, "eval", args.task, run, args.seed) / "metrics.json" for run in names}
+    metrics = {run: metrics_file(results, args.task, run, args.seed) for run in names}
     missing = [str(path) for run in names for path in (folders[run], metrics[run]) if not path.exists()]
     if missing:
         parser.error("no trained and evaluated run: " + ", ".join(missing))

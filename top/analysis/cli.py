@@ -73,7 +73,12 @@ def check_score(results: Path, task: str, run: tuple[str, str], seed: int, score
         raise SystemExit(f"{folder}: this pass scores {score}, the run's recorded score is {recorded}; evaluation has changed")
 
 
+def metrics_file(results: Path, task: str, run: tuple[str, str], seed: int) -> Path:
+    """The run's ``eval`` metrics file (written by its evaluation)."""
+    return run_folder(results, "eval", task, run, seed) / "metrics.json"
+
+
 def recorded_score(results: Path, task: str, run: tuple[str, str], seed: int) -> float | None:
     """The run's score (0-1) in its ``eval`` metrics file, or None when it has none."""
-    path = run_folder(results, "eval", task, run, seed) / "metrics.json"
+    path = metrics_file(results, task, run, seed)
     return float(json.loads(path.read_text())["score"]) if path.is_file() else None
