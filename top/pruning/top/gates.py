@@ -195,7 +195,7 @@ class ToPLayerGates(nn.Module):
         opened = self.bins.prob_nonzero()
         if self.ranked:
             opened = at_least(opened)
-        return 1.0 - (1.0 - opened) * self.layer_probability()
+        return self._survival(opened)
 
     def keep_ratio(self, deterministic: bool = False) -> torch.Tensor:
         """Expected fraction of bins kept (scalar): the mean of :meth:`bin_keep_probability`.
@@ -206,7 +206,13 @@ class ToPLayerGates(nn.Module):
         """
         if deterministic:
             return self.deterministic_keep().mean()
-        return 1.0 - (1.0 - self.bins.prob_nonzero().mean()) * self.layer_probability()
+        return self._survival(self.bins.prob_nonzero().mean())
+
+    def _survival(self, opened: torch.Tensor) -> torch.Tensor:
+        """Probability that a bin's tokens survive, ``1 - (1 - opened) P(g>0)``, from the
+        probability ``opened`` that its gate is open (``[bin_num]``, or their mean: the formula
+        is linear in ``opened``, so the mean of the survivals is the survival of the mean)."""
+        return 1.0 - (1.0 - opened) * self.layer_probability()
 
 
 class ToPGates(nn.Module):
